@@ -1,0 +1,31 @@
+# The two commands every user and CI rely on: `make serve` and `make test`.
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: serve test install install-test lint bench clean
+
+$(BIN)/python:
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 is required ($(PYTHON) not found)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+
+install-test: $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test]'
+
+serve: install
+	$(BIN)/mlharbor serve --host 127.0.0.1 --port 4580 --data-dir ./.mlharbor
+
+test: install-test
+	$(BIN)/ruff check src tests bench
+	$(BIN)/python -m pytest
+
+bench: install-test
+	$(BIN)/python bench/api_throughput.py
+
+clean:
+	rm -rf $(VENV) .mlharbor .pytest_cache

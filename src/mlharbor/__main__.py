@@ -1,0 +1,3 @@
+from mlharbor.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,35 @@
+"""Prometheus metrics, one registry per app so several apps can live in one process (tests)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "mlharbor_requests",
+            "API requests by service, operation and HTTP status",
+            ["service", "operation", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "mlharbor_request_seconds",
+            "API request latency",
+            ["service", "operation"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "mlharbor_requests_in_flight", "API requests in flight", registry=self.registry
+        )
+
+    def observe(self, service: str, operation: str, status: int, seconds: float) -> None:
+        self.requests.labels(service, operation, str(status)).inc()
+        self.latency.labels(service, operation).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,205 @@
+"""The front door: awsJson 1.1 (POST / + X-Amz-Target) and Smithy RPC v2 CBOR
+(POST /service/<Service>/operation/<Op>, what botocore >= 1.44 uses for Comprehend).
+
+Order of checks, as AWS does: load shedding, body size, signature, operation, account rate,
+decoding, model validation, then the handler. Whatever fails, nothing has been changed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import cbor2
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+
+from mlharbor import errors
+from mlharbor.api.auth import Authenticator
+from mlharbor.api.metrics import Metrics
+from mlharbor.api.services import Service
+from mlharbor.api.shapes import Wire, parse_input, serialize_output
+from mlharbor.api.throttle import Throttle
+from mlharbor.context import Call, Server
+
+log = logging.getLogger("mlharbor.api")
+
+JSON_CONTENT_TYPE = "application/x-amz-json-1.1"
+CBOR_CONTENT_TYPE = "application/cbor"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    wire: Wire
+    prefix: str | None
+    operation: str | None
+
+
+def route_of(request: Request) -> Route:
+    path = request.url.path
+    if path.startswith("/service/"):
+        # /service/<ServiceName>/operation/<OperationName>
+        parts = path.split("/")
+        if len(parts) == 5 and parts[3] == "operation":
+            return Route(Wire.CBOR, parts[2], parts[4])
+        return Route(Wire.CBOR, None, None)
+    target = request.headers.get("x-amz-target", "")
+    prefix, dot, operation = target.partition(".")
+    return Route(Wire.JSON, prefix if dot else None, operation if dot else None)
+
+
+class Gateway:
+    def __init__(
+        self,
+        server: Server,
+        services: dict[str, Service],
+        authenticator: Authenticator,
+        throttle: Throttle,
+        metrics: Metrics,
+    ) -> None:
+        self.server = server
+        self.services = services
+        self.authenticator = authenticator
+        self.throttle = throttle
+        self.metrics = metrics
+        self.max_body = server.settings.max_body_bytes
+
+    async def handle(self, request: Request) -> Response:
+        started = time.perf_counter()
+        request_id = str(uuid.uuid4())
+        route = route_of(request)
+        service = self.services.get(route.prefix or "")
+        operation = route.operation if service and route.operation in service.operations else None
+        entered = False
+        try:
+            self.throttle.enter()
+            entered = True
+            self.metrics.in_flight.inc()
+            response = await self._handle(request, request_id, route, service, operation)
+        except errors.AwsError as exc:
+            response = self._error(exc, request_id, service, route.wire)
+        except errors.Neutral as exc:
+            response = self._error(_translate(service, exc), request_id, service, route.wire)
+        except ClientDisconnect:
+            response = Response(status_code=400)
+        except Exception:
+            log.exception("unhandled error in %s.%s request_id=%s", route.prefix, route.operation, request_id)
+            internal = service.dialect.internal() if service else errors.InternalServerException()
+            response = self._error(internal, request_id, service, route.wire)
+        finally:
+            if entered:
+                self.throttle.leave()
+                self.metrics.in_flight.dec()
+        self.metrics.observe(
+            service.name if service else "unknown",
+            operation or "unknown",
+            response.status_code,
+            time.perf_counter() - started,
+        )
+        return response
+
+    async def _handle(
+        self, request: Request, request_id: str, route: Route, service: Service | None, operation: str | None
+    ) -> Response:
+        body = await self._read_body(request)
+        identity = self.authenticator.verify(
+            method=request.method,
+            path=request.scope.get("raw_path", b"/").decode("latin-1").split("?", 1)[0] or "/",
+            query=request.url.query,
+            headers=_header_lists(request),
+            body=body,
+            service=service.signing_name if service else None,
+        )
+        if service is None or operation is None:
+            raise errors.UnknownOperationException(
+                f"Unknown operation {route.prefix}.{route.operation}"
+                if route.prefix
+                else "Missing operation target"
+            )
+        if route.wire is Wire.CBOR and "smithy-rpc-v2-cbor" not in service.model.metadata.get(
+            "protocols", []
+        ):
+            raise errors.UnknownOperationException(f"{service.target_prefix} does not speak rpc-v2-cbor")
+        self.throttle.admit(identity.account_id, service.name, operation)
+        op_model = service.operations[operation]
+        params = parse_input(op_model.input_shape, _decode(body, route.wire), route.wire)
+        handler = service.handlers.get(operation)
+        if handler is None:
+            raise errors.NotImplementedException(
+                f"MLHarbor does not implement {service.model.metadata['serviceId']} {operation} yet"
+            )
+        call = Call(self.server, service.name, operation, identity.account_id, identity.region, request_id)
+        result = await run_in_threadpool(handler, call, params)
+        payload = serialize_output(op_model.output_shape, result, route.wire)
+        return _encode(200, payload, route.wire, request_id)
+
+    async def _read_body(self, request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+            raise errors.RequestEntityTooLargeException(f"Request body exceeds {self.max_body} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_body:
+                raise errors.RequestEntityTooLargeException(f"Request body exceeds {self.max_body} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _error(self, exc: errors.AwsError, request_id: str, service: Service | None, wire: Wire) -> Response:
+        code = exc.code
+        body: dict[str, Any]
+        if wire is Wire.CBOR and service is not None:
+            body = {"__type": f"{service.error_namespace}#{code}", "Message": exc.message}
+        else:
+            body = {"__type": code}
+            if service is not None and service.dialect.code_and_logref:
+                body["Code"] = code
+                body["Logref"] = request_id
+            body["Message"] = exc.message
+        body.update({k: v for k, v in exc.fields.items() if v is not None})
+        response = _encode(exc.status, body, wire if service is not None else Wire.JSON, request_id)
+        response.headers["x-amzn-ErrorType"] = code
+        return response
+
+
+def _translate(service: Service | None, exc: errors.Neutral) -> errors.AwsError:
+    if service is not None:
+        return service.dialect.translate(exc)
+    if isinstance(exc, errors.ServerOverloaded):
+        return errors.ThrottlingException()
+    return errors.InternalServerException()
+
+
+def _header_lists(request: Request) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for name, value in request.headers.raw:
+        out.setdefault(name.decode("latin-1").lower(), []).append(value.decode("latin-1"))
+    return out
+
+
+def _decode(body: bytes, wire: Wire) -> Any:
+    if not body.strip():
+        return {}
+    try:
+        return json.loads(body) if wire is Wire.JSON else cbor2.loads(body)
+    except (ValueError, cbor2.CBORDecodeError, UnicodeDecodeError, RecursionError):
+        raise errors.SerializationException(
+            "Request body is not valid JSON" if wire is Wire.JSON else "Request body is not valid CBOR"
+        ) from None
+
+
+def _encode(status: int, payload: dict[str, Any], wire: Wire, request_id: str) -> Response:
+    if wire is Wire.CBOR:
+        content = cbor2.dumps(payload, datetime_as_timestamp=True)
+        headers = {"x-amzn-RequestId": request_id, "smithy-protocol": "rpc-v2-cbor"}
+        return Response(content, status_code=status, media_type=CBOR_CONTENT_TYPE, headers=headers)
+    content = json.dumps(payload, separators=(",", ":")).encode()
+    return Response(
+        content, status_code=status, media_type=JSON_CONTENT_TYPE, headers={"x-amzn-RequestId": request_id}
+    )

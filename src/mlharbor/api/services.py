@@ -1,0 +1,98 @@
+"""The two services MLHarbor speaks: their botocore models, handlers and error dialects."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import botocore.session
+from botocore.model import OperationModel, ServiceModel
+
+from mlharbor import errors
+from mlharbor.context import Call
+
+Handler = Callable[[Call, dict[str, Any]], dict[str, Any] | None]
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """How one service spells the conditions shared code raises without knowing the service."""
+
+    validation: Callable[[errors.ConstraintViolations], errors.AwsError]
+    bad_token: type[errors.AwsError]
+    throttled: type[errors.AwsError]
+    overloaded: type[errors.AwsError]
+    internal: type[errors.AwsError]
+    # Rekognition's documented error body also carries "Code" and "Logref".
+    code_and_logref: bool
+
+    def translate(self, exc: errors.Neutral) -> errors.AwsError:
+        if isinstance(exc, errors.ConstraintViolations):
+            return self.validation(exc)
+        if isinstance(exc, errors.BadPaginationToken):
+            return self.bad_token(str(exc) or None)
+        if isinstance(exc, errors.AccountThrottled):
+            return self.throttled()
+        if isinstance(exc, errors.ServerOverloaded):
+            return self.overloaded()
+        return self.internal()
+
+
+REKOGNITION_DIALECT = Dialect(
+    validation=lambda v: errors.InvalidParameterException(str(v)),
+    bad_token=errors.InvalidPaginationTokenException,
+    throttled=errors.ProvisionedThroughputExceededException,
+    overloaded=errors.ThrottlingException,
+    internal=errors.InternalServerError,
+    code_and_logref=True,
+)
+
+COMPREHEND_DIALECT = Dialect(
+    validation=lambda v: errors.ValidationException(str(v)),
+    bad_token=errors.InvalidRequestException,
+    throttled=errors.TooManyRequestsException,
+    overloaded=errors.TooManyRequestsException,
+    internal=errors.InternalServerException,
+    code_and_logref=False,
+)
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str  # botocore service name, e.g. "rekognition"
+    dialect: Dialect
+    handlers: Mapping[str, Handler]
+
+    @cached_property
+    def model(self) -> ServiceModel:
+        return botocore.session.get_session().get_service_model(self.name)
+
+    @cached_property
+    def target_prefix(self) -> str:
+        return self.model.metadata["targetPrefix"]
+
+    @cached_property
+    def signing_name(self) -> str:
+        return self.model.metadata.get("signingName") or self.model.metadata["endpointPrefix"]
+
+    @cached_property
+    def error_namespace(self) -> str:
+        return f"com.amazonaws.{self.model.metadata['endpointPrefix']}"
+
+    @cached_property
+    def operations(self) -> dict[str, OperationModel]:
+        return {name: self.model.operation_model(name) for name in self.model.operation_names}
+
+
+def build_services() -> dict[str, Service]:
+    """Target prefix -> service. Imported late so handlers can import shared modules freely."""
+    from mlharbor.services.comprehend.operations import OPERATIONS as COMPREHEND_OPERATIONS
+    from mlharbor.services.rekognition.operations import OPERATIONS as REKOGNITION_OPERATIONS
+
+    services = [
+        Service("rekognition", REKOGNITION_DIALECT, REKOGNITION_OPERATIONS),
+        Service("comprehend", COMPREHEND_DIALECT, COMPREHEND_OPERATIONS),
+    ]
+    return {s.target_prefix: s for s in services}

@@ -1,0 +1,269 @@
+"""Request validation and response serialization driven by botocore's service models.
+
+botocore validates only required/min/types on the client; max, pattern and enum violations reach us,
+so everything the model says is checked here. Nothing about a shape is retyped by hand.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+from datetime import UTC, datetime
+from enum import Enum
+from functools import lru_cache
+from typing import Any
+
+import regex
+from botocore.model import MapShape, Shape, StructureShape
+
+from mlharbor.errors import ConstraintViolations, SerializationException
+
+
+class Wire(Enum):
+    """How scalars travel: awsJson 1.1 (base64 blobs, epoch-number timestamps) or Smithy RPC v2 CBOR."""
+
+    JSON = "json"
+    CBOR = "cbor"
+
+
+Violation = tuple[str, object, str]
+
+
+@lru_cache(maxsize=4096)
+def compiled_pattern(pattern: str) -> regex.Pattern[str]:
+    # The models use Java regex classes (\p{L}, \p{Z}, ...); the `regex` package understands them.
+    # Java's String.matches() anchors at both ends, hence fullmatch at the call site.
+    return regex.compile(pattern)
+
+
+def _camel(name: str) -> str:
+    """Coral reports member paths in lowerCamelCase: InputDataConfig -> inputDataConfig."""
+    return name[:1].lower() + name[1:]
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{_camel(name)}" if path else _camel(name)
+
+
+def parse_input(shape: StructureShape | None, body: Any, wire: Wire) -> dict[str, Any]:
+    """Check ``body`` against the operation's input shape and return it with scalars decoded.
+
+    Wrong JSON types raise SerializationException (what Coral services send); constraint violations
+    are collected and raised together as ConstraintViolations (the dialect picks the AWS code).
+    """
+    if body is None:
+        body = {}
+    if not isinstance(body, dict):
+        raise SerializationException("Request body must be a JSON object")
+    if shape is None:
+        return {}
+    violations: list[Violation] = []
+    parsed = _parse_structure(shape, body, "", wire, violations)
+    if violations:
+        raise ConstraintViolations(violations)
+    return parsed
+
+
+def _type_error(path: str, shape: Shape, value: object) -> SerializationException:
+    where = path or "request"
+    return SerializationException(
+        f"Unexpected value type at '{where}': expected {shape.type_name}, got {type(value).__name__}"
+    )
+
+
+def _parse(shape: Shape, value: Any, path: str, wire: Wire, out: list[Violation]) -> Any:
+    kind = shape.type_name
+    if kind == "structure":
+        if not isinstance(value, dict):
+            raise _type_error(path, shape, value)
+        return _parse_structure(shape, value, path, wire, out)  # type: ignore[arg-type]
+    if kind == "list":
+        if not isinstance(value, list):
+            raise _type_error(path, shape, value)
+        _check_size(shape, len(value), value, path, out)
+        member = shape.member  # type: ignore[attr-defined]
+        # Coral numbers list items from 1: tags.1.member.key
+        return [
+            _parse(member, item, f"{path}.{i}.member", wire, out) if item is not None else None
+            for i, item in enumerate(value, start=1)
+        ]
+    if kind == "map":
+        return _parse_map(shape, value, path, wire, out)  # type: ignore[arg-type]
+    if kind == "string":
+        if not isinstance(value, str):
+            raise _type_error(path, shape, value)
+        _check_string(shape, value, path, out)
+        return value
+    if kind in ("integer", "long"):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _type_error(path, shape, value)
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise _type_error(path, shape, value)
+            value = int(value)
+        _check_range(shape, value, path, out)
+        return value
+    if kind in ("float", "double"):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise _type_error(path, shape, value)
+        _check_range(shape, value, path, out)
+        return float(value)
+    if kind == "boolean":
+        if not isinstance(value, bool):
+            raise _type_error(path, shape, value)
+        return value
+    if kind == "blob":
+        data = _decode_blob(value, path, shape, wire)
+        _check_size(shape, len(data), f"<{len(data)} bytes>", path, out)
+        return data
+    if kind == "timestamp":
+        return _decode_timestamp(value, path, shape)
+    raise SerializationException(f"Unsupported member type {kind} at '{path}'")
+
+
+def _parse_structure(
+    shape: StructureShape, value: dict[str, Any], path: str, wire: Wire, out: list[Violation]
+) -> dict[str, Any]:
+    members = shape.members
+    parsed: dict[str, Any] = {}
+    for name in shape.required_members:
+        if value.get(name) is None:
+            out.append((_join(path, name), None, "Member must not be null"))
+    for name, item in value.items():
+        member = members.get(name)
+        if member is None or item is None:
+            continue  # Coral ignores members it does not know, and null means absent.
+        parsed[name] = _parse(member, item, _join(path, name), wire, out)
+    return parsed
+
+
+def _parse_map(shape: MapShape, value: Any, path: str, wire: Wire, out: list[Violation]) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _type_error(path, shape, value)
+    _check_size(shape, len(value), value, path, out)
+    key_problems: list[str] = []
+    value_problems: list[str] = []
+    parsed: dict[str, Any] = {}
+    for key, item in value.items():
+        if not isinstance(key, str):
+            raise _type_error(path, shape.key, key)
+        local: list[Violation] = []
+        _check_string(shape.key, key, path, local)
+        key_problems.extend(c for _, _, c in local if c not in key_problems)
+        if item is None:
+            continue
+        local = []
+        parsed[key] = _parse(shape.value, item, path, wire, local)
+        value_problems.extend(c for _, _, c in local if c not in value_problems)
+    if key_problems:
+        out.append((path, value, "Map keys must satisfy constraint: [" + ", ".join(key_problems) + "]"))
+    if value_problems:
+        out.append((path, value, "Map value must satisfy constraint: [" + ", ".join(value_problems) + "]"))
+    return parsed
+
+
+def _check_string(shape: Shape, value: str, path: str, out: list[Violation]) -> None:
+    meta = shape.metadata
+    enum = shape.enum  # type: ignore[attr-defined]
+    if enum and value not in enum:
+        out.append((path, value, f"Member must satisfy enum value set: [{', '.join(enum)}]"))
+    _check_size(shape, len(value), value, path, out)
+    pattern = meta.get("pattern")
+    if pattern is not None and compiled_pattern(pattern).fullmatch(value) is None:
+        out.append((path, value, f"Member must satisfy regular expression pattern: {pattern}"))
+
+
+def _check_size(shape: Shape, size: int, shown: object, path: str, out: list[Violation]) -> None:
+    meta = shape.metadata
+    low, high = meta.get("min"), meta.get("max")
+    if low is not None and size < low:
+        out.append((path, shown, f"Member must have length greater than or equal to {low}"))
+    if high is not None and size > high:
+        out.append((path, shown, f"Member must have length less than or equal to {high}"))
+
+
+def _check_range(shape: Shape, number: float, path: str, out: list[Violation]) -> None:
+    meta = shape.metadata
+    low, high = meta.get("min"), meta.get("max")
+    if low is not None and number < low:
+        out.append((path, number, f"Member must have value greater than or equal to {low}"))
+    if high is not None and number > high:
+        out.append((path, number, f"Member must have value less than or equal to {high}"))
+
+
+def _decode_blob(value: Any, path: str, shape: Shape, wire: Wire) -> bytes:
+    if isinstance(value, bytes | bytearray) and wire is Wire.CBOR:
+        return bytes(value)
+    if isinstance(value, str):
+        try:
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise SerializationException(f"Value at '{path}' is not valid base64") from None
+    raise _type_error(path, shape, value)
+
+
+def _decode_timestamp(value: Any, path: str, shape: Shape) -> datetime:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            return datetime.fromtimestamp(value, tz=UTC)
+        except (OverflowError, OSError, ValueError):
+            raise SerializationException(f"Timestamp out of range at '{path}'") from None
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise _type_error(path, shape, value) from None
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    raise _type_error(path, shape, value)
+
+
+# --- Output -------------------------------------------------------------------------------------------
+def serialize_output(
+    shape: StructureShape | None, result: dict[str, Any] | None, wire: Wire
+) -> dict[str, Any]:
+    """Shape a handler's result for the wire: unset members omitted, timestamps and blobs encoded.
+
+    A key the output shape does not know is a bug in the handler, so it raises instead of leaking.
+    """
+    if shape is None or not result:
+        return {}
+    return _out_structure(shape, result, wire)
+
+
+def _out_structure(shape: StructureShape, value: dict[str, Any], wire: Wire) -> dict[str, Any]:
+    members = shape.members
+    out: dict[str, Any] = {}
+    for name, item in value.items():
+        if item is None:
+            continue
+        member = members.get(name)
+        if member is None:
+            raise ValueError(f"{shape.name} has no member {name!r}")
+        out[name] = _out(member, item, wire)
+    return out
+
+
+def _out(shape: Shape, value: Any, wire: Wire) -> Any:
+    kind = shape.type_name
+    if kind == "structure":
+        return _out_structure(shape, value, wire)  # type: ignore[arg-type]
+    if kind == "list":
+        member = shape.member  # type: ignore[attr-defined]
+        return [_out(member, item, wire) for item in value]
+    if kind == "map":
+        inner = shape.value  # type: ignore[attr-defined]
+        return {k: _out(inner, v, wire) for k, v in value.items()}
+    if kind == "timestamp":
+        if isinstance(value, datetime):
+            aware = value if value.tzinfo else value.replace(tzinfo=UTC)
+            return aware if wire is Wire.CBOR else round(aware.timestamp(), 3)
+        return float(value)
+    if kind == "blob":
+        data = bytes(value)
+        return data if wire is Wire.CBOR else base64.b64encode(data).decode("ascii")
+    if kind in ("float", "double"):
+        return float(value)
+    return value

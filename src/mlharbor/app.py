@@ -1,0 +1,63 @@
+"""Assembles the ASGI app: the gateway on POST, /health and /metrics on GET."""
+
+from __future__ import annotations
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from mlharbor import __version__
+from mlharbor.api.auth import Authenticator
+from mlharbor.api.metrics import Metrics
+from mlharbor.api.pagination import Pager
+from mlharbor.api.protocol import Gateway
+from mlharbor.api.services import build_services
+from mlharbor.api.throttle import Throttle
+from mlharbor.blobs.store import open_blob_store
+from mlharbor.config import Settings
+from mlharbor.context import Server
+from mlharbor.store.db import Store
+
+
+def build_server(settings: Settings) -> Server:
+    """Open (and migrate) the store and the object store. Runs before the port is bound."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = Store(settings.resolved_database_url)
+    store.migrate()
+    pager = Pager(store.server_secret("pagination"))
+    blobs = open_blob_store(settings.object_store, settings.data_dir)
+    return Server(settings=settings, store=store, pager=pager, blobs=blobs)
+
+
+def create_app(settings: Settings, server: Server | None = None) -> Starlette:
+    server = server or build_server(settings)
+    metrics = Metrics()
+    gateway = Gateway(
+        server,
+        build_services(),
+        Authenticator(settings.load_credentials(), settings.clock_skew_seconds),
+        Throttle(settings.throttle),
+        metrics,
+    )
+
+    async def health(_: Request) -> Response:
+        database_ok = server.store.ping()
+        return JSONResponse(
+            {"status": "ok" if database_ok else "degraded", "version": __version__, "database": database_ok},
+            status_code=200 if database_ok else 503,
+        )
+
+    async def metrics_endpoint(_: Request) -> Response:
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    routes = [
+        Route("/", gateway.handle, methods=["POST"]),
+        Route("/service/{rest:path}", gateway.handle, methods=["POST"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes)
+    app.state.server = server
+    app.state.metrics = metrics
+    return app

@@ -1,0 +1,43 @@
+"""Every ARN MLHarbor builds or parses, in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PARTITION = "aws"
+
+
+@dataclass(frozen=True, slots=True)
+class Arn:
+    partition: str
+    service: str
+    region: str
+    account_id: str
+    resource: str  # e.g. "streamprocessor/name" or "entity-recognizer/name/version/v1"
+
+    @property
+    def resource_type(self) -> str:
+        return self.resource.split("/", 1)[0]
+
+    def __str__(self) -> str:
+        return f"arn:{self.partition}:{self.service}:{self.region}:{self.account_id}:{self.resource}"
+
+
+def parse(arn: str) -> Arn | None:
+    parts = arn.split(":", 5)
+    if len(parts) != 6 or parts[0] != "arn":
+        return None
+    return Arn(parts[1], parts[2], parts[3], parts[4], parts[5])
+
+
+def stream_processor(region: str, account_id: str, name: str) -> str:
+    return str(Arn(PARTITION, "rekognition", region, account_id, f"streamprocessor/{name}"))
+
+
+def collection(region: str, account_id: str, collection_id: str) -> str:
+    return str(Arn(PARTITION, "rekognition", region, account_id, f"collection/{collection_id}"))
+
+
+def entity_recognizer(region: str, account_id: str, name: str, version_name: str | None = None) -> str:
+    resource = f"entity-recognizer/{name}" + (f"/version/{version_name}" if version_name else "")
+    return str(Arn(PARTITION, "comprehend", region, account_id, resource))

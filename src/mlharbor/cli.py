@@ -1,0 +1,142 @@
+"""The `mlharbor` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import json
+import logging
+import sys
+from pathlib import Path
+
+import uvicorn
+from pydantic import ValidationError
+
+from mlharbor import __version__
+from mlharbor.config import Settings, load_settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mlharbor", description="MLHarbor: Rekognition + Comprehend, self-hosted"
+    )
+    parser.add_argument("--version", action="version", version=f"mlharbor {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the API server")
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind (default 4580; 0 picks a free one)")
+    serve.add_argument("--data-dir", type=Path, help="data folder (default ./.mlharbor)")
+    serve.add_argument("--database-url", help="SQLAlchemy URL (default sqlite:///<data-dir>/mlharbor.db)")
+    serve.add_argument("--config", type=Path, help="TOML config file (keys as the long options, with _)")
+    serve.add_argument(
+        "--credentials", type=Path, help="TOML file: [ACCESS_KEY_ID] secret_access_key, account_id"
+    )
+    serve.add_argument(
+        "--video-stream",
+        action="append",
+        metavar="NAME=URL",
+        help="a video source for stream processors (repeatable)",
+    )
+    serve.add_argument("--log-format", choices=["text", "json"])
+    serve.add_argument(
+        "--insecure-open-bind",
+        action="store_true",
+        default=None,
+        help="allow a non-loopback host with the built-in test/test credential",
+    )
+    return parser
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"time": self.formatTime(record), "level": record.levelname, "logger": record.name}
+        entry["message"] = record.getMessage()
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def _setup_logging(fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        _JsonFormatter()
+        if fmt == "json"
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _AnnouncingServer(uvicorn.Server):
+    """Prints the ready line once the socket is bound (with the real port when --port 0)."""
+
+    async def startup(self, sockets=None) -> None:  # type: ignore[no-untyped-def]
+        await super().startup(sockets=sockets)
+        if self.should_exit:
+            return
+        host, port = self.servers[0].sockets[0].getsockname()[:2]
+        shown = f"[{host}]" if ":" in host else host
+        print(f"MLHarbor listening on http://{shown}:{port}", flush=True)
+
+
+def serve(settings: Settings) -> int:
+    _setup_logging(settings.log_format)
+    if settings.credentials is None and not _is_loopback(settings.host) and not settings.insecure_open_bind:
+        print(
+            f"refusing to bind {settings.host}: with no --credentials file anyone could use test/test; "
+            "pass --credentials FILE or --insecure-open-bind",
+            file=sys.stderr,
+        )
+        return 2
+    from mlharbor.app import create_app
+
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        access_log=False,
+        log_level="warning",
+        timeout_graceful_shutdown=10,
+        backlog=2048,
+    )
+    server = _AnnouncingServer(config)
+    try:
+        asyncio.run(server.serve())
+    finally:
+        app.state.server.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        overrides = {
+            "host": args.host,
+            "port": args.port,
+            "data_dir": args.data_dir,
+            "database_url": args.database_url,
+            "credentials": args.credentials,
+            "video_stream": args.video_stream,
+            "log_format": args.log_format,
+            "insecure_open_bind": args.insecure_open_bind,
+        }
+        try:
+            settings = load_settings(args.config, **overrides)
+        except (ValidationError, ValueError, OSError) as exc:
+            print(f"invalid configuration: {exc}", file=sys.stderr)
+            return 2
+        return serve(settings)
+    return 2

@@ -1,0 +1,136 @@
+"""Server settings: CLI flags > MLHARBOR_* environment > TOML config file > defaults."""
+
+from __future__ import annotations
+
+import tomllib
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_ACCOUNT = "000000000000"
+DEFAULT_ACCESS_KEY = "test"
+DEFAULT_SECRET_KEY = "test"
+
+# The TOML file is chosen at run time (--config), while pydantic-settings wants sources per class:
+# a context variable carries the path into settings_customise_sources.
+_config_file: ContextVar[Path | None] = ContextVar("mlharbor_config_file", default=None)
+
+
+class Credential(BaseModel):
+    access_key_id: str
+    secret_access_key: str
+    account_id: str = Field(pattern=r"^\d{12}$")
+
+
+class ThrottleSettings(BaseModel):
+    """Token bucket per (account, operation). Defaults are generous: a self-hosted user owns the box."""
+
+    rate: float = Field(default=2000.0, gt=0, description="tokens per second per (account, operation)")
+    burst: float = Field(default=4000.0, gt=0, description="bucket size")
+    operations: dict[str, float] = Field(
+        default_factory=dict,
+        description="per-operation rate overrides, keyed 'Service.Operation' or 'Operation'",
+    )
+    max_in_flight: int = Field(default=256, gt=0, description="requests in flight before load is shed")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MLHARBOR_", extra="forbid", env_nested_delimiter="__")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=4580, ge=0, le=65535)
+    data_dir: Path = Path(".mlharbor")
+    database_url: str | None = None
+    credentials: Path | None = None
+    video_stream: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    log_format: Literal["text", "json"] = "text"
+    insecure_open_bind: bool = False
+    object_store: Literal["local", "s3"] = "local"
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    clock_skew_seconds: int = Field(default=300, ge=0)
+    throttle: ThrottleSettings = Field(default_factory=ThrottleSettings)
+    stream_processor_limit: int = Field(default=20, ge=0)
+    worker_heartbeat_seconds: float = Field(default=2.0, gt=0)
+
+    @field_validator("video_stream", mode="before")
+    @classmethod
+    def _split_streams(cls, value: object) -> object:
+        # The environment gives one string; accept "a=rtsp://x b=file:///y" or comma separated.
+        if isinstance(value, str):
+            return [part for part in value.replace(",", " ").split() if part]
+        return value
+
+    @field_validator("video_stream")
+    @classmethod
+    def _check_streams(cls, value: list[str]) -> list[str]:
+        for item in value:
+            name, sep, url = item.partition("=")
+            if not sep or not name or not url:
+                raise ValueError(f"--video-stream expects NAME=URL, got {item!r}")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _config_file.get()
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    # Derived values -------------------------------------------------------------------------------
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'mlharbor.db'}"
+
+    @property
+    def video_streams(self) -> dict[str, str]:
+        return dict(item.split("=", 1) for item in self.video_stream)
+
+    def load_credentials(self) -> dict[str, Credential]:
+        """Access key id → credential. Without a file exactly one credential exists: test/test."""
+        if self.credentials is None:
+            default = Credential(
+                access_key_id=DEFAULT_ACCESS_KEY,
+                secret_access_key=DEFAULT_SECRET_KEY,
+                account_id=DEFAULT_ACCOUNT,
+            )
+            return {default.access_key_id: default}
+        data = tomllib.loads(Path(self.credentials).read_text())
+        creds: dict[str, Credential] = {}
+        for key_id, entry in data.items():
+            if not isinstance(entry, dict):
+                raise ValueError(f"credentials file: [{key_id}] must be a table")
+            creds[key_id] = Credential(access_key_id=key_id, **entry)
+        if not creds:
+            raise ValueError("credentials file defines no credential")
+        return creds
+
+
+def load_settings(config_file: Path | None = None, **overrides: object) -> Settings:
+    """Build settings from overrides (CLI), environment, then the TOML file."""
+    if config_file is None:
+        import os
+
+        env_path = os.environ.get("MLHARBOR_CONFIG")
+        config_file = Path(env_path) if env_path else None
+    token = _config_file.set(config_file)
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    finally:
+        _config_file.reset(token)

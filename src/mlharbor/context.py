@@ -1,0 +1,45 @@
+"""What an operation handler gets: the caller's identity and the server's shared parts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mlharbor.api.pagination import Pager
+    from mlharbor.blobs.store import BlobStore
+    from mlharbor.config import Settings
+    from mlharbor.store.db import Store
+
+
+@dataclass
+class Server:
+    """Shared, long-lived parts, built once in app.py."""
+
+    settings: Settings
+    store: Store
+    pager: Pager
+    blobs: BlobStore
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def close(self) -> None:
+        self.store.dispose()
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One API call: who is asking, where, and with which request id."""
+
+    server: Server
+    service: str
+    operation: str
+    account_id: str
+    region: str
+    request_id: str
+
+    @property
+    def store(self) -> Store:
+        return self.server.store
+
+    def page_scope(self) -> tuple[str, ...]:
+        return (self.account_id, self.region, self.service, self.operation)

@@ -1,0 +1,186 @@
+"""Rekognition operations: one small function per AWS operation."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sqlalchemy import delete, insert
+from sqlalchemy.exc import IntegrityError
+
+from mlharbor import arns
+from mlharbor.api.services import Handler
+from mlharbor.context import Call
+from mlharbor.errors import (
+    InvalidParameterException,
+    LimitExceededException,
+    ResourceInUseException,
+    ResourceNotFoundException,
+    ServiceQuotaExceededException,
+)
+from mlharbor.services import tags
+from mlharbor.services.rekognition import stream_processors as sp
+from mlharbor.store.tables import stream_processors as sp_table
+
+TAG_LIMIT = 50  # per resource; AWS does not publish Rekognition's number (research §6 #11)
+CONNECTED_HOME_LABELS = frozenset({"PERSON", "PET", "PACKAGE", "ALL"})
+NAME_IN_USE = "Stream processor name already in use."
+
+
+def _check_settings(params: dict[str, Any]) -> None:
+    """The cross-field rules AWS documents for face search vs. connected-home processors."""
+    settings, output = params["Settings"], params["Output"]
+    if ("FaceSearch" in settings) == ("ConnectedHome" in settings):
+        raise InvalidParameterException("Settings must contain exactly one of FaceSearch or ConnectedHome.")
+    if "KinesisVideoStream" not in params["Input"] or "Arn" not in params["Input"]["KinesisVideoStream"]:
+        raise InvalidParameterException("Input.KinesisVideoStream.Arn is required.")
+    if "FaceSearch" in settings:
+        if not settings["FaceSearch"].get("CollectionId"):
+            raise InvalidParameterException("Settings.FaceSearch.CollectionId is required.")
+        if "Arn" not in output.get("KinesisDataStream", {}):
+            raise InvalidParameterException("A face search stream processor needs Output.KinesisDataStream.")
+        for member in ("NotificationChannel", "KmsKeyId", "RegionsOfInterest"):
+            if member in params:
+                raise InvalidParameterException(
+                    f"{member} is not supported for face search stream processors."
+                )
+        # Accepted and dropped, as AWS does (research §6 #8): face search writes only to Kinesis.
+        output.pop("S3Destination", None)
+    else:
+        if "S3Destination" not in output or "KinesisDataStream" in output:
+            raise InvalidParameterException(
+                "A connected home stream processor needs Output.S3Destination only."
+            )
+        if "NotificationChannel" not in params:
+            raise InvalidParameterException("A connected home stream processor needs a NotificationChannel.")
+        unknown = set(settings["ConnectedHome"]["Labels"]) - CONNECTED_HOME_LABELS
+        if unknown:
+            raise InvalidParameterException(
+                f"Unsupported label(s) {sorted(unknown)}; valid values are PERSON, PET, PACKAGE, ALL."
+            )
+
+
+def create_stream_processor(call: Call, params: dict[str, Any]) -> dict[str, Any]:
+    _check_settings(params)
+    name = params["Name"]
+    arn = arns.stream_processor(call.region, call.account_id, name)
+    input_arn = params["Input"]["KinesisVideoStream"]["Arn"]
+    output_arn = params["Output"].get("KinesisDataStream", {}).get("Arn")
+    new_tags = params.get("Tags", {})
+    if len(new_tags) > TAG_LIMIT:
+        raise ServiceQuotaExceededException(f"A resource can have at most {TAG_LIMIT} tags.")
+    limit = call.server.settings.stream_processor_limit
+    now = time.time()
+    try:
+        with call.store.begin() as conn:
+            if sp.find(conn, call.account_id, call.region, name) is not None:
+                raise ResourceInUseException(NAME_IN_USE)
+            if sp.count(conn, call.account_id, call.region) >= limit:
+                raise LimitExceededException(f"Stream processor limit exceeded for account, limit - {limit}.")
+            used = sp.binding_in_use(conn, call.account_id, call.region, input_arn, output_arn)
+            if used is not None:
+                raise ResourceInUseException(f"Stream {used} is already used by another stream processor.")
+            conn.execute(
+                insert(sp_table).values(
+                    arn=arn,
+                    account_id=call.account_id,
+                    region=call.region,
+                    name=name,
+                    status=sp.STATES.initial,
+                    version=0,
+                    created_at=now,
+                    updated_at=now,
+                    input_stream_arn=input_arn,
+                    output_stream_arn=output_arn,
+                    spec={key: params[key] for key in sp.SPEC_MEMBERS if key in params},
+                )
+            )
+            tags.put(conn, arn, new_tags)
+    except IntegrityError:
+        raise ResourceInUseException(NAME_IN_USE) from None  # lost a race with an identical create
+    return {"StreamProcessorArn": arn}
+
+
+def _existing(call: Call, name: str):  # type: ignore[no-untyped-def]
+    with call.store.read() as conn:
+        row = sp.find(conn, call.account_id, call.region, name)
+    if row is None:
+        raise ResourceNotFoundException(f"Stream processor {name} not found.")
+    return row
+
+
+def describe_stream_processor(call: Call, params: dict[str, Any]) -> dict[str, Any]:
+    return sp.describe(_existing(call, params["Name"]))
+
+
+def list_stream_processors(call: Call, params: dict[str, Any]) -> dict[str, Any]:
+    limit = params.get("MaxResults", 1000)
+    after = None
+    if "NextToken" in params:
+        position = call.server.pager.decode(call.page_scope(), params["NextToken"])
+        after = (float(position["t"]), str(position["n"]))
+    with call.store.read() as conn:
+        rows = sp.page(conn, call.account_id, call.region, after, limit + 1)
+    result: dict[str, Any] = {
+        "StreamProcessors": [{"Name": r.name, "Status": r.status} for r in rows[:limit]]
+    }
+    if len(rows) > limit:
+        last = rows[limit - 1]
+        result["NextToken"] = call.server.pager.encode(
+            call.page_scope(), {"t": last.created_at, "n": last.name}
+        )
+    return result
+
+
+def delete_stream_processor(call: Call, params: dict[str, Any]) -> None:
+    row = _existing(call, params["Name"])
+    if row.status not in sp.DELETABLE:
+        raise ResourceInUseException("Cannot delete stream processor.")
+    with call.store.begin() as conn:
+        # Compare-and-set on the version read above: a concurrent Start wins over this Delete.
+        removed = conn.execute(
+            delete(sp_table).where(sp_table.c.arn == row.arn, sp_table.c.version == row.version)
+        ).rowcount
+        if removed != 1:
+            raise ResourceInUseException("Cannot delete stream processor.")
+        tags.remove_all(conn, row.arn)
+
+
+def _taggable(call: Call, arn: str) -> str:
+    """Tagging accepts ARNs of this account's stream processors (collections join with their issue)."""
+    with call.store.read() as conn:
+        row = sp.find_by_arn(conn, call.account_id, call.region, arn)
+    if row is None:
+        raise ResourceNotFoundException(f"Resource {arn} not found.")
+    return row.arn
+
+
+def tag_resource(call: Call, params: dict[str, Any]) -> None:
+    arn = _taggable(call, params["ResourceArn"])
+    with call.store.begin() as conn:
+        if tags.count_after(conn, arn, params["Tags"]) > TAG_LIMIT:
+            raise ServiceQuotaExceededException(f"A resource can have at most {TAG_LIMIT} tags.")
+        tags.put(conn, arn, params["Tags"])
+
+
+def untag_resource(call: Call, params: dict[str, Any]) -> None:
+    arn = _taggable(call, params["ResourceArn"])
+    with call.store.begin() as conn:
+        tags.remove(conn, arn, params["TagKeys"])
+
+
+def list_tags_for_resource(call: Call, params: dict[str, Any]) -> dict[str, Any]:
+    arn = _taggable(call, params["ResourceArn"])
+    with call.store.read() as conn:
+        return {"Tags": tags.get(conn, arn)}
+
+
+OPERATIONS: dict[str, Handler] = {
+    "CreateStreamProcessor": create_stream_processor,
+    "DescribeStreamProcessor": describe_stream_processor,
+    "ListStreamProcessors": list_stream_processors,
+    "DeleteStreamProcessor": delete_stream_processor,
+    "TagResource": tag_resource,
+    "UntagResource": untag_resource,
+    "ListTagsForResource": list_tags_for_resource,
+}

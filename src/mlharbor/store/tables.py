@@ -1,0 +1,66 @@
+"""Table definitions used by queries. Alembic migrations (store/migrations) create and evolve them.
+
+Every resource row carries (account_id, region): another account can neither see nor touch it.
+``status`` is written only through store/transitions.py; ``version`` is its compare-and-set counter.
+Times are epoch seconds (float), the way both APIs put them on the wire.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import JSON, Column, Float, Integer, MetaData, String, Table, Text, UniqueConstraint
+
+metadata = MetaData()
+
+server_state = Table(
+    "server_state",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+tags = Table(
+    "tags",
+    metadata,
+    Column("resource_arn", String(2048), primary_key=True),
+    Column("tag_key", String(128), primary_key=True),
+    Column("tag_value", String(256), nullable=False),
+)
+
+stream_processors = Table(
+    "stream_processors",
+    metadata,
+    Column("arn", String(2048), primary_key=True),
+    Column("account_id", String(12), nullable=False),
+    Column("region", String(32), nullable=False),
+    Column("name", String(128), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("status_message", Text),
+    Column("version", Integer, nullable=False, default=0),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    # Exclusive bindings AWS enforces: one video stream and one Kinesis output per processor.
+    Column("input_stream_arn", String(2048), nullable=False),
+    Column("output_stream_arn", String(2048)),
+    # The create request's description members, as validated against the model.
+    Column("spec", JSON, nullable=False),
+    UniqueConstraint("account_id", "region", "name", name="uq_stream_processor_name"),
+)
+
+entity_recognizers = Table(
+    "entity_recognizers",
+    metadata,
+    Column("arn", String(256), primary_key=True),
+    Column("account_id", String(12), nullable=False),
+    Column("region", String(32), nullable=False),
+    Column("name", String(63), nullable=False),
+    # "" for a recognizer created without VersionName (keeps the uniqueness constraint simple).
+    Column("version_name", String(63), nullable=False, default=""),
+    Column("status", String(24), nullable=False),
+    Column("message", Text),
+    Column("version", Integer, nullable=False, default=0),
+    Column("submitted_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("spec", JSON, nullable=False),
+    Column("details", JSON),
+    UniqueConstraint("account_id", "region", "name", "version_name", name="uq_entity_recognizer_name"),
+)

@@ -1,0 +1,192 @@
+"""Shared fixtures: a real `mlharbor serve` process, boto3 clients, signed raw requests.
+
+Set MLHARBOR_TEST_DATABASE=postgresql to run the whole suite against a fresh PostgreSQL database
+(.ci/run does both). Every server fixture gets its own database and data folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+import botocore.session
+import pytest
+import requests
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.config import Config
+from botocore.credentials import Credentials
+
+REGION = "us-east-1"
+PG_ADMIN_URL = os.environ.get("MLHARBOR_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def wait_until(predicate, timeout: float = 20.0, interval: float = 0.02, what: str = "condition"):  # type: ignore[no-untyped-def]
+    """Poll ``predicate`` until it returns a truthy value or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def _fresh_database(tmp: Path) -> tuple[str, Any]:
+    """A database URL for one server, and a cleanup function."""
+    if os.environ.get("MLHARBOR_TEST_DATABASE") != "postgresql":
+        return f"sqlite:///{tmp / 'mlharbor.db'}", lambda: None
+    import psycopg
+
+    name = f"mlharbor_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+    def drop() -> None:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
+    return f"{base}/{name}", drop
+
+
+@dataclass
+class RunningServer:
+    url: str
+    process: subprocess.Popen[str]
+    data_dir: Path
+    database_url: str
+    log_path: Path
+    extra_args: list[str] = field(default_factory=list)
+
+    def client(self, service: str, access_key: str = "test", secret: str = "test", **config: Any):  # type: ignore[no-untyped-def]
+        return boto3.client(
+            service,
+            endpoint_url=self.url,
+            region_name=config.pop("region_name", REGION),
+            aws_access_key_id=access_key,
+            aws_secret_access_key=secret,
+            config=Config(retries={"max_attempts": 1, "mode": "standard"}, **config),
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_server(
+    tmp: Path, database_url: str, *extra: str, env: dict[str, str] | None = None
+) -> RunningServer:
+    log_path = tmp / "server.log"
+    data_dir = tmp / "data"
+    cmd = [
+        sys.executable, "-m", "mlharbor", "serve", "--port", "0",
+        "--data-dir", str(data_dir), "--database-url", database_url, *extra,
+    ]  # fmt: skip
+    log = log_path.open("w")
+    process = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=log, text=True, env={**os.environ, **(env or {})}
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()  # the server prints exactly one line when ready
+    if not line.startswith("MLHarbor listening on "):
+        process.kill()
+        raise AssertionError(f"server did not start: {line!r}\n{log_path.read_text()}")
+    url = line.strip().rsplit(" ", 1)[-1]
+    return RunningServer(url, process, data_dir, database_url, log_path, list(extra))
+
+
+def stop_server(server: RunningServer) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """One server for the whole session (tests use unique names, so they do not collide)."""
+    tmp = tmp_path_factory.mktemp("server")
+    url, drop = _fresh_database(tmp)
+    running = start_server(tmp, url)
+    yield running
+    stop_server(running)
+    drop()
+
+
+@pytest.fixture
+def make_server(tmp_path: Path) -> Iterator[Any]:
+    """Start a dedicated server with extra CLI arguments (for settings a test needs to change)."""
+    started: list[tuple[RunningServer, Any]] = []
+
+    def make(*extra: str, env: dict[str, str] | None = None) -> RunningServer:
+        tmp = tmp_path / f"s{len(started)}"
+        tmp.mkdir()
+        url, drop = _fresh_database(tmp)
+        running = start_server(tmp, url, *extra, env=env)
+        started.append((running, drop))
+        return running
+
+    yield make
+    for running, drop in started:
+        stop_server(running)
+        drop()
+
+
+@pytest.fixture
+def rekognition(server: RunningServer):  # type: ignore[no-untyped-def]
+    return server.client("rekognition")
+
+
+@pytest.fixture
+def comprehend(server: RunningServer):  # type: ignore[no-untyped-def]
+    return server.client("comprehend")
+
+
+def unique(prefix: str = "t") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def signed_post(
+    url: str,
+    *,
+    service: str,
+    target: str | None = None,
+    body: bytes | str | dict[str, Any] = b"{}",
+    access_key: str = "test",
+    secret: str = "test",
+    region: str = REGION,
+    path: str = "/",
+    headers: dict[str, str] | None = None,
+    scope_service: str | None = None,
+    sign: bool = True,
+) -> requests.Response:
+    """A raw awsJson 1.1 request signed with botocore's SigV4 signer (for what boto3 won't send)."""
+    if isinstance(body, dict):
+        body = json.dumps(body)
+    if isinstance(body, str):
+        body = body.encode()
+    all_headers = {"Content-Type": "application/x-amz-json-1.1", **(headers or {})}
+    if target is not None:
+        prefix = {"rekognition": "RekognitionService", "comprehend": "Comprehend_20171127"}[service]
+        all_headers["X-Amz-Target"] = f"{prefix}.{target}"
+    request = AWSRequest(method="POST", url=url.rstrip("/") + path, data=body, headers=all_headers)
+    if sign:
+        SigV4Auth(Credentials(access_key, secret), scope_service or service, region).add_auth(request)
+    prepared = request.prepare()
+    return requests.post(prepared.url, data=body, headers=dict(prepared.headers), timeout=30)
+
+
+def model(service: str):  # type: ignore[no-untyped-def]
+    return botocore.session.get_session().get_service_model(service)
