@@ -17,6 +17,7 @@ from mlharbor.api.throttle import Throttle
 from mlharbor.blobs.store import open_blob_store
 from mlharbor.config import Settings
 from mlharbor.context import Server
+from mlharbor.runtime import LocalExecutor
 from mlharbor.store.db import Store
 
 
@@ -27,7 +28,9 @@ def build_server(settings: Settings) -> Server:
     store.migrate()
     pager = Pager(store.server_secret("pagination"))
     blobs = open_blob_store(settings.object_store, settings.data_dir)
-    return Server(settings=settings, store=store, pager=pager, blobs=blobs)
+    # Worker processes are spawned only when work is submitted; building the executor is cheap.
+    executor = LocalExecutor(stop_grace=settings.worker_stop_grace_seconds)
+    return Server(settings=settings, store=store, pager=pager, blobs=blobs, executor=executor)
 
 
 def create_app(settings: Settings, server: Server | None = None) -> Starlette:

@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     clock_skew_seconds: int = Field(default=300, ge=0)
     throttle: ThrottleSettings = Field(default_factory=ThrottleSettings)
     stream_processor_limit: int = Field(default=20, ge=0)
-    worker_heartbeat_seconds: float = Field(default=2.0, gt=0)
+    worker_stop_grace_seconds: float = Field(default=5.0, gt=0, description="cooperative stop before kill")
 
     @field_validator("video_stream", mode="before")
     @classmethod

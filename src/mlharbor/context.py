@@ -9,6 +9,7 @@ if TYPE_CHECKING:
     from mlharbor.api.pagination import Pager
     from mlharbor.blobs.store import BlobStore
     from mlharbor.config import Settings
+    from mlharbor.runtime import Executor
     from mlharbor.store.db import Store
 
 
@@ -20,9 +21,11 @@ class Server:
     store: Store
     pager: Pager
     blobs: BlobStore
+    executor: Executor
     extras: dict[str, Any] = field(default_factory=dict)
 
     def close(self) -> None:
+        self.executor.shutdown(timeout=10.0)
         self.store.dispose()
 
 

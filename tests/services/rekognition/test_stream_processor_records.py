@@ -1,0 +1,180 @@
+"""Stream processor control plane available with the core: create, describe, list, delete, tags.
+
+Start/Stop/Update (and the video work behind them) belong to the stream processor issue.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import REGION, unique
+
+pytestmark = pytest.mark.storage
+ACCOUNT = "000000000000"
+
+
+def face_search(name: str, **changes):  # type: ignore[no-untyped-def]
+    request = {
+        "Name": name,
+        "Input": {"KinesisVideoStream": {"Arn": f"arn:aws:kinesisvideo:{REGION}:{ACCOUNT}:stream/{name}/1"}},
+        "Output": {"KinesisDataStream": {"Arn": f"arn:aws:kinesis:{REGION}:{ACCOUNT}:stream/{name}"}},
+        "Settings": {"FaceSearch": {"CollectionId": "faces", "FaceMatchThreshold": 70.0}},
+        "RoleArn": f"arn:aws:iam::{ACCOUNT}:role/rekognition",
+    }
+    request.update(changes)
+    return request
+
+
+def connected_home(name: str, **changes):  # type: ignore[no-untyped-def]
+    request = {
+        "Name": name,
+        "Input": {"KinesisVideoStream": {"Arn": f"arn:aws:kinesisvideo:{REGION}:{ACCOUNT}:stream/{name}/1"}},
+        "Output": {"S3Destination": {"Bucket": "results", "KeyPrefix": "cam"}},
+        "Settings": {"ConnectedHome": {"Labels": ["PERSON", "PET"], "MinConfidence": 60.0}},
+        "NotificationChannel": {"SNSTopicArn": f"arn:aws:sns:{REGION}:{ACCOUNT}:events"},
+        "RoleArn": f"arn:aws:iam::{ACCOUNT}:role/rekognition",
+    }
+    request.update(changes)
+    return request
+
+
+def test_create_then_describe_echoes_the_request(rekognition):
+    name = unique("sp")
+    request = face_search(name)
+    arn = rekognition.create_stream_processor(**request)["StreamProcessorArn"]
+    assert arn == f"arn:aws:rekognition:{REGION}:{ACCOUNT}:streamprocessor/{name}"
+    described = rekognition.describe_stream_processor(Name=name)
+    assert described["Status"] == "STOPPED"
+    assert described["StreamProcessorArn"] == arn
+    for member in ("Input", "Output", "RoleArn"):
+        assert described[member] == request[member]
+    # Stored as given (below 80 is applied as 80 when matching, not rewritten).
+    assert described["Settings"]["FaceSearch"]["FaceMatchThreshold"] == 70.0
+    assert described["CreationTimestamp"] == described["LastUpdateTimestamp"]
+
+
+def test_connected_home_processor(rekognition):
+    name = unique("home")
+    rekognition.create_stream_processor(**connected_home(name))
+    described = rekognition.describe_stream_processor(Name=name)
+    assert described["Settings"]["ConnectedHome"]["Labels"] == ["PERSON", "PET"]
+    assert described["NotificationChannel"]["SNSTopicArn"].endswith(":events")
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"Settings": {}},
+        {"Settings": {"FaceSearch": {"CollectionId": "c"}, "ConnectedHome": {"Labels": ["PERSON"]}}},
+        {"Output": {"S3Destination": {"Bucket": "bucket"}}},
+        {"KmsKeyId": "alias/key"},
+        {"Settings": {"FaceSearch": {"FaceMatchThreshold": 90.0}}},
+    ],
+    ids=["no-settings", "both-settings", "face-search-to-s3", "kms-on-face-search", "no-collection"],
+)
+def test_face_search_cross_field_rules(rekognition, changes):
+    name = unique("bad")
+    with pytest.raises(rekognition.exceptions.InvalidParameterException):
+        rekognition.create_stream_processor(**face_search(name, **changes))
+    with pytest.raises(rekognition.exceptions.ResourceNotFoundException):
+        rekognition.describe_stream_processor(Name=name)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"NotificationChannel": None},
+        {"Output": {"KinesisDataStream": {"Arn": f"arn:aws:kinesis:{REGION}:{ACCOUNT}:stream/x"}}},
+        {"Settings": {"ConnectedHome": {"Labels": ["CAR"]}}},
+    ],
+    ids=["no-sns", "kinesis-output", "unknown-label"],
+)
+def test_connected_home_cross_field_rules(rekognition, changes):
+    request = connected_home(unique("bad"), **changes)
+    request = {k: v for k, v in request.items() if v is not None}
+    with pytest.raises(rekognition.exceptions.InvalidParameterException):
+        rekognition.create_stream_processor(**request)
+
+
+def test_face_search_with_s3_destination_too_drops_it(rekognition):
+    name = unique("both")
+    request = face_search(name)
+    request["Output"] = {**request["Output"], "S3Destination": {"Bucket": "ignored"}}
+    rekognition.create_stream_processor(**request)
+    assert "S3Destination" not in rekognition.describe_stream_processor(Name=name)["Output"]
+
+
+def test_duplicate_name_and_shared_streams_are_in_use(rekognition):
+    name = unique("dup")
+    rekognition.create_stream_processor(**face_search(name))
+    with pytest.raises(rekognition.exceptions.ResourceInUseException) as info:
+        rekognition.create_stream_processor(**face_search(name))
+    assert info.value.response["Error"]["Message"] == "Stream processor name already in use."
+    same_input = face_search(unique("other"), Input=face_search(name)["Input"])
+    with pytest.raises(rekognition.exceptions.ResourceInUseException):
+        rekognition.create_stream_processor(**same_input)
+    same_output = face_search(unique("other"), Output=face_search(name)["Output"])
+    with pytest.raises(rekognition.exceptions.ResourceInUseException):
+        rekognition.create_stream_processor(**same_output)
+
+
+def test_account_limit(make_server):
+    server = make_server(env={"MLHARBOR_STREAM_PROCESSOR_LIMIT": "2"})
+    client = server.client("rekognition")
+    client.create_stream_processor(**face_search("one"))
+    client.create_stream_processor(**face_search("two"))
+    with pytest.raises(client.exceptions.LimitExceededException) as info:
+        client.create_stream_processor(**face_search("three"))
+    assert (
+        info.value.response["Error"]["Message"] == "Stream processor limit exceeded for account, limit - 2."
+    )
+
+
+def test_list_paginates_with_opaque_tokens(make_server):
+    server = make_server()
+    client = server.client("rekognition")
+    names = [f"page-{i:02d}" for i in range(7)]
+    for name in names:
+        client.create_stream_processor(**face_search(name))
+    first = client.list_stream_processors(MaxResults=3)
+    assert [p["Name"] for p in first["StreamProcessors"]] == names[:3]
+    pages = client.get_paginator("list_stream_processors").paginate(PaginationConfig={"PageSize": 3})
+    seen = [p["Name"] for page in pages for p in page["StreamProcessors"]]
+    assert seen == names
+    assert all(p["Status"] == "STOPPED" for p in first["StreamProcessors"])
+    tampered = first["NextToken"][:-2] + ("AA" if not first["NextToken"].endswith("AA") else "BB")
+    with pytest.raises(client.exceptions.InvalidPaginationTokenException):
+        client.list_stream_processors(NextToken=tampered)
+    # A token is bound to the call it came from.
+    comprehend = server.client("comprehend")
+    with pytest.raises(comprehend.exceptions.InvalidRequestException):
+        comprehend.list_entity_recognizers(NextToken=first["NextToken"])
+
+
+def test_delete_removes_processor_and_tags(rekognition):
+    name = unique("del")
+    arn = rekognition.create_stream_processor(**face_search(name), Tags={"team": "vision"})[
+        "StreamProcessorArn"
+    ]
+    rekognition.delete_stream_processor(Name=name)
+    with pytest.raises(rekognition.exceptions.ResourceNotFoundException):
+        rekognition.describe_stream_processor(Name=name)
+    with pytest.raises(rekognition.exceptions.ResourceNotFoundException):
+        rekognition.list_tags_for_resource(ResourceArn=arn)
+    with pytest.raises(rekognition.exceptions.ResourceNotFoundException):
+        rekognition.delete_stream_processor(Name=name)
+    # The name and the streams are free again.
+    rekognition.create_stream_processor(**face_search(name))
+
+
+def test_tags(rekognition):
+    name = unique("tags")
+    arn = rekognition.create_stream_processor(**face_search(name), Tags={"a": "1"})["StreamProcessorArn"]
+    rekognition.tag_resource(ResourceArn=arn, Tags={"b": "2", "a": "changed"})
+    assert rekognition.list_tags_for_resource(ResourceArn=arn)["Tags"] == {"a": "changed", "b": "2"}
+    rekognition.untag_resource(ResourceArn=arn, TagKeys=["a", "missing"])
+    assert rekognition.list_tags_for_resource(ResourceArn=arn)["Tags"] == {"b": "2"}
+    too_many = {f"k{i}": "v" for i in range(50)}
+    with pytest.raises(rekognition.exceptions.ServiceQuotaExceededException):
+        rekognition.tag_resource(ResourceArn=arn, Tags=too_many)
+    assert rekognition.list_tags_for_resource(ResourceArn=arn)["Tags"] == {"b": "2"}
