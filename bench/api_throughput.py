@@ -386,10 +386,13 @@ def start_mlharbor(workdir: Path) -> Target:
     data_dir = workdir / "mlharbor-data"
     data_dir.mkdir()
     log_path = workdir / "mlharbor.log"
+    # The benchmark measures the protocol path, not the per-account rate limit: lift the limit.
+    config = workdir / "mlharbor-bench.toml"
+    config.write_text("[throttle]\nrate = 1000000\nburst = 1000000\n")
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "mlharbor", "serve", "--host", "127.0.0.1", "--port", "0"]
-            + ["--data-dir", str(data_dir)],
+            + ["--data-dir", str(data_dir), "--config", str(config)],
             stdout=subprocess.PIPE,
             stderr=log,
             cwd=workdir,

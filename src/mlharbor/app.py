@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -11,7 +13,7 @@ from mlharbor import __version__
 from mlharbor.api.auth import Authenticator
 from mlharbor.api.metrics import Metrics
 from mlharbor.api.pagination import Pager
-from mlharbor.api.protocol import Gateway
+from mlharbor.api.protocol import Gateway, Receive, Scope, Send
 from mlharbor.api.services import build_services
 from mlharbor.api.throttle import Throttle
 from mlharbor.blobs.store import open_blob_store
@@ -33,7 +35,7 @@ def build_server(settings: Settings) -> Server:
     return Server(settings=settings, store=store, pager=pager, blobs=blobs, executor=executor)
 
 
-def create_app(settings: Settings, server: Server | None = None) -> Starlette:
+def create_app(settings: Settings, server: Server | None = None) -> Application:
     server = server or build_server(settings)
     metrics = Metrics()
     gateway = Gateway(
@@ -54,13 +56,24 @@ def create_app(settings: Settings, server: Server | None = None) -> Starlette:
     async def metrics_endpoint(_: Request) -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    routes = [
-        Route("/", gateway.handle, methods=["POST"]),
-        Route("/service/{rest:path}", gateway.handle, methods=["POST"]),
-        Route("/health", health, methods=["GET"]),
-        Route("/metrics", metrics_endpoint, methods=["GET"]),
-    ]
-    app = Starlette(routes=routes)
-    app.state.server = server
-    app.state.metrics = metrics
-    return app
+    routes = [Route("/health", health, methods=["GET"]), Route("/metrics", metrics_endpoint, methods=["GET"])]
+    admin = Starlette(routes=routes)
+    return Application(gateway, admin, server, metrics)
+
+
+class Application:
+    """Every HTTP request except GET /health and GET /metrics goes to the gateway, which answers in
+    the AWS dialect (an unknown path or method is an AWS error, not an HTML 404)."""
+
+    ADMIN_PATHS = frozenset({"/health", "/metrics"})
+
+    def __init__(self, gateway: Gateway, admin: Starlette, server: Server, metrics: Metrics) -> None:
+        self.gateway = gateway
+        self.admin = admin
+        self.state = SimpleNamespace(server=server, metrics=metrics)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not (scope["method"] == "GET" and scope["path"] in self.ADMIN_PATHS):
+            await self.gateway(scope, receive, send)
+        else:
+            await self.admin(scope, receive, send)

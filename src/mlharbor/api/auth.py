@@ -14,7 +14,6 @@ from hashlib import sha256
 from urllib.parse import unquote, urlsplit
 
 from botocore.auth import SigV4Auth
-from botocore.awsrequest import HTTPHeaders
 
 from mlharbor.config import Credential
 from mlharbor.errors import (
@@ -87,7 +86,7 @@ class Authenticator:
                 f"Authorization={header}"
             )
         try:
-            signed_at = datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+            signed_at = _parse_amz_date(amz_date)
         except ValueError:
             raise IncompleteSignatureException(
                 f"Date must be in ISO-8601 'basic format'. Got '{amz_date}'."
@@ -116,6 +115,16 @@ class Authenticator:
         return Identity(
             account_id=credential.account_id, region=auth.region, access_key_id=auth.access_key_id
         )
+
+
+def _parse_amz_date(value: str) -> datetime:
+    # ISO-8601 basic format, e.g. 20261123T001152Z (strptime is ten times slower on this hot path).
+    if len(value) != 16 or value[8] != "T" or value[15] != "Z":
+        raise ValueError(value)
+    return datetime(
+        int(value[0:4]), int(value[4:6]), int(value[6:8]),
+        int(value[9:11]), int(value[11:13]), int(value[13:15]), tzinfo=UTC,
+    )  # fmt: skip
 
 
 def _first(headers: dict[str, list[str]], name: str) -> str | None:
@@ -165,11 +174,12 @@ def _signature(
     body: bytes,
     amz_date: str,
 ) -> str:
-    # Canonical headers are exactly those the client listed, with botocore's value trimming.
-    signed = HTTPHeaders()
-    for name in auth.signed_headers:
-        for value in headers.get(name, []):
-            signed.add_header(name, value)
+    # Canonical headers are exactly those the client listed (sorted, repeated values comma-joined),
+    # each value trimmed the way botocore's signer trims it.
+    canonical_headers = "\n".join(
+        f"{name}:{','.join(_CANON._header_value(v) for v in headers.get(name, []))}"
+        for name in sorted(set(auth.signed_headers))
+    )
     payload_hash = sha256(body).hexdigest()
     claimed = _first(headers, "x-amz-content-sha256")
     if claimed is not None and claimed != payload_hash:
@@ -182,8 +192,8 @@ def _signature(
             method.upper(),
             _CANON._normalize_url_path(unquote(path) or "/"),
             _CANON._canonical_query_string_url(urlsplit(f"?{query}")) if query else "",
-            _CANON.canonical_headers(signed) + "\n",
-            ";".join(auth.signed_headers),
+            canonical_headers + "\n",
+            ";".join(sorted(set(auth.signed_headers))),
             payload_hash,
         )
     )

@@ -1,8 +1,11 @@
 """The front door: awsJson 1.1 (POST / + X-Amz-Target) and Smithy RPC v2 CBOR
-(POST /service/<Service>/operation/<Op>, what botocore >= 1.44 uses for Comprehend).
+(POST /service/<Service>/operation/<Op>, which Comprehend's model lists first).
 
 Order of checks, as AWS does: load shedding, body size, signature, operation, account rate,
 decoding, model validation, then the handler. Whatever fails, nothing has been changed.
+
+This is a plain ASGI app rather than a framework route: on the hot path the framework's request and
+response objects cost more than the rest of the gateway together.
 """
 
 from __future__ import annotations
@@ -11,26 +14,33 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
 import cbor2
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response
 
 from mlharbor import errors
 from mlharbor.api.auth import Authenticator
 from mlharbor.api.metrics import Metrics
-from mlharbor.api.services import Service
+from mlharbor.api.services import Service, is_blocking
 from mlharbor.api.shapes import Wire, parse_input, serialize_output
 from mlharbor.api.throttle import Throttle
 from mlharbor.context import Call, Server
 
 log = logging.getLogger("mlharbor.api")
 
-JSON_CONTENT_TYPE = "application/x-amz-json-1.1"
-CBOR_CONTENT_TYPE = "application/cbor"
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+JSON_CONTENT_TYPE = b"application/x-amz-json-1.1"
+CBOR_CONTENT_TYPE = b"application/cbor"
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request body arrived."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,15 +50,21 @@ class Route:
     operation: str | None
 
 
-def route_of(request: Request) -> Route:
-    path = request.url.path
+@dataclass(slots=True)
+class Reply:
+    status: int
+    body: bytes
+    headers: list[tuple[bytes, bytes]]
+
+
+def route_of(path: str, headers: dict[str, list[str]]) -> Route:
     if path.startswith("/service/"):
         # /service/<ServiceName>/operation/<OperationName>
         parts = path.split("/")
         if len(parts) == 5 and parts[3] == "operation":
             return Route(Wire.CBOR, parts[2], parts[4])
         return Route(Wire.CBOR, None, None)
-    target = request.headers.get("x-amz-target", "")
+    target = headers.get("x-amz-target", [""])[0]
     prefix, dot, operation = target.partition(".")
     return Route(Wire.JSON, prefix if dot else None, operation if dot else None)
 
@@ -69,10 +85,11 @@ class Gateway:
         self.metrics = metrics
         self.max_body = server.settings.max_body_bytes
 
-    async def handle(self, request: Request) -> Response:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         request_id = str(uuid.uuid4())
-        route = route_of(request)
+        headers = _header_lists(scope)
+        route = route_of(scope["path"], headers)
         service = self.services.get(route.prefix or "")
         operation = route.operation if service and route.operation in service.operations else None
         entered = False
@@ -80,38 +97,50 @@ class Gateway:
             self.throttle.enter()
             entered = True
             self.metrics.in_flight.inc()
-            response = await self._handle(request, request_id, route, service, operation)
+            if scope["method"] != "POST":
+                raise errors.UnknownOperationException("Only POST is supported")
+            reply = await self._handle(scope, receive, headers, request_id, route, service, operation)
         except errors.AwsError as exc:
-            response = self._error(exc, request_id, service, route.wire)
+            reply = self._error(exc, request_id, service, route.wire)
         except errors.Neutral as exc:
-            response = self._error(_translate(service, exc), request_id, service, route.wire)
-        except ClientDisconnect:
-            response = Response(status_code=400)
+            reply = self._error(_translate(service, exc), request_id, service, route.wire)
+        except ClientGone:
+            reply = Reply(400, b"", [])
         except Exception:
             log.exception("unhandled error in %s.%s request_id=%s", route.prefix, route.operation, request_id)
             internal = service.dialect.internal() if service else errors.InternalServerException()
-            response = self._error(internal, request_id, service, route.wire)
+            reply = self._error(internal, request_id, service, route.wire)
         finally:
             if entered:
                 self.throttle.leave()
                 self.metrics.in_flight.dec()
+        reply.headers.append((b"content-length", str(len(reply.body)).encode()))
+        await send({"type": "http.response.start", "status": reply.status, "headers": reply.headers})
+        await send({"type": "http.response.body", "body": reply.body})
         self.metrics.observe(
             service.name if service else "unknown",
             operation or "unknown",
-            response.status_code,
+            reply.status,
             time.perf_counter() - started,
         )
-        return response
 
     async def _handle(
-        self, request: Request, request_id: str, route: Route, service: Service | None, operation: str | None
-    ) -> Response:
-        body = await self._read_body(request)
+        self,
+        scope: Scope,
+        receive: Receive,
+        headers: dict[str, list[str]],
+        request_id: str,
+        route: Route,
+        service: Service | None,
+        operation: str | None,
+    ) -> Reply:
+        body = await self._read_body(receive, headers)
+        raw_path = scope.get("raw_path")
         identity = self.authenticator.verify(
-            method=request.method,
-            path=request.scope.get("raw_path", b"/").decode("latin-1").split("?", 1)[0] or "/",
-            query=request.url.query,
-            headers=_header_lists(request),
+            method=scope["method"],
+            path=raw_path.decode("latin-1").split("?", 1)[0] if raw_path else scope["path"],
+            query=scope.get("query_string", b"").decode("latin-1"),
+            headers=headers,
             body=body,
             service=service.signing_name if service else None,
         )
@@ -134,24 +163,31 @@ class Gateway:
                 f"MLHarbor does not implement {service.model.metadata['serviceId']} {operation} yet"
             )
         call = Call(self.server, service.name, operation, identity.account_id, identity.region, request_id)
-        result = await run_in_threadpool(handler, call, params)
+        result = (
+            await run_in_threadpool(handler, call, params) if is_blocking(handler) else handler(call, params)
+        )
         payload = serialize_output(op_model.output_shape, result, route.wire)
         return _encode(200, payload, route.wire, request_id)
 
-    async def _read_body(self, request: Request) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+    async def _read_body(self, receive: Receive, headers: dict[str, list[str]]) -> bytes:
+        declared = headers.get("content-length", [""])[0]
+        if declared.isdigit() and int(declared) > self.max_body:
             raise errors.RequestEntityTooLargeException(f"Request body exceeds {self.max_body} bytes")
         chunks: list[bytes] = []
         size = 0
-        async for chunk in request.stream():
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone()
+            chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body:
                 raise errors.RequestEntityTooLargeException(f"Request body exceeds {self.max_body} bytes")
             chunks.append(chunk)
-        return b"".join(chunks)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
 
-    def _error(self, exc: errors.AwsError, request_id: str, service: Service | None, wire: Wire) -> Response:
+    def _error(self, exc: errors.AwsError, request_id: str, service: Service | None, wire: Wire) -> Reply:
         code = exc.code
         body: dict[str, Any]
         if wire is Wire.CBOR and service is not None:
@@ -163,9 +199,9 @@ class Gateway:
                 body["Logref"] = request_id
             body["Message"] = exc.message
         body.update({k: v for k, v in exc.fields.items() if v is not None})
-        response = _encode(exc.status, body, wire if service is not None else Wire.JSON, request_id)
-        response.headers["x-amzn-ErrorType"] = code
-        return response
+        reply = _encode(exc.status, body, wire if service is not None else Wire.JSON, request_id)
+        reply.headers.append((b"x-amzn-errortype", code.encode()))
+        return reply
 
 
 def _translate(service: Service | None, exc: errors.Neutral) -> errors.AwsError:
@@ -176,10 +212,11 @@ def _translate(service: Service | None, exc: errors.Neutral) -> errors.AwsError:
     return errors.InternalServerException()
 
 
-def _header_lists(request: Request) -> dict[str, list[str]]:
+def _header_lists(scope: Scope) -> dict[str, list[str]]:
+    # ASGI servers lower-case header names already.
     out: dict[str, list[str]] = {}
-    for name, value in request.headers.raw:
-        out.setdefault(name.decode("latin-1").lower(), []).append(value.decode("latin-1"))
+    for name, value in scope["headers"]:
+        out.setdefault(name.decode("latin-1"), []).append(value.decode("latin-1"))
     return out
 
 
@@ -194,12 +231,12 @@ def _decode(body: bytes, wire: Wire) -> Any:
         ) from None
 
 
-def _encode(status: int, payload: dict[str, Any], wire: Wire, request_id: str) -> Response:
+def _encode(status: int, payload: dict[str, Any], wire: Wire, request_id: str) -> Reply:
+    rid = (b"x-amzn-requestid", request_id.encode())
     if wire is Wire.CBOR:
         content = cbor2.dumps(payload, datetime_as_timestamp=True)
-        headers = {"x-amzn-RequestId": request_id, "smithy-protocol": "rpc-v2-cbor"}
-        return Response(content, status_code=status, media_type=CBOR_CONTENT_TYPE, headers=headers)
+        return Reply(
+            status, content, [(b"content-type", CBOR_CONTENT_TYPE), rid, (b"smithy-protocol", b"rpc-v2-cbor")]
+        )
     content = json.dumps(payload, separators=(",", ":")).encode()
-    return Response(
-        content, status_code=status, media_type=JSON_CONTENT_TYPE, headers={"x-amzn-RequestId": request_id}
-    )
+    return Reply(status, content, [(b"content-type", JSON_CONTENT_TYPE), rid])

@@ -16,6 +16,21 @@ from mlharbor.context import Call
 Handler = Callable[[Call, dict[str, Any]], dict[str, Any] | None]
 
 
+def blocking(handler: Handler) -> Handler:
+    """Mark a handler that may wait (object store, network, heavy compute): it runs in a thread.
+
+    Unmarked handlers run on the event loop. They must do only short store work: a thread hand-off
+    costs more than an indexed SQLite query, and on two cores the hand-offs (and the GIL contention
+    they bring) dominated request latency.
+    """
+    handler.blocking = True  # type: ignore[attr-defined]
+    return handler
+
+
+def is_blocking(handler: Handler) -> bool:
+    return getattr(handler, "blocking", False)
+
+
 @dataclass(frozen=True)
 class Dialect:
     """How one service spells the conditions shared code raises without knowing the service."""
@@ -95,4 +110,8 @@ def build_services() -> dict[str, Service]:
         Service("rekognition", REKOGNITION_DIALECT, REKOGNITION_OPERATIONS),
         Service("comprehend", COMPREHEND_DIALECT, COMPREHEND_OPERATIONS),
     ]
+    for service in services:
+        # Load models and resolve every shape now, before the port opens, so no request pays for it.
+        for op in service.operations.values():
+            _ = op.input_shape, op.output_shape, op.error_shapes
     return {s.target_prefix: s for s in services}

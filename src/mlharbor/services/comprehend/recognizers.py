@@ -6,9 +6,11 @@ the table and listing are here so that List/Describe are real from day one.
 
 from __future__ import annotations
 
+from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, Row, select, tuple_
+from sqlalchemy import Connection, Row, Select, bindparam, select, tuple_
 
 from mlharbor.store.tables import entity_recognizers as table
 from mlharbor.store.transitions import machine
@@ -42,12 +44,36 @@ SPEC_MEMBERS = (
 DETAIL_MEMBERS = ("EndTime", "TrainingStartTime", "TrainingEndTime", "RecognizerMetadata", "OutputDataConfig")
 
 
-def owned_by(account_id: str, region: str):  # type: ignore[no-untyped-def]
-    return (table.c.account_id == account_id) & (table.c.region == region)
+# Statements are built once with bind parameters: building a select per request cost more than running it.
+_OWNER = (table.c.account_id == bindparam("account_id")) & (table.c.region == bindparam("region"))
+_BY_ARN = select(table).where(_OWNER, table.c.arn == bindparam("arn"))
+_ALL = select(table).where(_OWNER).order_by(table.c.name, table.c.submitted_at)
+_FILTERS = {
+    "Status": table.c.status == bindparam("Status"),
+    "RecognizerName": table.c.name == bindparam("RecognizerName"),
+    "SubmitTimeBefore": table.c.submitted_at < bindparam("SubmitTimeBefore"),
+    "SubmitTimeAfter": table.c.submitted_at > bindparam("SubmitTimeAfter"),
+}
 
 
 def find_by_arn(conn: Connection, account_id: str, region: str, arn: str) -> Row[Any] | None:
-    return conn.execute(select(table).where(owned_by(account_id, region), table.c.arn == arn)).first()
+    return conn.execute(_BY_ARN, {"account_id": account_id, "region": region, "arn": arn}).first()
+
+
+@lru_cache(maxsize=64)
+def _page_statement(filters: tuple[str, ...], paged: bool) -> Select[Any]:
+    query = select(table).where(_OWNER, *(_FILTERS[name] for name in filters))
+    newest_first = "SubmitTimeBefore" in filters  # the API documents descending order for this filter
+    key = tuple_(table.c.submitted_at, table.c.arn)
+    if paged:
+        after = tuple_(bindparam("after_t"), bindparam("after_a"))
+        query = query.where(key < after if newest_first else key > after)
+    order = (
+        (table.c.submitted_at.desc(), table.c.arn.desc())
+        if newest_first
+        else (table.c.submitted_at, table.c.arn)
+    )
+    return query.order_by(*order).limit(bindparam("limit"))
 
 
 def page(
@@ -58,30 +84,16 @@ def page(
     after: tuple[float, str] | None,
     limit: int,
 ) -> list[Row[Any]]:
-    query = select(table).where(owned_by(account_id, region))
-    newest_first = "SubmitTimeBefore" in filters  # the API documents descending order for this filter
-    if "Status" in filters:
-        query = query.where(table.c.status == filters["Status"])
-    if "RecognizerName" in filters:
-        query = query.where(table.c.name == filters["RecognizerName"])
-    if "SubmitTimeBefore" in filters:
-        query = query.where(table.c.submitted_at < filters["SubmitTimeBefore"].timestamp())
-    if "SubmitTimeAfter" in filters:
-        query = query.where(table.c.submitted_at > filters["SubmitTimeAfter"].timestamp())
-    key = tuple_(table.c.submitted_at, table.c.arn)
+    values: dict[str, Any] = {"account_id": account_id, "region": region, "limit": limit}
+    for name, value in filters.items():
+        values[name] = value.timestamp() if isinstance(value, datetime) else value
     if after is not None:
-        query = query.where(key < tuple_(*after) if newest_first else key > tuple_(*after))
-    order = (
-        (table.c.submitted_at.desc(), table.c.arn.desc())
-        if newest_first
-        else (table.c.submitted_at, table.c.arn)
-    )
-    return conn.execute(query.order_by(*order).limit(limit)).all()
+        values.update(after_t=after[0], after_a=after[1])
+    return conn.execute(_page_statement(tuple(sorted(filters)), after is not None), values).all()
 
 
 def all_rows(conn: Connection, account_id: str, region: str) -> list[Row[Any]]:
-    query = select(table).where(owned_by(account_id, region)).order_by(table.c.name, table.c.submitted_at)
-    return conn.execute(query).all()
+    return conn.execute(_ALL, {"account_id": account_id, "region": region}).all()
 
 
 def describe(row: Row[Any]) -> dict[str, Any]:

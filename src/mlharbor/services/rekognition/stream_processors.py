@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, Row, select, tuple_
+from sqlalchemy import Connection, Row, bindparam, func, select, tuple_
 
 from mlharbor.store.tables import stream_processors as table
 from mlharbor.store.transitions import machine
@@ -38,30 +38,39 @@ SPEC_MEMBERS = (
 )
 
 
-def owned_by(account_id: str, region: str):  # type: ignore[no-untyped-def]
-    return (table.c.account_id == account_id) & (table.c.region == region)
+# Statements are built once with bind parameters: building a select per request cost more than running it.
+_OWNER = (table.c.account_id == bindparam("account_id")) & (table.c.region == bindparam("region"))
+_BY_NAME = select(table).where(_OWNER, table.c.name == bindparam("name"))
+_BY_ARN = select(table).where(_OWNER, table.c.arn == bindparam("arn"))
+_COUNT = select(func.count()).select_from(table).where(_OWNER)
+_BINDINGS = select(table.c.input_stream_arn, table.c.output_stream_arn).where(_OWNER)
+_PAGE = select(table.c.name, table.c.status, table.c.created_at).where(_OWNER)
+_ORDER = (table.c.created_at, table.c.name)
+_FIRST_PAGE = _PAGE.order_by(*_ORDER).limit(bindparam("limit"))
+_NEXT_PAGE = (
+    _PAGE.where(tuple_(*_ORDER) > tuple_(bindparam("after_t"), bindparam("after_n")))
+    .order_by(*_ORDER)
+    .limit(bindparam("limit"))
+)
 
 
 def find(conn: Connection, account_id: str, region: str, name: str) -> Row[Any] | None:
-    return conn.execute(select(table).where(owned_by(account_id, region), table.c.name == name)).first()
+    return conn.execute(_BY_NAME, {"account_id": account_id, "region": region, "name": name}).first()
 
 
 def find_by_arn(conn: Connection, account_id: str, region: str, arn: str) -> Row[Any] | None:
-    return conn.execute(select(table).where(owned_by(account_id, region), table.c.arn == arn)).first()
+    return conn.execute(_BY_ARN, {"account_id": account_id, "region": region, "arn": arn}).first()
 
 
 def count(conn: Connection, account_id: str, region: str) -> int:
-    return len(conn.execute(select(table.c.arn).where(owned_by(account_id, region))).all())
+    return conn.execute(_COUNT, {"account_id": account_id, "region": region}).scalar_one()
 
 
 def binding_in_use(
     conn: Connection, account_id: str, region: str, input_arn: str, output_arn: str | None
 ) -> str | None:
     """Which exclusive binding (input video stream, output data stream) another processor already holds."""
-    rows = conn.execute(
-        select(table.c.input_stream_arn, table.c.output_stream_arn).where(owned_by(account_id, region))
-    ).all()
-    for used_input, used_output in rows:
+    for used_input, used_output in conn.execute(_BINDINGS, {"account_id": account_id, "region": region}):
         if used_input == input_arn:
             return input_arn
         if output_arn is not None and used_output == output_arn:
@@ -73,10 +82,10 @@ def page(
     conn: Connection, account_id: str, region: str, after: tuple[float, str] | None, limit: int
 ) -> list[Row[Any]]:
     """Creation order (AWS leaves order unspecified; creation order is stable under inserts)."""
-    query = select(table.c.name, table.c.status, table.c.created_at).where(owned_by(account_id, region))
-    if after is not None:
-        query = query.where(tuple_(table.c.created_at, table.c.name) > tuple_(*after))
-    return conn.execute(query.order_by(table.c.created_at, table.c.name).limit(limit)).all()
+    values: dict[str, Any] = {"account_id": account_id, "region": region, "limit": limit}
+    if after is None:
+        return conn.execute(_FIRST_PAGE, values).all()
+    return conn.execute(_NEXT_PAGE, {**values, "after_t": after[0], "after_n": after[1]}).all()
 
 
 def describe(row: Row[Any]) -> dict[str, Any]:
