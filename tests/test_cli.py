@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -56,3 +57,10 @@ def test_insecure_open_bind_allows_it(make_server):
     server = make_server("--host", "0.0.0.0", "--insecure-open-bind")
     port = server.url.rsplit(":", 1)[1]
     assert requests.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200
+
+
+def test_json_log_format(make_server):
+    server = make_server("--log-format", "json")
+    lines = [line for line in server.log().splitlines() if line.strip()]
+    entries = [json.loads(line) for line in lines]
+    assert any(e["message"].startswith("MLHarbor ") and e["level"] == "INFO" for e in entries)

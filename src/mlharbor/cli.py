@@ -12,6 +12,7 @@ from pathlib import Path
 
 import uvicorn
 from pydantic import ValidationError
+from sqlalchemy.engine import make_url
 
 from mlharbor import __version__
 from mlharbor.config import Settings, load_settings
@@ -103,6 +104,13 @@ def serve(settings: Settings) -> int:
     from mlharbor.app import create_app
 
     app = create_app(settings)
+    logging.getLogger("mlharbor").info(
+        "MLHarbor %s: database %s, data folder %s, object store %s",
+        __version__,
+        make_url(settings.resolved_database_url).render_as_string(hide_password=True),
+        settings.data_dir.resolve(),
+        settings.object_store,
+    )
     # The service models and libraries loaded so far live for the whole process: keep them out of
     # the collector's full passes, which otherwise walk them and show up as latency spikes.
     gc.collect()

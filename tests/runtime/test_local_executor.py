@@ -27,6 +27,7 @@ from mlharbor.runtime import (
     WorkContext,
     WorkStatus,
 )
+from tests.conftest import wait_until
 
 HERE = str(Path(__file__).resolve().parent)
 MODULE = "test_local_executor"  # the name workers import this file under (HERE is on their sys.path)
@@ -81,16 +82,7 @@ def target(name: str) -> str:
     return f"{MODULE}:{name}"
 
 
-def eventually(predicate: Callable[[], Any], timeout: float = TIMEOUT, what: str = "condition") -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        threading.Event().wait(0.01)
+eventually = wait_until  # the suite's polling helper, under the name these tests read best with
 
 
 def alive(pid: int) -> bool:
