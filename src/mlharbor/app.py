@@ -20,6 +20,8 @@ from mlharbor.blobs.store import open_blob_store
 from mlharbor.config import Settings
 from mlharbor.context import Server
 from mlharbor.runtime import LocalExecutor
+from mlharbor.runtime.reconciler import Reconciler
+from mlharbor.services.comprehend.training import TrainingSupervisor
 from mlharbor.store.db import Store
 
 
@@ -30,9 +32,17 @@ def build_server(settings: Settings) -> Server:
     store.migrate()
     pager = Pager(store.server_secret("pagination"))
     blobs = open_blob_store(settings.object_store, settings.data_dir)
+    reconciler = Reconciler()
     # Worker processes are spawned only when work is submitted; building the executor is cheap.
-    executor = LocalExecutor(stop_grace=settings.worker_stop_grace_seconds)
-    return Server(settings=settings, store=store, pager=pager, blobs=blobs, executor=executor)
+    # A finished worker wakes the reconciler, which records or repairs the outcome.
+    executor = LocalExecutor(
+        on_finished=lambda _work, _status: reconciler.wake(), stop_grace=settings.worker_stop_grace_seconds
+    )
+    server = Server(
+        settings=settings, store=store, pager=pager, blobs=blobs, executor=executor, reconciler=reconciler
+    )
+    reconciler.register("entity recognizer training", TrainingSupervisor(server).reconcile)
+    return server
 
 
 def create_app(settings: Settings, server: Server | None = None) -> Application:

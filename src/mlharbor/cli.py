@@ -125,6 +125,7 @@ def serve(settings: Settings) -> int:
         backlog=2048,
     )
     server = _AnnouncingServer(config)
+    app.state.server.start_background()
     try:
         server.run()  # uvicorn picks the loop (uvloop when installed), unlike a bare asyncio.run
     finally:

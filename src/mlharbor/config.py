@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     clock_skew_seconds: int = Field(default=300, ge=0)
     throttle: ThrottleSettings = Field(default_factory=ThrottleSettings)
     stream_processor_limit: int = Field(default=20, ge=0)
+    training_slots: int = Field(default=2, ge=1, description="recognizers trained at the same time")
+    models_bucket: str = Field(
+        default="mlharbor-models", description="object-store bucket for model artifacts"
+    )
     worker_stop_grace_seconds: float = Field(default=5.0, gt=0, description="cooperative stop before kill")
 
     @field_validator("video_stream", mode="before")

@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     from mlharbor.blobs.store import BlobStore
     from mlharbor.config import Settings
     from mlharbor.runtime import Executor
+    from mlharbor.runtime.reconciler import Reconciler
     from mlharbor.store.db import Store
 
 
@@ -22,9 +23,15 @@ class Server:
     pager: Pager
     blobs: BlobStore
     executor: Executor
+    reconciler: Reconciler
     extras: dict[str, Any] = field(default_factory=dict)
 
+    def start_background(self) -> None:
+        """Start reconciling (kept out of construction so in-process tests can build a quiet server)."""
+        self.reconciler.start()
+
     def close(self) -> None:
+        self.reconciler.stop()
         self.executor.shutdown(timeout=10.0)
         self.store.dispose()
 

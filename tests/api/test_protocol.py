@@ -100,13 +100,12 @@ def test_chunked_body_over_the_limit_is_refused(server):
 
 
 def test_unimplemented_operation_is_a_clear_501(comprehend):
-    arn = f"arn:aws:comprehend:{REGION}:000000000000:entity-recognizer/x"
     with pytest.raises(comprehend.exceptions.ClientError) as info:
-        comprehend.stop_training_entity_recognizer(EntityRecognizerArn=arn)
+        comprehend.detect_dominant_language(Text="Bonjour tout le monde")
     error = info.value.response
     assert error["ResponseMetadata"]["HTTPStatusCode"] == 501
     assert error["Error"]["Code"] == "NotImplementedException"
-    assert "StopTrainingEntityRecognizer" in error["Error"]["Message"]
+    assert "DetectDominantLanguage" in error["Error"]["Message"]
 
 
 def _cbor_call(url: str, operation: str, params: dict) -> tuple[int, Any, dict]:

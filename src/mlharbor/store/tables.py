@@ -62,5 +62,11 @@ entity_recognizers = Table(
     Column("updated_at", Float, nullable=False),
     Column("spec", JSON, nullable=False),
     Column("details", JSON),
+    # ClientRequestToken and a fingerprint of the request it came with (same token + other request = error).
+    Column("client_token", String(64)),
+    Column("request_hash", String(64)),
+    # Training attempts: a crashed worker is retried from the start with the next attempt number.
+    Column("attempt", Integer, nullable=False, default=0),
+    Column("artifact_uri", String(1024)),
     UniqueConstraint("account_id", "region", "name", "version_name", name="uq_entity_recognizer_name"),
 )

@@ -30,6 +30,9 @@ STATES = machine(
     },
 )
 
+# Only finished recognizers can be deleted (research §6 #15); training ones must be stopped first.
+DELETABLE = frozenset({"TRAINED", "TRAINED_WITH_WARNING", "IN_ERROR", "STOPPED"})
+
 # The create request members that Describe echoes back.
 SPEC_MEMBERS = (
     "LanguageCode",
@@ -54,6 +57,10 @@ _FILTERS = {
     "SubmitTimeBefore": table.c.submitted_at < bindparam("SubmitTimeBefore"),
     "SubmitTimeAfter": table.c.submitted_at > bindparam("SubmitTimeAfter"),
 }
+
+
+def owned_by_columns(account_id: str, region: str):  # type: ignore[no-untyped-def]
+    return (table.c.account_id == account_id) & (table.c.region == region)
 
 
 def find_by_arn(conn: Connection, account_id: str, region: str, arn: str) -> Row[Any] | None:

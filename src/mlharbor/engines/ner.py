@@ -1,0 +1,439 @@
+"""Custom named-entity recognition: train, evaluate, save, load and run a real spaCy model.
+
+Pure compute: text and ``Example``s in, models and scores out. No pretrained weights are used or
+downloaded; every pipeline starts from ``spacy.blank(language)`` plus one ``ner`` component.
+
+Training (``train``):
+- one plain ``nlp.update`` loop over shuffled minibatches whose size compounds from 4 to 32 across the
+  whole run (small batches learn fast in the first epoch, bigger ones are cheaper later);
+- ``should_stop()`` is polled before every batch and between evaluation chunks, so a stop request is
+  seen within one batch (~10-50 ms on one core);
+- after every epoch the model is scored on ``dev`` by exact span F1 and the best epoch is kept in memory
+  as ``nlp.to_bytes()``. Ties go to the later epoch (it fits the training data better and is as good on
+  dev). Training ends when dev F1 has not strictly improved for ``patience`` epochs, when dev F1 was
+  perfect (1.0) in two consecutive epochs (nothing left to select on), or at ``max_epochs``;
+- with an empty ``dev`` the epoch's training loss is the signal instead (an improvement is a drop of
+  more than 1%); ``dev_f1``/``best_f1`` are then reported as 0.0;
+- seeds are fixed (``spacy.util.fix_random_seed`` plus a seeded shuffle) so a run is reproducible.
+
+Tokenization: the pipeline's tokenizer splits a trailing "." off every token ("X." -> "X" "."), and
+drops the language's abbreviation exceptions ending in "." ("Inc.", "U.S.", "F."). Comprehend offsets
+come from people, and "... the Xbox Series X." would otherwise put the product's last character and the
+sentence's full stop in one token, so the gold span could only be learnt (and predicted) with the
+period. Finer tokens mean fewer adjusted spans; both "Acme Inc" and "Acme Inc." remain learnable.
+
+Labels: entity type names are user strings (``DRUG-NAME``, ``MY TYPE``, even ``!X``). spaCy's NER
+parses its move names ("B-<label>") and rejects labels starting with "!", so the spaCy model uses
+internal labels ``E0``, ``E1``, ... and ``NerModel`` maps them back; the mapping is saved with the model.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import spacy
+from spacy.language import Language
+from spacy.tokens import Doc
+from spacy.tokens import Span as SpacySpan
+from spacy.training import Example as SpacyExample
+from spacy.util import compile_suffix_regex, minibatch
+from thinc.api import require_cpu
+
+from mlharbor.engines.annotated import Example, Span
+
+SUPPORTED_LANGUAGES = ("en", "es", "fr", "de", "it", "pt")
+METADATA_FILE = "mlharbor-ner.json"
+FORMAT_VERSION = 1
+FORBIDDEN_LABEL_CHARS = (",", "\n", "\r", "\t")
+
+# Polling granularity for dev evaluation, so a stop request is not stuck behind a whole dev pass.
+_EVAL_CHUNK = 64
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Precision, recall and F1 in 0..1; each is 0.0 where undefined (no predictions / no gold)."""
+
+    precision: float
+    recall: float
+    f1: float
+
+    @classmethod
+    def from_counts(cls, true_positives: int, predicted: int, gold: int) -> Scores:
+        precision = true_positives / predicted if predicted else 0.0
+        recall = true_positives / gold if gold else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        return cls(precision, recall, f1)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Exact-match scores: a prediction counts only if (start, end, label) equals a gold span."""
+
+    overall: Scores  # micro-averaged over all types
+    per_type: dict[str, Scores]  # every model label, plus any label seen in gold or predictions
+    gold_counts: dict[str, int]  # gold mentions per type in the evaluated documents
+    documents: int
+
+
+@dataclass(frozen=True)
+class EpochReport:
+    epoch: int  # 1-based
+    batches: int  # batches in this epoch
+    loss: float  # summed NER loss over the epoch's batches
+    dev_f1: float  # 0.0 when there is no dev set
+    best_f1: float
+    best_epoch: int
+    seconds: float  # this epoch, evaluation included
+
+
+@dataclass
+class AlignmentReport:
+    """What happened to the gold spans when they were laid on spaCy tokens."""
+
+    adjusted: int = 0  # moved: whitespace trimmed off the edges, or expanded to token boundaries
+    dropped: int = 0  # impossible to place: out of range, empty, or only whitespace
+    overlapping: int = 0  # removed because a longer (or equally long, earlier) span overlapped them
+    ignored: int = 0  # label not among the recognizer's entity types (Comprehend ignores those)
+    kept: int = 0  # spans that became entities
+    mentions: dict[str, int] = field(default_factory=dict)  # kept spans per label
+
+    def add(self, other: AlignmentReport) -> None:
+        self.adjusted += other.adjusted
+        self.dropped += other.dropped
+        self.overlapping += other.overlapping
+        self.ignored += other.ignored
+        self.kept += other.kept
+        for label, count in other.mentions.items():
+            self.mentions[label] = self.mentions.get(label, 0) + count
+
+
+@dataclass
+class TrainResult:
+    model: NerModel | None  # the best checkpoint; None if stopped before the first epoch was scored
+    best_epoch: int  # 0 when no epoch completed
+    epochs_run: int  # completed (trained and scored) epochs
+    stopped: bool  # should_stop() ended the run
+    alignment: AlignmentReport  # for the training documents
+    best_dev_f1: float
+    seconds: float
+    batches: int = 0  # nlp.update calls in total
+
+
+def _check_labels(labels: Sequence[str]) -> tuple[str, ...]:
+    result = tuple(labels)
+    if not result:
+        raise ValueError("at least one entity type is required")
+    if len(set(result)) != len(result):
+        raise ValueError("entity types must be unique")
+    for label in result:
+        if not label or any(c in label for c in FORBIDDEN_LABEL_CHARS):
+            raise ValueError(f"invalid entity type {label!r}: empty, or contains a comma, tab or newline")
+    return result
+
+
+def _internal_labels(labels: Sequence[str]) -> tuple[str, ...]:
+    return tuple(f"E{i}" for i in range(len(labels)))
+
+
+def blank_pipeline(language: str, internal_labels: Sequence[str] = ()) -> Language:
+    """A blank pipeline with this module's tokenizer tweaks and an ``ner`` component."""
+    if language not in SUPPORTED_LANGUAGES:
+        raise ValueError(f"unsupported language {language!r}; supported: {', '.join(SUPPORTED_LANGUAGES)}")
+    nlp = spacy.blank(language)
+    tokenizer = nlp.tokenizer
+    # Split trailing periods everywhere (see module doc). The suffix regex and the special cases are
+    # serialized with the tokenizer, so a loaded model tokenizes exactly like the trained one.
+    tokenizer.rules = {
+        text: tokens
+        for text, tokens in (tokenizer.rules or {}).items()
+        if not (len(text) > 1 and text.endswith("."))
+    }
+    tokenizer.suffix_search = compile_suffix_regex([*nlp.Defaults.suffixes, r"\."]).search
+    ner = nlp.add_pipe("ner")
+    for label in internal_labels:
+        ner.add_label(label)
+    return nlp
+
+
+class NerModel:
+    """A trained recognizer: a spaCy pipeline plus the mapping to the user's entity type names."""
+
+    def __init__(self, nlp: Language, labels: Sequence[str], language: str) -> None:
+        self.nlp = nlp
+        self.labels: tuple[str, ...] = tuple(labels)
+        self.language = language
+        self._public = dict(zip(_internal_labels(self.labels), self.labels, strict=True))
+
+    def _spans(self, doc: Doc) -> list[Span]:
+        # Offsets are Python str indices (code points), the same unit as Example offsets.
+        return [
+            Span(ent.start_char, ent.end_char, self._public.get(ent.label_, ent.label_)) for ent in doc.ents
+        ]
+
+    def predict_iter(self, texts: Sequence[str], batch_size: int = 64) -> Iterator[list[Span]]:
+        for doc in self.nlp.pipe(texts, batch_size=batch_size):
+            yield self._spans(doc)
+
+    def predict(self, texts: Sequence[str], batch_size: int = 64) -> list[list[Span]]:
+        """Entities per text; ``Span.score`` is None (spaCy's greedy NER has no calibrated confidence)."""
+        return list(self.predict_iter(texts, batch_size))
+
+    def save(self, directory: Path) -> None:
+        """Write the spaCy pipeline, then the metadata file last: its presence marks a complete save."""
+        directory = Path(directory)
+        self.nlp.to_disk(directory)
+        metadata = {
+            "format": FORMAT_VERSION,
+            "language": self.language,
+            "labels": list(self.labels),
+            "internal_labels": list(_internal_labels(self.labels)),
+            "spacy_version": spacy.__version__,
+        }
+        (directory / METADATA_FILE).write_text(json.dumps(metadata, indent=2), encoding="utf-8")
+
+    @classmethod
+    def load(cls, directory: Path) -> NerModel:
+        directory = Path(directory)
+        meta_path = directory / METADATA_FILE
+        if not meta_path.is_file():
+            raise ValueError(f"{directory} is not a saved NER model (no {METADATA_FILE})")
+        metadata = json.loads(meta_path.read_text(encoding="utf-8"))
+        if metadata.get("format") != FORMAT_VERSION:
+            raise ValueError(f"unsupported NER model format {metadata.get('format')!r}")
+        require_cpu()
+        # spacy.load of a directory rebuilds the blank language from config.cfg: no download involved.
+        nlp = spacy.load(directory)
+        return cls(nlp, metadata["labels"], metadata["language"])
+
+
+def align(nlp: Language, example: Example) -> tuple[Doc, AlignmentReport]:
+    """Tokenize ``example.text`` and set ``doc.ents`` from its spans, reporting every change.
+
+    Span labels are used as given. spaCy would silently drop spans whose offsets miss token boundaries
+    (warning W030); here such spans are trimmed of edge whitespace and expanded to the covering tokens
+    (counted ``adjusted``). Spans that cannot be placed at all are counted ``dropped``. spaCy entities
+    cannot overlap: the longest span wins (the first on ties) and the losers are counted ``overlapping``.
+    Exact duplicates (same offsets and label) are merged without being counted.
+    """
+    text = example.text
+    report = AlignmentReport()
+    doc = nlp.make_doc(text)
+    placed: list[SpacySpan] = []
+    for start, end, label in sorted({(s.start, s.end, s.label) for s in example.spans}):
+        if not 0 <= start < end <= len(text):
+            report.dropped += 1
+            continue
+        # Annotators often include a neighbouring space; no token can start or end with whitespace.
+        trimmed_start, trimmed_end = start, end
+        while trimmed_start < trimmed_end and text[trimmed_start].isspace():
+            trimmed_start += 1
+        while trimmed_end > trimmed_start and text[trimmed_end - 1].isspace():
+            trimmed_end -= 1
+        if trimmed_start == trimmed_end:
+            report.dropped += 1
+            continue
+        span = doc.char_span(trimmed_start, trimmed_end, label=label)
+        if span is None:
+            span = doc.char_span(trimmed_start, trimmed_end, label=label, alignment_mode="expand")
+            if span is None or len(span) == 0:
+                report.dropped += 1
+                continue
+        if (span.start_char, span.end_char) != (start, end):
+            report.adjusted += 1
+        placed.append(span)
+    # Longest first (in characters), earliest first on ties; a span survives if it touches no survivor.
+    placed.sort(key=lambda s: (-(s.end_char - s.start_char), s.start_char))
+    taken: set[int] = set()
+    kept: list[SpacySpan] = []
+    for span in placed:
+        tokens = set(range(span.start, span.end))
+        if tokens & taken:
+            # Two labels on the very same tokens also land here: one of them has to go.
+            report.overlapping += 1
+            continue
+        taken |= tokens
+        kept.append(span)
+    kept.sort(key=lambda s: s.start)
+    doc.set_ents(kept, default="outside")  # complete annotation: every other token is "not an entity"
+    report.kept = len(kept)
+    report.mentions = dict(Counter(span.label_ for span in kept))
+    return doc, report
+
+
+def _count(
+    gold: Sequence[Sequence[Span]], predicted: Sequence[Sequence[Span]], labels: Sequence[str]
+) -> Evaluation:
+    allowed = set(labels)
+    tp: Counter[str] = Counter()
+    n_gold: Counter[str] = Counter()
+    n_pred: Counter[str] = Counter()
+    for gold_spans, pred_spans in zip(gold, predicted, strict=True):
+        g = {(s.start, s.end, s.label) for s in gold_spans if s.label in allowed}
+        p = {(s.start, s.end, s.label) for s in pred_spans}
+        n_gold.update(label for _, _, label in g)
+        n_pred.update(label for _, _, label in p)
+        tp.update(label for _, _, label in g & p)
+    types = list(labels) + sorted((set(n_gold) | set(n_pred)) - allowed)
+    per_type = {t: Scores.from_counts(tp[t], n_pred[t], n_gold[t]) for t in types}
+    overall = Scores.from_counts(sum(tp.values()), sum(n_pred.values()), sum(n_gold.values()))
+    return Evaluation(overall, per_type, {t: n_gold[t] for t in types}, len(gold))
+
+
+def evaluate(model: NerModel, examples: Sequence[Example]) -> Evaluation:
+    """Exact span match against the gold spans as given (no alignment), micro-averaged overall.
+
+    Gold spans whose label is not one of the model's entity types are ignored, as in training. A gold
+    span that does not sit on token boundaries can never be matched, and counts as a miss: these scores
+    are what a user comparing our output with their own annotations would measure.
+    """
+    predicted = model.predict([e.text for e in examples])
+    return _count([e.spans for e in examples], predicted, model.labels)
+
+
+def _evaluate_interruptible(
+    model: NerModel, examples: Sequence[Example], should_stop: Callable[[], bool]
+) -> Evaluation | None:
+    """``evaluate``, polling ``should_stop`` between chunks; None when a stop was requested."""
+    predicted: list[list[Span]] = []
+    for offset in range(0, len(examples), _EVAL_CHUNK):
+        if should_stop():
+            return None
+        chunk = examples[offset : offset + _EVAL_CHUNK]
+        predicted.extend(model.predict([e.text for e in chunk], batch_size=_EVAL_CHUNK))
+    return _count([e.spans for e in examples], predicted, model.labels)
+
+
+def _compounding(start: float, stop: float, factor: float) -> Iterator[int]:
+    size = start
+    while True:
+        yield int(size)
+        size = min(size * factor, stop)
+
+
+def train(
+    train: Sequence[Example],
+    dev: Sequence[Example],
+    *,
+    language: str,
+    labels: Sequence[str],
+    max_epochs: int = 30,
+    patience: int = 4,
+    seed: int = 0,
+    dropout: float = 0.2,
+    should_stop: Callable[[], bool] = lambda: False,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+) -> TrainResult:
+    """Train a recognizer for ``labels`` on ``train``, selecting the best epoch on ``dev``.
+
+    See the module docstring for the loop, early stopping and the no-dev fallback. Spans with labels
+    outside ``labels`` are ignored (counted in ``alignment.ignored``); labels without any training
+    mention are allowed (the model just never predicts them). On a stop request the function returns
+    within about one batch, with ``stopped=True`` and the best checkpoint so far (None if no epoch was
+    completed).
+    """
+    public = _check_labels(labels)
+    if not train:
+        raise ValueError("no training documents")
+    if max_epochs < 1 or patience < 1:
+        raise ValueError("max_epochs and patience must be at least 1")
+    began = time.perf_counter()
+    require_cpu()
+    spacy.util.fix_random_seed(seed)
+    internal = _internal_labels(public)
+    to_internal = dict(zip(public, internal, strict=True))
+    nlp = blank_pipeline(language, internal)
+
+    alignment = AlignmentReport()
+    examples: list[SpacyExample] = []
+    for example in train:
+        known = tuple(
+            Span(s.start, s.end, to_internal[s.label]) for s in example.spans if s.label in to_internal
+        )
+        doc, report = align(nlp, Example(example.text, known))
+        report.ignored = len(example.spans) - len(known)
+        report.mentions = {public[int(k[1:])]: v for k, v in report.mentions.items()}
+        alignment.add(report)
+        examples.append(SpacyExample(nlp.make_doc(example.text), doc))
+
+    optimizer = nlp.initialize(lambda: examples)
+    model = NerModel(nlp, public, language)
+    rng = random.Random(seed)
+    sizes = _compounding(4.0, 32.0, 1.001)
+    order = list(examples)
+
+    best_bytes: bytes | None = None
+    best_epoch, best_f1, best_loss = 0, 0.0, float("inf")
+    stale, perfect_streak, epochs_run, batches_total = 0, 0, 0, 0
+    stopped = False
+
+    for epoch in range(1, max_epochs + 1):
+        epoch_began = time.perf_counter()
+        rng.shuffle(order)
+        losses: dict[str, float] = {}
+        batches = 0
+        for batch in minibatch(order, size=sizes):
+            if should_stop():
+                stopped = True
+                break
+            nlp.update(batch, drop=dropout, sgd=optimizer, losses=losses)
+            batches += 1
+        batches_total += batches
+        if stopped:
+            break
+        loss = float(losses.get("ner", 0.0))
+
+        if dev:
+            scored = _evaluate_interruptible(model, dev, should_stop)
+            if scored is None:
+                stopped = True
+                break
+            dev_f1 = scored.overall.f1
+            improved = dev_f1 > best_f1
+            better_or_equal = dev_f1 >= best_f1
+            perfect_streak = perfect_streak + 1 if dev_f1 == 1.0 else 0
+        else:
+            dev_f1 = 0.0
+            improved = loss < best_loss * 0.99
+            better_or_equal = loss <= best_loss
+            perfect_streak = 0
+        epochs_run = epoch
+        if better_or_equal or best_bytes is None:
+            best_bytes, best_epoch = nlp.to_bytes(), epoch
+            best_f1, best_loss = max(best_f1, dev_f1), min(best_loss, loss)
+        stale = 0 if improved else stale + 1
+        if on_epoch is not None:
+            on_epoch(
+                EpochReport(
+                    epoch=epoch,
+                    batches=batches,
+                    loss=loss,
+                    dev_f1=dev_f1,
+                    best_f1=best_f1,
+                    best_epoch=best_epoch,
+                    seconds=time.perf_counter() - epoch_began,
+                )
+            )
+        if stale >= patience or perfect_streak >= 2:
+            break
+
+    result_model: NerModel | None = None
+    if best_bytes is not None:
+        nlp.from_bytes(best_bytes)
+        result_model = model
+    return TrainResult(
+        model=result_model,
+        best_epoch=best_epoch,
+        epochs_run=epochs_run,
+        stopped=stopped,
+        alignment=alignment,
+        best_dev_f1=best_f1,
+        seconds=time.perf_counter() - began,
+        batches=batches_total,
+    )

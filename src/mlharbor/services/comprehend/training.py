@@ -1,0 +1,343 @@
+"""Recognizer training: the worker that trains, and the reconcile pass that schedules and repairs it.
+
+Desired state lives in the database (a Stop moves the row to STOP_REQUESTED). The worker reads it
+between batches and writes the actual outcome; the reconcile pass starts queued work, finishes stops
+of work that is not running, retries work a crash interrupted, and removes deleted recognizers.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import random
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Row, delete, select, update
+
+from mlharbor.blobs.store import BlobStore, open_blob_store
+from mlharbor.context import Server
+from mlharbor.runtime import WorkContext
+from mlharbor.services import tags
+from mlharbor.services.comprehend import recognizers as er
+from mlharbor.store.db import Store
+from mlharbor.store.tables import entity_recognizers as table
+from mlharbor.store.transitions import transition
+
+log = logging.getLogger(__name__)
+
+TARGET = "mlharbor.services.comprehend.training:train_worker"
+ACTIVE = ("SUBMITTED", "TRAINING", "STOP_REQUESTED", "DELETING")
+MAX_ATTEMPTS = 3  # a worker killed mid-training is retried from the start this many times in all
+STOP_POLL_SECONDS = 0.25  # how often the worker looks at the database for a stop request
+
+
+def work_id(arn: str, attempt: int) -> str:
+    return f"{arn}#attempt-{attempt}"
+
+
+# --- State changes shared by the worker and the reconcile pass ------------------------------------
+def _row(conn: Connection, arn: str) -> Row[Any] | None:
+    return conn.execute(select(table).where(table.c.arn == arn)).first()
+
+
+def move(
+    store: Store, arn: str, targets: dict[str, str], *, attempt: int | None = None, **values: Any
+) -> str | None:
+    """Move the row along ``targets`` ({from_state: to_state}) whatever it currently is, retrying the
+    compare-and-set when another writer got in first. Returns the state it ended in, or None if the row
+    is gone, in a state ``targets`` does not name, or (with ``attempt``) owned by a newer attempt: a
+    worker that outlived a crash must not overwrite its replacement's work."""
+    for _ in range(20):
+        with store.begin() as conn:
+            row = _row(conn, arn)
+            if row is None or row.status not in targets or attempt not in (None, row.attempt):
+                return None
+            target = targets[row.status]
+            extra = {k: (v(row) if callable(v) else v) for k, v in values.items()}
+            if transition(
+                conn, table, er.STATES, table.c.arn == arn, current=row.status, version=row.version,
+                target=target, updated_at=time.time(), **extra,
+            ):  # fmt: skip
+                return target
+    raise RuntimeError(f"could not update {arn}: too much contention")
+
+
+def _with_details(**new: Any):  # type: ignore[no-untyped-def]
+    """A value for ``move`` that merges ``new`` into the row's details JSON."""
+    return lambda row: {**(row.details or {}), **new}
+
+
+def _note(store: Store, arn: str, attempt: int, message: str) -> None:
+    """Progress text in Message while training; not a state change, so the version is left alone."""
+    with store.begin() as conn:
+        conn.execute(
+            update(table)
+            .where(table.c.arn == arn, table.c.status == "TRAINING", table.c.attempt == attempt)
+            .values(message=message)
+        )
+
+
+# --- The worker -----------------------------------------------------------------------------------
+def train_worker(ctx: WorkContext, payload: dict[str, Any]) -> dict[str, Any]:
+    store = Store(payload["database_url"])
+    try:
+        return _train(ctx, store, payload)
+    finally:
+        store.dispose()
+
+
+class _StopWatch:
+    """True once a stop was requested, through the executor or in the database (after a restart, or
+    from another server process, the database is the only channel)."""
+
+    def __init__(self, ctx: WorkContext, store: Store, arn: str, attempt: int) -> None:
+        self.ctx, self.store, self.arn, self.attempt = ctx, store, arn, attempt
+        self._next_check = 0.0
+        self._seen = False
+
+    def __call__(self) -> bool:
+        if self._seen or self.ctx.stop_requested():
+            self._seen = True
+            return True
+        now = time.monotonic()
+        if now >= self._next_check:
+            self._next_check = now + STOP_POLL_SECONDS
+            with self.store.read() as conn:
+                row = conn.execute(
+                    select(table.c.status, table.c.attempt).where(table.c.arn == self.arn)
+                ).first()
+            # Stop when asked to, and also when a newer attempt has replaced this one.
+            self._seen = row is None or row.status != "TRAINING" or row.attempt != self.attempt
+        return self._seen
+
+
+def _train(ctx: WorkContext, store: Store, payload: dict[str, Any]) -> dict[str, Any]:
+    arn, attempt = payload["arn"], payload["attempt"]
+    with store.read() as conn:
+        row = _row(conn, arn)
+    if row is None or row.attempt != attempt:
+        return {"stopped": False, "skipped": True}
+    if row.status == "SUBMITTED":
+        state = move(
+            store, arn, {"SUBMITTED": "TRAINING"}, attempt=attempt,
+            message="Loading training data", details=_with_details(TrainingStartTime=time.time()),
+        )  # fmt: skip
+    else:
+        state = row.status  # TRAINING again after a crash: the row already says so
+    if state != "TRAINING":
+        _finish_stopped(store, arn, attempt)  # stopped before it started
+        return {"stopped": True}
+
+    # Imported here, after the row says TRAINING: spaCy takes a second to import.
+    from mlharbor.engines import ner
+    from mlharbor.services.comprehend.datasets import DataError, load_dataset
+
+    spec = row.spec
+    blobs = open_blob_store(payload["object_store"], Path(payload["data_dir"]))
+    try:
+        dataset = load_dataset(blobs, spec["InputDataConfig"], spec["LanguageCode"])
+    except DataError as exc:
+        _fail(store, arn, str(exc), attempt)
+        return {"stopped": False}
+
+    rng = random.Random(arn)
+    train_docs, test_docs = _hold_out(dataset.train, dataset.test, rng)
+    fit_docs, dev_docs = _hold_out(train_docs, None, rng)
+    stop = _StopWatch(ctx, store, arn, attempt)
+
+    def on_epoch(report: Any) -> None:
+        text = (
+            f"Training: epoch {report.epoch}, dev F1 {report.dev_f1 * 100:.1f} "
+            f"(best {report.best_f1 * 100:.1f} at epoch {report.best_epoch})"
+        )
+        log.info("%s %s", arn, text)
+        ctx.heartbeat({"epoch": report.epoch, "dev_f1": report.dev_f1})
+        _note(store, arn, attempt, text)
+
+    types = [t["Type"] for t in spec["InputDataConfig"]["EntityTypes"]]
+    result = ner.train(
+        fit_docs, dev_docs, language=spec["LanguageCode"], labels=types, should_stop=stop, on_epoch=on_epoch
+    )
+    if result.stopped or result.model is None:
+        _finish_stopped(store, arn, attempt)
+        return {"stopped": True}
+
+    evaluation = ner.evaluate(result.model, test_docs)
+    artifact = payload["artifact_uri"]
+    _store_model(blobs, artifact, result.model)
+    warnings = list(dataset.warnings)
+    if result.alignment.adjusted:
+        warnings.append(
+            f"{result.alignment.adjusted} annotation(s) did not fall on token boundaries "
+            "and were widened to whole tokens"
+        )
+    if result.alignment.dropped:
+        warnings.append(
+            f"{result.alignment.dropped} annotation(s) could not be placed on tokens and were skipped"
+        )
+    metadata = _metadata(types, len(train_docs), len(test_docs), evaluation, dataset.train_mentions)
+    ended = time.time()
+    # Completion wins over a stop that arrived too late to interrupt training, as AWS documents.
+    final = "TRAINED_WITH_WARNING" if warnings else "TRAINED"
+    moved = move(
+        store, arn, {"TRAINING": final, "STOP_REQUESTED": final}, attempt=attempt,
+        message="; ".join(warnings) or None, artifact_uri=artifact,
+        details=_with_details(
+            RecognizerMetadata=metadata, TrainingEndTime=ended, EndTime=ended, BestEpoch=result.best_epoch,
+        ),
+    )  # fmt: skip
+    if moved is None:  # deleted or superseded meanwhile: do not leave the artifact behind
+        blobs.delete(artifact)
+    return {"stopped": False, "f1": evaluation.overall.f1}
+
+
+def _hold_out(docs: list[Any], given: list[Any] | None, rng: random.Random) -> tuple[list[Any], list[Any]]:
+    """Without a given test set AWS keeps 10% of the documents aside; we do the same (at least one)."""
+    if given is not None:
+        return list(docs), list(given)
+    shuffled = list(docs)
+    rng.shuffle(shuffled)
+    count = max(1, math.ceil(len(shuffled) * 0.1)) if len(shuffled) > 1 else 0
+    return shuffled[count:], shuffled[:count]
+
+
+def _metadata(types: list[str], trained: int, tested: int, evaluation: Any, mentions: dict[str, int]) -> dict:
+    def scaled(scores: Any) -> dict[str, float]:
+        # Plain-text recognizers report on a 0-100 scale.
+        return {
+            "Precision": round(scores.precision * 100, 2),
+            "Recall": round(scores.recall * 100, 2),
+            "F1Score": round(scores.f1 * 100, 2),
+        }
+
+    per_type = []
+    for name in types:
+        entry: dict[str, Any] = {"Type": name, "NumberOfTrainMentions": mentions.get(name, 0)}
+        if name in evaluation.per_type:
+            entry["EvaluationMetrics"] = scaled(evaluation.per_type[name])
+        per_type.append(entry)
+    return {
+        "NumberOfTrainedDocuments": trained,
+        "NumberOfTestDocuments": tested,
+        "EvaluationMetrics": scaled(evaluation.overall),
+        "EntityTypes": per_type,
+    }
+
+
+def _store_model(blobs: BlobStore, uri: str, model: Any) -> None:
+    with tempfile.TemporaryDirectory(prefix="mlharbor-model-") as tmp:
+        model.save(Path(tmp) / "model")
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+            tar.add(Path(tmp) / "model", arcname="model")
+        blobs.put(uri, buffer.getvalue())
+
+
+def load_model(blobs: BlobStore, uri: str) -> Any:
+    """The trained model behind a recognizer's artifact (used by inference and by tests)."""
+    from mlharbor.engines import ner
+
+    with tempfile.TemporaryDirectory(prefix="mlharbor-model-") as tmp:
+        with tarfile.open(fileobj=io.BytesIO(blobs.get(uri)), mode="r:gz") as tar:
+            tar.extractall(tmp, filter="data")
+        return ner.NerModel.load(Path(tmp) / "model")
+
+
+def _finish_stopped(store: Store, arn: str, attempt: int | None = None) -> None:
+    ended = time.time()
+    move(
+        store, arn, {"STOP_REQUESTED": "STOPPED"}, attempt=attempt,
+        message="Training was stopped by StopTrainingEntityRecognizer.",
+        details=_with_details(EndTime=ended, TrainingEndTime=ended),
+    )  # fmt: skip
+
+
+def _fail(store: Store, arn: str, message: str, attempt: int | None = None) -> None:
+    ended = time.time()
+    move(
+        store, arn, {"SUBMITTED": "IN_ERROR", "TRAINING": "IN_ERROR", "STOP_REQUESTED": "IN_ERROR"},
+        attempt=attempt, message=message, details=_with_details(EndTime=ended),
+    )  # fmt: skip
+
+
+# --- The reconcile pass (runs in the server) ------------------------------------------------------
+class TrainingSupervisor:
+    def __init__(self, server: Server) -> None:
+        self.server = server
+
+    def _payload(self, row: Row[Any], attempt: int) -> dict[str, Any]:
+        settings = self.server.settings
+        version = row.version_name or "-"
+        artifact = (
+            f"s3://{settings.models_bucket}/comprehend/{row.account_id}/{row.region}/"
+            f"entity-recognizer/{row.name}/{version}/attempt-{attempt}/model.tar.gz"
+        )
+        return {
+            "arn": row.arn,
+            "attempt": attempt,
+            "database_url": settings.resolved_database_url,
+            "object_store": settings.object_store,
+            "data_dir": str(settings.data_dir.resolve()),
+            "artifact_uri": artifact,
+        }
+
+    def reconcile(self) -> None:
+        executor = self.server.executor
+        store = self.server.store
+        with store.read() as conn:
+            rows = conn.execute(
+                select(table).where(table.c.status.in_(ACTIVE)).order_by(table.c.submitted_at)
+            ).all()
+        running = set(executor.running())
+        busy = sum(1 for w in running if "#attempt-" in w and ":entity-recognizer/" in w)
+        slots = self.server.settings.training_slots - busy
+        for row in rows:
+            wid = work_id(row.arn, row.attempt)
+            if wid in running:
+                continue
+            status = executor.status(wid)
+            if row.status == "DELETING":
+                self._delete(row)
+            elif row.status == "STOP_REQUESTED":
+                _finish_stopped(store, row.arn)
+            elif status is not None or row.status == "TRAINING":
+                # It ran and ended without recording an outcome, or it was TRAINING when the server
+                # died (nothing here knows of it): the worker was interrupted.
+                self._interrupted(row, status.error if status is not None else "the server restarted")
+            elif slots > 0:
+                executor.submit(wid, TARGET, self._payload(row, row.attempt))
+                slots -= 1
+
+    def _interrupted(self, row: Row[Any], reason: str | None) -> None:
+        store = self.server.store
+        if row.attempt + 1 >= MAX_ATTEMPTS:
+            _fail(store, row.arn, f"Training was interrupted {MAX_ATTEMPTS} times (last: {reason}).")
+            return
+        log.warning("training of %s was interrupted (%s); retrying from the start", row.arn, reason)
+        with store.begin() as conn:
+            bumped = conn.execute(
+                update(table)
+                .where(table.c.arn == row.arn, table.c.version == row.version)
+                .values(
+                    attempt=row.attempt + 1,
+                    version=row.version + 1,
+                    message="Training restarted after an interruption",
+                )
+            ).rowcount
+        if bumped:
+            # Started at once, slot or not: it held a slot before the interruption. Waiting for a free
+            # slot would leave a TRAINING row with no worker, which the next pass would count again.
+            attempt = row.attempt + 1
+            self.server.executor.submit(work_id(row.arn, attempt), TARGET, self._payload(row, attempt))
+
+    def _delete(self, row: Row[Any]) -> None:
+        if row.artifact_uri:
+            self.server.blobs.delete(row.artifact_uri)
+        with self.server.store.begin() as conn:
+            tags.remove_all(conn, row.arn)
+            conn.execute(delete(table).where(table.c.arn == row.arn, table.c.status == "DELETING"))

@@ -1,0 +1,239 @@
+"""Custom entity recognizers over real HTTP: real training, the lifecycle, and StopTraining as documented."""
+
+from __future__ import annotations
+
+import pytest
+
+from mlharbor.blobs.local import LocalBlobStore
+from mlharbor.services.comprehend.training import load_model
+from tests.conftest import REGION, start_server, stop_server, unique, wait_until
+from tests.services.comprehend.corpus import put_object, upload
+
+pytestmark = pytest.mark.storage
+ROLE = "arn:aws:iam::000000000000:role/comprehend"
+FINAL = {"TRAINED", "TRAINED_WITH_WARNING", "IN_ERROR", "STOPPED"}
+
+
+def create(client, config: dict, name: str | None = None, **extra):  # type: ignore[no-untyped-def]
+    request = {"RecognizerName": name or unique("rec"), "LanguageCode": "en", "DataAccessRoleArn": ROLE}
+    return client.create_entity_recognizer(**request, InputDataConfig=config, **extra)["EntityRecognizerArn"]
+
+
+def describe(client, arn: str) -> dict:  # type: ignore[no-untyped-def]
+    return client.describe_entity_recognizer(EntityRecognizerArn=arn)["EntityRecognizerProperties"]
+
+
+def wait_status(client, arn: str, statuses: set[str], timeout: float = 180) -> dict:  # type: ignore[no-untyped-def]
+    def reached() -> dict | None:
+        props = describe(client, arn)
+        return props if props["Status"] in statuses else None
+
+    return wait_until(reached, timeout=timeout, interval=0.1, what=f"{arn} to reach {statuses}")
+
+
+def test_trains_a_real_model_with_honest_metrics(server, comprehend):
+    config = upload(server.data_dir, "training", unique("small"), docs=150)
+    arn = create(comprehend, config, Tags=[{"Key": "team", "Value": "nlp"}])
+    assert arn.startswith(f"arn:aws:comprehend:{REGION}:000000000000:entity-recognizer/")
+    first = describe(comprehend, arn)
+    assert first["Status"] in {"SUBMITTED", "TRAINING"}
+    assert first["InputDataConfig"]["DataFormat"] == "COMPREHEND_CSV"
+    assert first["InputDataConfig"]["Documents"]["InputFormat"] == "ONE_DOC_PER_LINE"
+
+    props = wait_status(comprehend, arn, FINAL)
+    assert props["Status"] in {"TRAINED", "TRAINED_WITH_WARNING"}, props.get("Message")
+    meta = props["RecognizerMetadata"]
+    assert meta["NumberOfTrainedDocuments"] + meta["NumberOfTestDocuments"] == 150
+    assert meta["NumberOfTestDocuments"] == 15  # 10% held out, as AWS does without a test set
+    assert 60 <= meta["EvaluationMetrics"]["F1Score"] <= 100
+    assert [t["Type"] for t in meta["EntityTypes"]] == ["PERSON", "PRODUCT", "CITY"]
+    assert all(t["NumberOfTrainMentions"] >= 25 for t in meta["EntityTypes"])
+    assert props["SubmitTime"] <= props["TrainingStartTime"] <= props["TrainingEndTime"] <= props["EndTime"]
+
+    # The artifact is a real model: it finds entities in sentences it never saw.
+    model = load_model(LocalBlobStore(server.data_dir / "s3"), _artifact(server, arn))
+    [found] = model.predict(["Yesterday Maria Gonzalez flew to Lisbon with a new Pixel Watch."])
+    assert {s.label for s in found} & {"PERSON", "CITY", "PRODUCT"}
+
+    assert comprehend.list_tags_for_resource(ResourceArn=arn)["Tags"] == [{"Key": "team", "Value": "nlp"}]
+    listed = comprehend.list_entity_recognizers(Filter={"Status": props["Status"]})[
+        "EntityRecognizerPropertiesList"
+    ]
+    assert arn in [p["EntityRecognizerArn"] for p in listed]
+
+
+def _artifact(server, arn: str) -> str:  # type: ignore[no-untyped-def]
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(server.database_url)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(
+                text("SELECT artifact_uri FROM entity_recognizers WHERE arn = :a"), {"a": arn}
+            ).scalar_one()
+    finally:
+        engine.dispose()
+
+
+def test_stop_while_training_ends_stopped_and_repeats_are_no_ops(server, comprehend):
+    config = upload(server.data_dir, "training", unique("big"), docs=3000, seed=2)
+    arn = create(comprehend, config)
+    wait_status(comprehend, arn, {"TRAINING"})
+    comprehend.stop_training_entity_recognizer(EntityRecognizerArn=arn)
+    assert describe(comprehend, arn)["Status"] in {"STOP_REQUESTED", "STOPPED"}
+    props = wait_status(comprehend, arn, FINAL, timeout=60)
+    assert props["Status"] == "STOPPED"
+    assert "RecognizerMetadata" not in props
+    comprehend.stop_training_entity_recognizer(EntityRecognizerArn=arn)  # idempotent
+    assert describe(comprehend, arn)["Status"] == "STOPPED"
+
+
+def test_stop_of_a_queued_recognizer(make_server):
+    server = make_server(env={"MLHARBOR_TRAINING_SLOTS": "1"})
+    client = server.client("comprehend")
+    busy = create(client, upload(server.data_dir, "training", "busy", docs=3000, seed=3))
+    queued = create(client, upload(server.data_dir, "training", "queued", docs=150))
+    wait_status(client, busy, {"TRAINING"})
+    assert describe(client, queued)["Status"] == "SUBMITTED"
+    client.stop_training_entity_recognizer(EntityRecognizerArn=queued)
+    assert wait_status(client, queued, FINAL)["Status"] == "STOPPED"
+    client.stop_training_entity_recognizer(EntityRecognizerArn=busy)
+    assert wait_status(client, busy, FINAL)["Status"] == "STOPPED"
+
+
+def test_stop_in_a_finished_state_is_refused_and_changes_nothing(server, comprehend):
+    arn = create(comprehend, {"EntityTypes": [{"Type": "PERSON"}], "Documents": {"S3Uri": "s3://nothing/here"},
+                              "Annotations": {"S3Uri": "s3://nothing/ann.csv"}})  # fmt: skip
+    failed = wait_status(comprehend, arn, FINAL)
+    assert failed["Status"] == "IN_ERROR"
+    with pytest.raises(comprehend.exceptions.InvalidRequestException) as info:
+        comprehend.stop_training_entity_recognizer(EntityRecognizerArn=arn)
+    assert "IN_ERROR" in info.value.response["Error"]["Message"]
+    assert describe(comprehend, arn) == failed
+
+
+def test_stop_unknown_and_malformed_arns(comprehend):
+    missing = f"arn:aws:comprehend:{REGION}:000000000000:entity-recognizer/{unique('none')}"
+    with pytest.raises(comprehend.exceptions.ResourceNotFoundException):
+        comprehend.stop_training_entity_recognizer(EntityRecognizerArn=missing)
+    with pytest.raises(comprehend.exceptions.ClientError) as info:
+        comprehend.stop_training_entity_recognizer(EntityRecognizerArn="arn:aws:comprehend:x:1:nope")
+    assert info.value.response["Error"]["Code"] == "ValidationException"
+    assert info.value.response["Error"]["Message"].startswith("1 validation error detected: ")
+
+
+HEADER = b"File, Line, Begin Offset, End Offset, Type\n"
+
+
+@pytest.mark.parametrize(
+    ("files", "fragment"),
+    [
+        ({}, "s3://"),
+        ({"annotations.csv": HEADER + b"documents.txt, 0, 0, 999, PERSON\n"}, "annotations.csv"),
+        ({"annotations.csv": HEADER + b"documents.txt, 0, 0, 4, PERSON\n"}, "PERSON"),
+    ],
+    ids=["missing-data", "offset-out-of-range", "too-few-annotations"],
+)  # fmt: skip
+def test_bad_data_ends_in_error_with_a_message(server, comprehend, files, fragment):
+    prefix = unique("bad")
+    config = {"EntityTypes": [{"Type": "PERSON"}], "Documents": {"S3Uri": f"s3://training/{prefix}/documents.txt"},
+              "Annotations": {"S3Uri": f"s3://training/{prefix}/annotations.csv"}}  # fmt: skip
+    if files:
+        put_object(
+            server.data_dir, "training", f"{prefix}/documents.txt", b"Anna went home.\nBob stayed.\nCy ran.\n"
+        )
+        for name, data in files.items():
+            put_object(server.data_dir, "training", f"{prefix}/{name}", data)
+    arn = create(comprehend, config)
+    props = wait_status(comprehend, arn, FINAL)
+    assert props["Status"] == "IN_ERROR"
+    assert fragment in props["Message"]
+
+
+def test_create_checks_language_and_input_rules(comprehend):
+    config = {"EntityTypes": [{"Type": "PERSON"}], "Documents": {"S3Uri": "s3://bucket/d.txt"},
+              "Annotations": {"S3Uri": "s3://bucket/a.csv"}}  # fmt: skip
+    with pytest.raises(comprehend.exceptions.UnsupportedLanguageException):
+        comprehend.create_entity_recognizer(
+            RecognizerName=unique(), LanguageCode="ja", DataAccessRoleArn=ROLE, InputDataConfig=config
+        )
+    both = {**config, "EntityList": {"S3Uri": "s3://bucket/list.csv"}}
+    with pytest.raises(comprehend.exceptions.InvalidRequestException):
+        create(comprehend, both)
+    too_many = {**config, "EntityTypes": [{"Type": f"T{i}"} for i in range(26)]}
+    with pytest.raises(comprehend.exceptions.InvalidRequestException):
+        create(comprehend, too_many)
+    test_docs_only = {**config, "Documents": {"S3Uri": "s3://bucket/d.txt", "TestS3Uri": "s3://bucket/t.txt"}}
+    with pytest.raises(comprehend.exceptions.InvalidRequestException):
+        create(comprehend, test_docs_only)
+
+
+def test_names_versions_and_idempotency(server, comprehend):
+    config = {"EntityTypes": [{"Type": "PERSON"}], "Documents": {"S3Uri": "s3://bucket/d.txt"},
+              "Annotations": {"S3Uri": "s3://bucket/a.csv"}}  # fmt: skip
+    name = unique("ver")
+    v1 = create(comprehend, config, name=name, VersionName="v1", ClientRequestToken="token-1")
+    assert v1.endswith(f"entity-recognizer/{name}/version/v1")
+    assert create(comprehend, config, name=name, VersionName="v1", ClientRequestToken="token-1") == v1
+    with pytest.raises(comprehend.exceptions.InvalidRequestException):
+        create(comprehend, config, name=name, VersionName="v9", ClientRequestToken="token-1")
+    with pytest.raises(comprehend.exceptions.ResourceInUseException):
+        create(comprehend, config, name=name, VersionName="v1")
+    v2 = create(comprehend, config, name=name, VersionName="v2")
+    wait_status(comprehend, v2, FINAL)
+    summaries = comprehend.list_entity_recognizer_summaries()["EntityRecognizerSummariesList"]
+    [mine] = [s for s in summaries if s["RecognizerName"] == name]
+    assert (mine["NumberOfVersions"], mine["LatestVersionName"]) == (2, "v2")
+    by_name = comprehend.list_entity_recognizers(Filter={"RecognizerName": name})[
+        "EntityRecognizerPropertiesList"
+    ]
+    assert sorted(p["VersionName"] for p in by_name) == ["v1", "v2"]
+
+
+def test_delete(server, comprehend):
+    busy = create(comprehend, upload(server.data_dir, "training", unique("del"), docs=3000, seed=4))
+    wait_status(comprehend, busy, {"TRAINING"})
+    with pytest.raises(comprehend.exceptions.ResourceInUseException):
+        comprehend.delete_entity_recognizer(EntityRecognizerArn=busy)
+    comprehend.stop_training_entity_recognizer(EntityRecognizerArn=busy)
+    wait_status(comprehend, busy, {"STOPPED"})
+    comprehend.delete_entity_recognizer(EntityRecognizerArn=busy)
+
+    def gone() -> bool:
+        listed = comprehend.list_entity_recognizers()["EntityRecognizerPropertiesList"]
+        return busy not in [p["EntityRecognizerArn"] for p in listed]
+
+    wait_until(gone, what="deletion")
+    with pytest.raises(comprehend.exceptions.ResourceNotFoundException):
+        describe(comprehend, busy)
+
+
+def test_server_killed_mid_training_recovers(make_server):
+    server = make_server()
+    client = server.client("comprehend")
+    arn = create(client, upload(server.data_dir, "training", "crash", docs=400, seed=5))
+    wait_status(client, arn, {"TRAINING"})
+    server.process.kill()  # SIGKILL: no clean shutdown of anything
+    server.process.wait()
+    again = start_server(server.data_dir.parent, server.database_url)
+    try:
+        client = again.client("comprehend")
+        props = wait_status(client, arn, FINAL)
+        assert props["Status"] in {"TRAINED", "TRAINED_WITH_WARNING"}, props.get("Message")
+    finally:
+        stop_server(again)
+
+
+def test_stop_requested_before_a_crash_is_honoured(make_server):
+    server = make_server()
+    client = server.client("comprehend")
+    arn = create(client, upload(server.data_dir, "training", "crash-stop", docs=3000, seed=6))
+    wait_status(client, arn, {"TRAINING"})
+    client.stop_training_entity_recognizer(EntityRecognizerArn=arn)
+    server.process.kill()
+    server.process.wait()
+    again = start_server(server.data_dir.parent, server.database_url)
+    try:
+        assert wait_status(again.client("comprehend"), arn, FINAL)["Status"] == "STOPPED"
+    finally:
+        stop_server(again)
