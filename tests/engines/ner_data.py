@@ -70,8 +70,34 @@ LONG_TEMPLATES = (
 
 _SLOT = re.compile(r"\{(PERSON|PRODUCT|CITY|COMPANY)\}")
 
-_ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "kr", "st", "tr",
-           "sh", "ch", "j", "h", "w", "dr", "gr", "pl")
+_ONSETS = (
+    "b",
+    "d",
+    "f",
+    "g",
+    "k",
+    "l",
+    "m",
+    "n",
+    "p",
+    "r",
+    "s",
+    "t",
+    "v",
+    "z",
+    "br",
+    "kr",
+    "st",
+    "tr",
+    "sh",
+    "ch",
+    "j",
+    "h",
+    "w",
+    "dr",
+    "gr",
+    "pl",
+)
 _VOWELS = ("a", "e", "i", "o", "u", "ai", "ou", "ei", "ia")
 _ACCENTED_VOWELS = ("ö", "ü", "é", "å", "ï", "ø")
 _ACCENTED_ONSETS = ("š", "ž", "ñ", "č")

@@ -10,8 +10,9 @@ Training (``train``):
   seen within one batch (~10-50 ms on one core);
 - after every epoch the model is scored on ``dev`` by exact span F1 and the best epoch is kept in memory
   as ``nlp.to_bytes()``. Ties go to the later epoch (it fits the training data better and is as good on
-  dev). Training ends when dev F1 has not strictly improved for ``patience`` epochs, when dev F1 was
-  perfect (1.0) in two consecutive epochs (nothing left to select on), or at ``max_epochs``;
+  dev). Training ends when dev F1 has not strictly improved for ``patience`` epochs (counted only
+  once dev F1 is above zero: a small corpus can need a few epochs to find its first entity), when dev
+  F1 was perfect (1.0) in two consecutive epochs (nothing left to select on), or at ``max_epochs``;
 - with an empty ``dev`` the epoch's training loss is the signal instead (an improvement is a drop of
   more than 1%); ``dev_f1``/``best_f1`` are then reported as 0.0;
 - seeds are fixed (``spacy.util.fix_random_seed`` plus a seeded shuffle) so a run is reproducible.
@@ -407,7 +408,12 @@ def train(
         if better_or_equal or best_bytes is None:
             best_bytes, best_epoch = nlp.to_bytes(), epoch
             best_f1, best_loss = max(best_f1, dev_f1), min(best_loss, loss)
-        stale = 0 if improved else stale + 1
+        # A small corpus can score 0 on dev for several epochs before the first entity is found; those
+        # epochs are not "no improvement" yet, so patience only starts once dev F1 is above zero.
+        if improved or (dev and best_f1 == 0.0):
+            stale = 0
+        else:
+            stale += 1
         if on_epoch is not None:
             on_epoch(
                 EpochReport(

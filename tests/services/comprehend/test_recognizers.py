@@ -237,3 +237,93 @@ def test_stop_requested_before_a_crash_is_honoured(make_server):
         assert wait_status(again.client("comprehend"), arn, FINAL)["Status"] == "STOPPED"
     finally:
         stop_server(again)
+
+
+def _failing_config() -> dict:
+    # Valid request, data that does not exist: the recognizer ends IN_ERROR quickly, no training cost.
+    return {"EntityTypes": [{"Type": "PERSON"}], "Documents": {"S3Uri": "s3://nobucket/none.txt"},
+            "Annotations": {"S3Uri": "s3://nobucket/none.csv"}}  # fmt: skip
+
+
+def test_list_filters_and_pagination(make_server):
+    server = make_server()
+    client = server.client("comprehend")
+    arns = [create(client, _failing_config(), name=f"page-{i}") for i in range(5)]
+    for arn in arns:
+        wait_status(client, arn, FINAL)
+    first = client.list_entity_recognizers(MaxResults=2)
+    assert [p["EntityRecognizerArn"] for p in first["EntityRecognizerPropertiesList"]] == arns[:2]
+    pages = client.get_paginator("list_entity_recognizers").paginate(PaginationConfig={"PageSize": 2})
+    assert [
+        p["EntityRecognizerArn"] for page in pages for p in page["EntityRecognizerPropertiesList"]
+    ] == arns
+    middle = describe(client, arns[2])["SubmitTime"]
+    after = client.list_entity_recognizers(Filter={"SubmitTimeAfter": middle})[
+        "EntityRecognizerPropertiesList"
+    ]
+    assert [p["EntityRecognizerArn"] for p in after] == arns[3:]
+    before = client.list_entity_recognizers(Filter={"SubmitTimeBefore": middle})[
+        "EntityRecognizerPropertiesList"
+    ]
+    assert [p["EntityRecognizerArn"] for p in before] == arns[:2][::-1]  # newest first for this filter
+    in_error = client.list_entity_recognizers(Filter={"Status": "IN_ERROR"})["EntityRecognizerPropertiesList"]
+    assert len(in_error) == 5
+    assert (
+        client.list_entity_recognizers(Filter={"Status": "TRAINED"})["EntityRecognizerPropertiesList"] == []
+    )
+    with pytest.raises(client.exceptions.InvalidFilterException):
+        client.list_entity_recognizers(Filter={"Status": "IN_ERROR", "RecognizerName": "page-1"})
+    with pytest.raises(client.exceptions.InvalidRequestException):
+        client.list_entity_recognizers(NextToken="not-a-token")
+
+
+def test_recognizers_are_private_to_their_account(make_server, tmp_path):
+    credentials = tmp_path / "credentials.toml"
+    credentials.write_text(
+        '[AKIDA]\nsecret_access_key = "a"\naccount_id = "111111111111"\n'
+        '[AKIDB]\nsecret_access_key = "b"\naccount_id = "222222222222"\n'
+    )
+    server = make_server("--credentials", str(credentials))
+    a = server.client("comprehend", access_key="AKIDA", secret="a")
+    b = server.client("comprehend", access_key="AKIDB", secret="b")
+    arn = a.create_entity_recognizer(
+        RecognizerName="mine", LanguageCode="en", DataAccessRoleArn="arn:aws:iam::111111111111:role/c",
+        InputDataConfig=_failing_config(),
+    )["EntityRecognizerArn"]  # fmt: skip
+    assert ":111111111111:" in arn
+    assert b.list_entity_recognizers()["EntityRecognizerPropertiesList"] == []
+    for attempt in (
+        lambda: b.describe_entity_recognizer(EntityRecognizerArn=arn),
+        lambda: b.stop_training_entity_recognizer(EntityRecognizerArn=arn),
+        lambda: b.delete_entity_recognizer(EntityRecognizerArn=arn),
+        lambda: b.tag_resource(ResourceArn=arn, Tags=[{"Key": "k", "Value": "v"}]),
+    ):
+        with pytest.raises(b.exceptions.ResourceNotFoundException):
+            attempt()
+    assert describe(a, arn)["EntityRecognizerArn"] == arn
+
+
+def test_tags_on_recognizers(server, comprehend):
+    arn = create(comprehend, _failing_config())
+    comprehend.tag_resource(ResourceArn=arn, Tags=[{"Key": "a", "Value": "1"}, {"Key": "b", "Value": "2"}])
+    comprehend.untag_resource(ResourceArn=arn, TagKeys=["a"])
+    listed = comprehend.list_tags_for_resource(ResourceArn=arn)
+    assert (listed["ResourceArn"], listed["Tags"]) == (arn, [{"Key": "b", "Value": "2"}])
+    with pytest.raises(comprehend.exceptions.TooManyTagsException):
+        comprehend.tag_resource(ResourceArn=arn, Tags=[{"Key": f"k{i}", "Value": "v"} for i in range(50)])
+    assert comprehend.list_tags_for_resource(ResourceArn=arn)["Tags"] == [{"Key": "b", "Value": "2"}]
+
+
+def test_stop_racing_completion_ends_in_exactly_one_outcome(server, comprehend):
+    # A tiny training finishes within a few epochs; stopping right as it starts may land on either side.
+    arn = create(comprehend, upload(server.data_dir, "training", unique("race"), docs=120, seed=7))
+    wait_status(comprehend, arn, {"TRAINING"}, timeout=60)
+    comprehend.stop_training_entity_recognizer(EntityRecognizerArn=arn)
+    props = wait_status(comprehend, arn, FINAL)
+    assert props["Status"] in {"STOPPED", "TRAINED", "TRAINED_WITH_WARNING"}
+    if props["Status"] == "STOPPED":
+        assert "RecognizerMetadata" not in props
+    else:
+        assert props["RecognizerMetadata"]["NumberOfTestDocuments"] > 0
+    # Whatever won, the outcome is final.
+    assert describe(comprehend, arn)["Status"] == props["Status"]

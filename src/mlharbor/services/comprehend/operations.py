@@ -154,7 +154,7 @@ def create_entity_recognizer(call: Call, params: dict[str, Any]) -> dict[str, An
     fingerprint = _fingerprint(params)
     spec = {key: params[key] for key in er.SPEC_MEMBERS if key in params}
     spec["InputDataConfig"] = config
-    now = time.time()
+    now = round(time.time(), 3)  # what clients see on the wire, so time filters match exactly
     try:
         with call.store.begin() as conn:
             if token is not None:

@@ -70,7 +70,7 @@ def create_stream_processor(call: Call, params: dict[str, Any]) -> dict[str, Any
     if len(new_tags) > TAG_LIMIT:
         raise ServiceQuotaExceededException(f"A resource can have at most {TAG_LIMIT} tags.")
     limit = call.server.settings.stream_processor_limit
-    now = time.time()
+    now = round(time.time(), 3)  # what clients see on the wire, so time filters match exactly
     try:
         with call.store.begin() as conn:
             if sp.find(conn, call.account_id, call.region, name) is not None:
