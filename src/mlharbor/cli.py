@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import gc
 import ipaddress
-import json
 import logging
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from sqlalchemy.engine import make_url
 
 from mlharbor import __version__
 from mlharbor.config import Settings, load_settings
+from mlharbor.logs import setup_logging
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -49,28 +49,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {"time": self.formatTime(record), "level": record.levelname, "logger": record.name}
-        entry["message"] = record.getMessage()
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
-def _setup_logging(fmt: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        _JsonFormatter()
-        if fmt == "json"
-        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-
-
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -93,7 +71,7 @@ class _AnnouncingServer(uvicorn.Server):
 
 
 def serve(settings: Settings) -> int:
-    _setup_logging(settings.log_format)
+    setup_logging(settings.log_format)
     if settings.credentials is None and not _is_loopback(settings.host) and not settings.insecure_open_bind:
         print(
             f"refusing to bind {settings.host}: with no --credentials file anyone could use test/test; "

@@ -21,6 +21,7 @@ from sqlalchemy import Connection, Row, delete, select, update
 
 from mlharbor.blobs.store import BlobStore, open_blob_store
 from mlharbor.context import Server
+from mlharbor.logs import setup_logging
 from mlharbor.runtime import WorkContext
 from mlharbor.services import tags
 from mlharbor.services.comprehend import recognizers as er
@@ -84,6 +85,7 @@ def _note(store: Store, arn: str, attempt: int, message: str) -> None:
 
 # --- The worker -----------------------------------------------------------------------------------
 def train_worker(ctx: WorkContext, payload: dict[str, Any]) -> dict[str, Any]:
+    setup_logging(payload.get("log_format", "text"))  # epochs show up in the server's log
     store = Store(payload["database_url"])
     try:
         return _train(ctx, store, payload)
@@ -284,6 +286,7 @@ class TrainingSupervisor:
             "object_store": settings.object_store,
             "data_dir": str(settings.data_dir.resolve()),
             "artifact_uri": artifact,
+            "log_format": settings.log_format,
         }
 
     def reconcile(self) -> None:
