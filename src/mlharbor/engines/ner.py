@@ -363,6 +363,8 @@ def train(
         alignment.add(report)
         examples.append(SpacyExample(nlp.make_doc(example.text), doc))
 
+    if should_stop():  # preparing a large corpus takes a while: honour a stop before training starts
+        return TrainResult(None, 0, 0, True, alignment, 0.0, time.perf_counter() - began)
     optimizer = nlp.initialize(lambda: examples)
     model = NerModel(nlp, public, language)
     rng = random.Random(seed)

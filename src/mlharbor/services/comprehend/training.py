@@ -135,22 +135,29 @@ def _train(ctx: WorkContext, store: Store, payload: dict[str, Any]) -> dict[str,
         _finish_stopped(store, arn, attempt)  # stopped before it started
         return {"stopped": True}
 
-    # Imported here, after the row says TRAINING: spaCy takes a second to import.
-    from mlharbor.engines import ner
     from mlharbor.services.comprehend.datasets import DataError, load_dataset
 
     spec = row.spec
+    stop = _StopWatch(ctx, store, arn, attempt)
     blobs = open_blob_store(payload["object_store"], Path(payload["data_dir"]))
     try:
         dataset = load_dataset(blobs, spec["InputDataConfig"], spec["LanguageCode"])
     except DataError as exc:
         _fail(store, arn, str(exc), attempt)
         return {"stopped": False}
+    if stop():  # every phase boundary is a place to honour a stop quickly
+        _finish_stopped(store, arn, attempt)
+        return {"stopped": True}
+    # Imported here, after the row says TRAINING and the data is known good: spaCy takes a second.
+    from mlharbor.engines import ner
+
+    if stop():
+        _finish_stopped(store, arn, attempt)
+        return {"stopped": True}
 
     rng = random.Random(arn)
     train_docs, test_docs = _hold_out(dataset.train, dataset.test, rng)
     fit_docs, dev_docs = _hold_out(train_docs, None, rng)
-    stop = _StopWatch(ctx, store, arn, attempt)
 
     def on_epoch(report: Any) -> None:
         text = (
