@@ -198,7 +198,8 @@ def test_stop_is_seen_within_one_batch() -> None:
     def should_stop() -> bool:
         nonlocal calls
         calls += 1
-        return calls > 7  # polled before each batch: 7 batches run, the 8th is refused
+        # Polled once before training starts, then before each batch: 7 batches run, the 8th is refused.
+        return calls > 8
 
     result = train(
         make_corpus(200, seed=1),
