@@ -358,3 +358,50 @@ def test_a_killed_worker_is_detected_and_training_retried(make_server):
     assert props["Status"] in {"TRAINED", "TRAINED_WITH_WARNING"}, props.get("Message")
     assert "interrupted" in server.log()  # the server noticed, and said so
     assert "epoch" in server.log()  # the workers log their progress in the server's log
+
+
+def test_annotations_off_token_boundaries_are_widened_and_reported(server, comprehend):
+    from tests.engines.ner_data import make_corpus
+    from tests.services.comprehend.corpus import TYPES, annotations_csv
+
+    examples = make_corpus(150, seed=9, types=TYPES)
+    # Cut five annotations one character short, inside their last word, as hand-made offsets often are.
+    cut = 0
+    for index, example in enumerate(examples):
+        if cut < 5 and example.spans and example.spans[0].end - example.spans[0].start > 3:
+            first = example.spans[0]
+            shortened = type(first)(first.start, first.end - 1, first.label)
+            examples[index] = type(example)(example.text, (shortened, *example.spans[1:]))
+            cut += 1
+    prefix = unique("ragged")
+    documents = put_object(
+        server.data_dir, "training", f"{prefix}/docs.txt", "\n".join(e.text for e in examples).encode()
+    )
+    annotations = put_object(
+        server.data_dir, "training", f"{prefix}/ann.csv", annotations_csv(examples, "docs.txt")
+    )
+    config = {"EntityTypes": [{"Type": t} for t in TYPES], "Documents": {"S3Uri": documents},
+              "Annotations": {"S3Uri": annotations}}  # fmt: skip
+    props = wait_status(comprehend, create(comprehend, config), FINAL)
+    assert props["Status"] == "TRAINED_WITH_WARNING", props.get("Message")
+    assert "5 annotation(s) did not fall on token boundaries" in props["Message"]
+    assert props["RecognizerMetadata"]["EvaluationMetrics"]["F1Score"] > 50
+
+
+def test_augmented_manifest(server, comprehend):
+    import json
+
+    from tests.engines.ner_data import make_corpus
+
+    lines = []
+    for example in make_corpus(120, seed=10, types=("PERSON", "CITY")):
+        entities = [{"startOffset": s.start, "endOffset": s.end, "label": s.label} for s in example.spans]
+        lines.append(json.dumps({"source": example.text, "ner": {"annotations": {"entities": entities}}}))
+    manifest = put_object(
+        server.data_dir, "training", f"{unique('gt')}/train.manifest", "\n".join(lines).encode()
+    )
+    config = {"DataFormat": "AUGMENTED_MANIFEST", "EntityTypes": [{"Type": "PERSON"}, {"Type": "CITY"}],
+              "AugmentedManifests": [{"S3Uri": manifest, "AttributeNames": ["ner"]}]}  # fmt: skip
+    props = wait_status(comprehend, create(comprehend, config), FINAL)
+    assert props["Status"] in {"TRAINED", "TRAINED_WITH_WARNING"}, props.get("Message")
+    assert props["RecognizerMetadata"]["NumberOfTestDocuments"] >= 1
