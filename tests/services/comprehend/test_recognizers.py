@@ -61,6 +61,11 @@ def test_trains_a_real_model_with_honest_metrics(server, comprehend):
     assert {s.label for s in found} & {"PERSON", "CITY", "PRODUCT"}
 
     assert comprehend.list_tags_for_resource(ResourceArn=arn)["Tags"] == [{"Key": "team", "Value": "nlp"}]
+    # A finished recognizer cannot be stopped, and the refusal changes nothing.
+    with pytest.raises(comprehend.exceptions.InvalidRequestException) as info:
+        comprehend.stop_training_entity_recognizer(EntityRecognizerArn=arn)
+    assert props["Status"] in info.value.response["Error"]["Message"]
+    assert describe(comprehend, arn) == props
     listed = comprehend.list_entity_recognizers(Filter={"Status": props["Status"]})[
         "EntityRecognizerPropertiesList"
     ]
