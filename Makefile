@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test install install-test lint bench clean
+.PHONY: serve test install install-test lint bench bench-train clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 is required ($(PYTHON) not found)"; exit 1; }
@@ -29,6 +29,9 @@ test: install-test
 
 bench: install-test
 	$(BIN)/python bench/api_throughput.py
+
+bench-train: install-test
+	$(BIN)/python bench/train_recognizer.py
 
 clean:
 	rm -rf $(VENV) .mlharbor .pytest_cache
