@@ -53,9 +53,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import hashlib
-import io
 import math
 import os
 import platform
@@ -312,13 +310,10 @@ def _documents(examples: Sequence[Example]) -> bytes:
 
 
 def _annotations(examples: Sequence[Example], file_name: str) -> bytes:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["File", "Line", "Begin Offset", "End Offset", "Type"])
-    for line, example in enumerate(examples):
-        for span in example.spans:
-            writer.writerow([file_name, line, span.start, span.end, span.label])
-    return out.getvalue().encode()
+    # The same writer the API tests use, so the benchmark feeds exactly the format they check.
+    from tests.services.comprehend.corpus import annotations_csv
+
+    return annotations_csv(examples, file_name)
 
 
 def upload(
