@@ -34,13 +34,11 @@ import json
 import math
 import os
 import platform
-import select
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -53,6 +51,8 @@ from urllib.parse import urlsplit
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
+
+import harness  # bench/harness.py: server start/stop shared by the benchmarks
 
 REGION = "us-east-1"
 ACCESS_KEY = "test"
@@ -373,49 +373,8 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _drain(stream: object) -> None:
-    read = getattr(stream, "read", None)
-    if read is None:
-        return
-    with contextlib.suppress(Exception):
-        while read(65536):
-            pass
-
-
 def start_mlharbor(workdir: Path) -> Target:
-    data_dir = workdir / "mlharbor-data"
-    data_dir.mkdir()
-    log_path = workdir / "mlharbor.log"
-    # The benchmark measures the protocol path, not the per-account rate limit: lift the limit.
-    config = workdir / "mlharbor-bench.toml"
-    config.write_text("[throttle]\nrate = 1000000\nburst = 1000000\n")
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mlharbor", "serve", "--host", "127.0.0.1", "--port", "0"]
-            + ["--data-dir", str(data_dir), "--config", str(config)],
-            stdout=subprocess.PIPE,
-            stderr=log,
-            cwd=workdir,
-        )
-    assert proc.stdout is not None
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    prefix = b"MLHarbor listening on "
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or proc.poll() is not None:
-            _stop(proc)
-            raise RuntimeError(f"MLHarbor did not start; its log:\n{log_path.read_text(errors='replace')}")
-        ready, _, _ = select.select([proc.stdout], [], [], min(remaining, 0.5))
-        if not ready:
-            continue
-        line = proc.stdout.readline()
-        if line.startswith(prefix):
-            url = line[len(prefix) :].decode().strip()
-            break
-        if not line and proc.poll() is not None:
-            continue
-        print(f"  (mlharbor stdout: {line.decode(errors='replace').rstrip()})")
-    threading.Thread(target=_drain, args=(proc.stdout,), daemon=True).start()
+    url, proc, _data_dir, log_path = harness.start_mlharbor(workdir)
     return Target("mlharbor", url, proc, log_path)
 
 
@@ -445,15 +404,7 @@ def start_moto(workdir: Path) -> Target:
     return Target("moto", url, proc, log_path)
 
 
-def _stop(proc: subprocess.Popen[bytes] | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=5)
+_stop = harness.stop_process
 
 
 @contextlib.contextmanager

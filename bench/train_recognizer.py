@@ -52,20 +52,17 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import math
 import os
 import platform
 import random
 import re
-import select
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 import zipfile
@@ -79,6 +76,7 @@ import boto3
 import spacy
 from botocore.config import Config
 
+import harness  # bench/harness.py: server start/stop shared by the benchmarks
 from mlharbor.engines import ner
 from mlharbor.engines.annotated import Example, Span
 
@@ -89,7 +87,6 @@ BUCKET = "bench"
 GENERATED_TYPES = ("PERSON", "PRODUCT", "CITY", "COMPANY")
 FINAL = {"TRAINED", "TRAINED_WITH_WARNING", "IN_ERROR", "STOPPED"}
 TRAINED = {"TRAINED", "TRAINED_WITH_WARNING"}
-STARTUP_TIMEOUT_S = 60.0
 FAST_POLL_S = 0.01  # until TRAINING, and after a Stop
 SLOW_POLL_S = 0.25  # while training: fast polling would take CPU from the worker on a 2-core machine
 EPOCH_MESSAGE = re.compile(r"Training: epoch (\d+), dev F1 ([\d.]+)")
@@ -237,53 +234,11 @@ class Server:
 
 
 def start_server(workdir: Path) -> Server:
-    data_dir = workdir / "mlharbor-data"
-    data_dir.mkdir()
-    log_path = workdir / "mlharbor.log"
-    config = workdir / "mlharbor-bench.toml"
-    config.write_text("[throttle]\nrate = 1000000\nburst = 1000000\n")
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mlharbor", "serve", "--host", "127.0.0.1", "--port", "0"]
-            + ["--data-dir", str(data_dir), "--config", str(config)],
-            stdout=subprocess.PIPE,
-            stderr=log,
-            cwd=workdir,
-        )
-    assert proc.stdout is not None
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    prefix = b"MLHarbor listening on "
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or proc.poll() is not None:
-            stop_process(proc)
-            raise RuntimeError(f"MLHarbor did not start; its log:\n{log_path.read_text(errors='replace')}")
-        ready, _, _ = select.select([proc.stdout], [], [], min(remaining, 0.5))
-        if not ready:
-            continue
-        line = proc.stdout.readline()
-        if line.startswith(prefix):
-            url = line[len(prefix) :].decode().strip()
-            break
-    threading.Thread(target=_drain, args=(proc.stdout,), daemon=True).start()
+    url, proc, data_dir, log_path = harness.start_mlharbor(workdir)
     return Server(url, proc, data_dir, log_path)
 
 
-def _drain(stream: Any) -> None:
-    with contextlib.suppress(Exception):
-        while stream.read(65536):
-            pass
-
-
-def stop_process(proc: subprocess.Popen[bytes] | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=5)
+stop_process = harness.stop_process
 
 
 def client_for(server: Server) -> Any:
