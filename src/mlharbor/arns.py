@@ -41,3 +41,11 @@ def collection(region: str, account_id: str, collection_id: str) -> str:
 def entity_recognizer(region: str, account_id: str, name: str, version_name: str | None = None) -> str:
     resource = f"entity-recognizer/{name}" + (f"/version/{version_name}" if version_name else "")
     return str(Arn(PARTITION, "comprehend", region, account_id, resource))
+
+
+def entity_recognizer_endpoint(region: str, account_id: str, name: str) -> str:
+    return str(Arn(PARTITION, "comprehend", region, account_id, f"entity-recognizer-endpoint/{name}"))
+
+
+def entities_detection_job(region: str, account_id: str, job_id: str) -> str:
+    return str(Arn(PARTITION, "comprehend", region, account_id, f"entities-detection-job/{job_id}"))

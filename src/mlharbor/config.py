@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tomllib
 from contextvars import ContextVar
 from pathlib import Path
@@ -62,6 +63,19 @@ class Settings(BaseSettings):
     training_slots: int = Field(default=2, ge=1, description="recognizers trained at the same time")
     models_bucket: str = Field(
         default="mlharbor-models", description="object-store bucket for model artifacts"
+    )
+    inference_unit_limits: bool = Field(
+        default=True,
+        description="enforce AWS's endpoint throughput per inference unit (100 characters/s and 2 "
+        "documents/s); false lets an endpoint run as fast as the hardware allows",
+    )
+    endpoint_max_workers: int = Field(
+        default=max(1, os.cpu_count() or 1),
+        ge=1,
+        description="serving processes per endpoint: one per inference unit, at most this many",
+    )
+    detection_job_slots: int = Field(
+        default=2, ge=1, description="entities detection jobs run at the same time"
     )
     worker_stop_grace_seconds: float = Field(default=5.0, gt=0, description="cooperative stop before kill")
 

@@ -117,6 +117,39 @@ def test_predict_gives_character_offsets_in_new_text(trained: Trained) -> None:
     assert got[2] == []
 
 
+def test_scores_come_with_exactly_the_entities_spacy_finds(trained: Trained) -> None:
+    texts = [e.text for e in make_corpus(80, seed=5, value_split="test")] + [
+        "  Zoë  Müller \n\n flew to   Zürich .  ",  # runs of whitespace are tokens of their own
+        "🙂 Nadia Okafor",
+        "x",
+        " ",
+        "",
+    ]
+    predicted = trained.model.predict(texts, batch_size=16)
+    # The entities are spaCy's own greedy output, untouched by the scoring.
+    public = dict(zip([f"E{i}" for i in range(len(TYPES))], TYPES, strict=True))
+    spacy_ents = [
+        [(e.start_char, e.end_char, public[e.label_]) for e in doc.ents]
+        for doc in trained.model.nlp.pipe(texts)
+    ]
+    assert [[(s.start, s.end, s.label) for s in doc] for doc in predicted] == spacy_ents
+    scores = [s.score for doc in predicted for s in doc]
+    assert scores and all(isinstance(x, float) and 0.0 < x <= 1.0 for x in scores)
+    # On data like its training data the model is sure of nearly everything it finds.
+    assert sorted(scores)[len(scores) // 2] > 0.9
+    # A batch gives each document the score it gets alone.
+    alone = [trained.model.predict([text])[0] for text in texts[:10]]
+    for together, single in zip(predicted[:10], alone, strict=True):
+        assert [s.score for s in together] == pytest.approx([s.score for s in single], rel=1e-4)
+
+
+def test_an_unsure_entity_scores_lower_than_a_clear_one(trained: Trained) -> None:
+    [[clear]] = trained.model.predict(["Please contact Nadia Okafor about the order."])
+    [weak] = trained.model.predict(["contact okafor nadia about"])
+    assert clear.label == "PERSON" and clear.score is not None and clear.score > 0.9
+    assert all(s.score is not None and s.score < clear.score for s in weak)
+
+
 def test_save_and_load_give_identical_predictions(trained: Trained, tmp_path: Path) -> None:
     texts = [e.text for e in make_corpus(50, seed=4, value_split="test")]
     expected = trained.model.predict(texts)

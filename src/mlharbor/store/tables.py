@@ -70,3 +70,55 @@ entity_recognizers = Table(
     Column("artifact_uri", String(1024)),
     UniqueConstraint("account_id", "region", "name", "version_name", name="uq_entity_recognizer_name"),
 )
+
+comprehend_endpoints = Table(
+    "comprehend_endpoints",
+    metadata,
+    Column("arn", String(256), primary_key=True),
+    Column("account_id", String(12), nullable=False),
+    Column("region", String(32), nullable=False),
+    Column("name", String(40), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("message", Text),
+    Column("version", Integer, nullable=False, default=0),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    # What is being served now, and what Create/Update asked for (they differ while CREATING/UPDATING).
+    Column("model_arn", String(256)),
+    Column("current_units", Integer, nullable=False, default=0),
+    Column("data_access_role_arn", String(2048)),
+    Column("desired_model_arn", String(256), nullable=False),
+    Column("desired_units", Integer, nullable=False),
+    Column("desired_data_access_role_arn", String(2048)),
+    # The model artifact the serving workers load (the recognizer's at the time it was chosen).
+    Column("artifact_uri", String(1024)),
+    # Serving generation: bumped by every deployment (create, update, restart), it names the workers.
+    Column("generation", Integer, nullable=False, default=0),
+    Column("client_token", String(64)),
+    Column("request_hash", String(64)),
+    UniqueConstraint("account_id", "region", "name", name="uq_comprehend_endpoint_name"),
+)
+
+entities_detection_jobs = Table(
+    "entities_detection_jobs",
+    metadata,
+    Column("job_id", String(32), primary_key=True),
+    Column("arn", String(256), nullable=False, unique=True),
+    Column("account_id", String(12), nullable=False),
+    Column("region", String(32), nullable=False),
+    Column("name", String(256)),
+    Column("status", String(16), nullable=False),
+    Column("message", Text),
+    Column("version", Integer, nullable=False, default=0),
+    Column("submitted_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("end_time", Float),
+    Column("recognizer_arn", String(256), nullable=False),
+    # The start request's members Describe echoes back (InputDataConfig, OutputDataConfig, ...).
+    Column("spec", JSON, nullable=False),
+    Column("details", JSON),
+    Column("client_token", String(64)),
+    Column("request_hash", String(64)),
+    # Like training: a worker a crash interrupted is retried with the next attempt number.
+    Column("attempt", Integer, nullable=False, default=0),
+)
