@@ -21,6 +21,8 @@ from mlharbor.config import Settings
 from mlharbor.context import Server
 from mlharbor.runtime import LocalExecutor
 from mlharbor.runtime.reconciler import Reconciler
+from mlharbor.services.comprehend.detection import JobSupervisor
+from mlharbor.services.comprehend.endpoints import EndpointSupervisor
 from mlharbor.services.comprehend.training import TrainingSupervisor
 from mlharbor.store.db import Store
 
@@ -42,6 +44,8 @@ def build_server(settings: Settings) -> Server:
         settings=settings, store=store, pager=pager, blobs=blobs, executor=executor, reconciler=reconciler
     )
     reconciler.register("entity recognizer training", TrainingSupervisor(server).reconcile)
+    reconciler.register("entity recognizer endpoints", EndpointSupervisor(server).reconcile)
+    reconciler.register("entities detection jobs", JobSupervisor(server).reconcile)
     return server
 
 

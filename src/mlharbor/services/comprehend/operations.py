@@ -24,6 +24,7 @@ from mlharbor.errors import (
     UnsupportedLanguageException,
 )
 from mlharbor.services import tags
+from mlharbor.services.comprehend import endpoint_operations, job_operations
 from mlharbor.services.comprehend import recognizers as er
 from mlharbor.services.comprehend.training import move, work_id
 from mlharbor.store.tables import entity_recognizers as er_table
@@ -265,4 +266,6 @@ OPERATIONS: dict[str, Handler] = {
     "DescribeEntityRecognizer": describe_entity_recognizer,
     "ListEntityRecognizers": list_entity_recognizers,
     "ListEntityRecognizerSummaries": list_entity_recognizer_summaries,
+    **endpoint_operations.OPERATIONS,
+    **job_operations.OPERATIONS,
 }

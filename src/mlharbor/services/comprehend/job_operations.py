@@ -1,0 +1,7 @@
+"""Entities detection jobs: Start/Describe/List/Stop, one small function per AWS operation."""
+
+from __future__ import annotations
+
+from mlharbor.api.services import Handler
+
+OPERATIONS: dict[str, Handler] = {}
