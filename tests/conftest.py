@@ -190,3 +190,17 @@ def signed_post(
 
 def model(service: str):  # type: ignore[no-untyped-def]
     return botocore.session.get_session().get_service_model(service)
+
+
+def worker_pids(server_pid: int) -> list[int]:
+    """The server's spawned worker processes (children whose command line is multiprocessing's spawn)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == server_pid and b"spawn_main" in cmdline:
+            pids.append(int(stat.parent.name))
+    return pids

@@ -10,6 +10,7 @@ response objects cost more than the rest of the gateway together.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import time
@@ -163,9 +164,12 @@ class Gateway:
                 f"MLHarbor does not implement {service.model.metadata['serviceId']} {operation} yet"
             )
         call = Call(self.server, service.name, operation, identity.account_id, identity.region, request_id)
-        result = (
-            await run_in_threadpool(handler, call, params) if is_blocking(handler) else handler(call, params)
-        )
+        if is_blocking(handler):
+            result = await run_in_threadpool(handler, call, params)
+        else:
+            result = handler(call, params)
+            if inspect.isawaitable(result):  # a handler that waits on other processes (DetectEntities)
+                result = await result
         payload = serialize_output(op_model.output_shape, result, route.wire)
         return _encode(200, payload, route.wire, request_id)
 

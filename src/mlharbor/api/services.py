@@ -13,7 +13,7 @@ from botocore.model import OperationModel, ServiceModel
 from mlharbor import errors
 from mlharbor.context import Call
 
-Handler = Callable[[Call, dict[str, Any]], dict[str, Any] | None]
+Handler = Callable[[Call, dict[str, Any]], Any]  # returns the output dict (or None), or awaits it
 
 
 def blocking(handler: Handler) -> Handler:

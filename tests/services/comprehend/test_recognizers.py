@@ -5,13 +5,12 @@ from __future__ import annotations
 import os
 import re
 import signal
-from pathlib import Path
 
 import pytest
 
 from mlharbor.blobs.local import LocalBlobStore
 from mlharbor.services.comprehend.training import load_model
-from tests.conftest import REGION, start_server, stop_server, unique, wait_until
+from tests.conftest import REGION, start_server, stop_server, unique, wait_until, worker_pids
 from tests.services.comprehend.corpus import put_object, upload
 
 pytestmark = pytest.mark.storage
@@ -339,26 +338,12 @@ def test_stop_racing_completion_ends_in_exactly_one_outcome(server, comprehend):
     assert describe(comprehend, arn)["Status"] == props["Status"]
 
 
-def _worker_pids(server_pid: int) -> list[int]:
-    """The server's spawned worker processes (children whose command line is multiprocessing's spawn)."""
-    pids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-            cmdline = (stat.parent / "cmdline").read_bytes()
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid == server_pid and b"spawn_main" in cmdline:
-            pids.append(int(stat.parent.name))
-    return pids
-
-
 def test_a_killed_worker_is_detected_and_training_retried(make_server):
     server = make_server()
     client = server.client("comprehend")
     arn = create(client, upload(server.data_dir, "training", "worker-crash", docs=400, seed=8))
     wait_status(client, arn, {"TRAINING"})
-    [worker] = wait_until(lambda: _worker_pids(server.process.pid), what="the training worker")
+    [worker] = wait_until(lambda: worker_pids(server.process.pid), what="the training worker")
     os.kill(worker, signal.SIGKILL)
     props = wait_status(client, arn, FINAL)
     assert props["Status"] in {"TRAINED", "TRAINED_WITH_WARNING"}, props.get("Message")

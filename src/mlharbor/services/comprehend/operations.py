@@ -24,7 +24,7 @@ from mlharbor.errors import (
     UnsupportedLanguageException,
 )
 from mlharbor.services import tags
-from mlharbor.services.comprehend import endpoint_operations, job_operations
+from mlharbor.services.comprehend import endpoint_operations, endpoints, job_operations, jobs
 from mlharbor.services.comprehend import recognizers as er
 from mlharbor.services.comprehend.training import move, work_id
 from mlharbor.store.tables import entity_recognizers as er_table
@@ -218,6 +218,11 @@ def delete_entity_recognizer(call: Call, params: dict[str, Any]) -> None:
     row = _recognizer(call, params["EntityRecognizerArn"])
     if row.status == "DELETING":
         return
+    with call.store.read() as conn:
+        if endpoints.using_model(conn, row.arn):
+            raise ResourceInUseException("An endpoint uses this recognizer; delete the endpoint first.")
+        if jobs.active_for_recognizer(conn, row.arn):
+            raise ResourceInUseException("An entities detection job is using this recognizer.")
     deletable = {state: "DELETING" for state in er.DELETABLE}
     if move(call.store, row.arn, deletable) is None:
         current = _recognizer(call, row.arn).status
@@ -228,8 +233,19 @@ def delete_entity_recognizer(call: Call, params: dict[str, Any]) -> None:
 
 
 def _taggable(call: Call, arn: str) -> str:
-    """Tagging accepts this account's recognizer ARNs (endpoints and jobs join with their issue)."""
-    return _recognizer(call, arn).arn
+    """Tagging accepts this account's recognizers, endpoints and entities detection jobs."""
+    parsed = arns.parse(arn)
+    kind = parsed.resource_type if parsed else ""
+    with call.store.read() as conn:
+        if kind == "entity-recognizer-endpoint":
+            row = endpoints.find_by_arn(conn, call.account_id, call.region, arn)
+        elif kind == "entities-detection-job":
+            row = jobs.find_by_arn(conn, call.account_id, call.region, arn)
+        else:
+            row = er.find_by_arn(conn, call.account_id, call.region, arn)
+    if row is None:
+        raise ResourceNotFoundException(f"Could not find specified resource: {arn}")
+    return arn
 
 
 def tag_resource(call: Call, params: dict[str, Any]) -> None:

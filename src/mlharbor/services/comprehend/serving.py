@@ -1,0 +1,233 @@
+"""The serving worker behind an endpoint, and the API side's client for it.
+
+A worker keeps one recognizer model loaded and answers on a loopback TCP port it picks itself; it
+announces ``{"address": "host:port", "ready": true}`` through its heartbeat, which the executor makes
+visible to the API process (with Ray, the same progress record would carry a node address).
+
+Wire format, both ways: frames of a 4-byte big-endian length and a JSON object. Request
+``{"i": id, "t": [text, ...]}``; reply ``{"i": id, "e": [[[begin, end, type, score], ...], ...]}`` or
+``{"i": id, "error": "..."}``. Replies may come in any order; ``i`` pairs them with requests.
+
+Batching: inference runs on the worker's event loop thread, so requests that arrive while a batch is
+being computed wait in the socket buffers and are all read, then computed together, when it ends. Under
+load, batches grow by themselves; a lone request is computed at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from mlharbor.blobs.store import open_blob_store
+from mlharbor.logs import setup_logging
+from mlharbor.runtime import WorkContext
+
+log = logging.getLogger(__name__)
+
+TARGET = "mlharbor.services.comprehend.serving:serve_worker"
+MAX_BATCH_DOCUMENTS = 32  # bounds the wait of the last request in a batch
+HEARTBEAT_SECONDS = 5.0
+_HEADER = 4
+
+Entities = list[list[Any]]  # per document: [begin, end, type, score]
+
+
+def _frame(message: dict[str, Any]) -> bytes:
+    body = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+    return len(body).to_bytes(_HEADER, "big") + body
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> dict[str, Any]:
+    size = int.from_bytes(await reader.readexactly(_HEADER), "big")
+    return json.loads(await reader.readexactly(size))
+
+
+# --- The worker -----------------------------------------------------------------------------------
+def serve_worker(ctx: WorkContext, payload: dict[str, Any]) -> dict[str, Any]:
+    setup_logging(payload.get("log_format", "text"))
+    from mlharbor.services.comprehend.training import load_model
+
+    blobs = open_blob_store(payload["object_store"], Path(payload["data_dir"]))
+    model = load_model(blobs, payload["artifact_uri"])
+    model.predict(["Warm up the model before the first request."])  # first use allocates buffers
+    asyncio.run(_serve(ctx, model, payload.get("host", "127.0.0.1")))
+    return {"stopped": True}  # a server only ends when it is told to
+
+
+async def _serve(ctx: WorkContext, model: Any, host: str) -> None:
+    queue: list[tuple[asyncio.StreamWriter, Any, list[str]]] = []
+    arrived = asyncio.Event()
+    writers: set[asyncio.StreamWriter] = set()
+
+    async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.add(writer)
+        try:
+            while True:
+                request = await _read_frame(reader)
+                queue.append((writer, request.get("i"), request.get("t") or []))
+                arrived.set()
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+            pass  # the client went away, or sent garbage: drop the connection
+        finally:
+            writers.discard(writer)
+            writer.close()
+
+    server = await asyncio.start_server(connection, host, 0)
+    port = server.sockets[0].getsockname()[1]
+    address = f"{host}:{port}"
+    ctx.heartbeat({"address": address, "ready": True, "served": 0})
+    log.info("serving on %s", address)
+    served, last_beat = 0, time.monotonic()
+    async with server:
+        while not ctx.stop_requested():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(arrived.wait(), 0.25)
+            arrived.clear()
+            if queue:
+                batch = _take(queue)
+                _answer(model, batch)
+                served += sum(len(texts) for _, _, texts in batch)
+                if queue:
+                    arrived.set()
+                await asyncio.sleep(0)  # let the readers collect what arrived meanwhile
+            if time.monotonic() - last_beat >= HEARTBEAT_SECONDS:
+                ctx.heartbeat({"address": address, "ready": True, "served": served})
+                last_beat = time.monotonic()
+        for writer in list(writers):
+            writer.close()
+
+
+def _take(queue: list[tuple[asyncio.StreamWriter, Any, list[str]]]) -> list[Any]:
+    taken, documents = 0, 0
+    for _, _, texts in queue:
+        if taken and documents + len(texts) > MAX_BATCH_DOCUMENTS:
+            break
+        taken += 1
+        documents += len(texts)
+    batch = queue[:taken]
+    del queue[:taken]
+    return batch
+
+
+def _answer(model: Any, batch: list[tuple[asyncio.StreamWriter, Any, list[str]]]) -> None:
+    texts = [text for _, _, request_texts in batch for text in request_texts]
+    try:
+        found = model.predict(texts, batch_size=max(1, len(texts)))
+    except Exception as exc:  # a model failure answers the requests; the server keeps serving
+        log.exception("inference failed")
+        for writer, request_id, _ in batch:
+            writer.write(_frame({"i": request_id, "error": f"{type(exc).__name__}: {exc}"}))
+        return
+    position = 0
+    for writer, request_id, request_texts in batch:
+        entities = [
+            [[span.start, span.end, span.label, span.score] for span in spans]
+            for spans in found[position : position + len(request_texts)]
+        ]
+        position += len(request_texts)
+        if not writer.is_closing():
+            writer.write(_frame({"i": request_id, "e": entities}))
+
+
+# --- The API side ---------------------------------------------------------------------------------
+class WorkerGone(Exception):
+    """The connection to a serving worker failed; the request can be tried on another one."""
+
+
+class WorkerConnection:
+    """One multiplexed connection to a serving worker: many requests in flight, replies matched by id."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.in_flight = 0
+        self._ids = itertools.count()
+        self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._opening: asyncio.Lock = asyncio.Lock()
+        self.closed = False
+
+    async def _open(self) -> asyncio.StreamWriter:
+        async with self._opening:
+            if self._writer is None:
+                host, port = self.address.rsplit(":", 1)
+                try:
+                    reader, self._writer = await asyncio.open_connection(host, int(port))
+                except OSError as exc:
+                    self.closed = True
+                    raise WorkerGone(str(exc)) from exc
+                self._reader_task = asyncio.create_task(self._read_replies(reader))
+            return self._writer
+
+    async def _read_replies(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                reply = await _read_frame(reader)
+                future = self._waiting.pop(reply.get("i"), None)
+                if future is not None and not future.done():
+                    future.set_result(reply)
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError) as exc:
+            self._fail(WorkerGone(f"connection to {self.address} lost: {exc!r}"))
+        except asyncio.CancelledError:
+            self._fail(WorkerGone("connection closed"))
+            raise
+
+    def _fail(self, exc: Exception) -> None:
+        self.closed = True
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_exception(exc)
+        self._waiting.clear()
+
+    async def infer(self, texts: list[str]) -> Entities:
+        if self.closed:
+            raise WorkerGone("connection closed")
+        writer = await self._open()
+        request_id = next(self._ids)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiting[request_id] = future
+        self.in_flight += 1
+        try:
+            writer.write(_frame({"i": request_id, "t": texts}))
+            reply = await future
+        except (ConnectionError, RuntimeError) as exc:
+            self._fail(WorkerGone(str(exc)))
+            raise WorkerGone(str(exc)) from exc
+        finally:
+            self.in_flight -= 1
+            self._waiting.pop(request_id, None)
+        if "error" in reply:
+            raise RuntimeError(f"inference failed: {reply['error']}")
+        return reply["e"]
+
+    def close(self) -> None:
+        self.closed = True
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+        if self._writer is not None:
+            self._writer.close()
+
+
+class WorkerPool:
+    """The API process's connections to serving workers, keyed by address (one event loop owns them)."""
+
+    def __init__(self) -> None:
+        self._connections: dict[str, WorkerConnection] = {}
+
+    def connection(self, addresses: list[str]) -> WorkerConnection:
+        """The least busy open connection among ``addresses`` (opened lazily)."""
+        best: WorkerConnection | None = None
+        for address in addresses:
+            conn = self._connections.get(address)
+            if conn is None or conn.closed:
+                conn = self._connections[address] = WorkerConnection(address)
+            if best is None or conn.in_flight < best.in_flight:
+                best = conn
+        assert best is not None
+        return best
