@@ -288,3 +288,17 @@ def test_endpoint_survives_a_killed_worker_and_a_server_crash(make_server):
         assert client.detect_entities(Text=TEXT, EndpointArn=arn)["Entities"] == before
     finally:
         stop_server(again)
+
+
+def test_list_endpoints_pages(make_server):
+    server = make_server()
+    client = server.client("comprehend")
+    recognizer = train_recognizer(server, docs=100, types=("PERSON",))
+    created = [create_endpoint(client, recognizer) for _ in range(3)]
+    first = client.list_endpoints(MaxResults=2)
+    assert [p["EndpointArn"] for p in first["EndpointPropertiesList"]] == created[:2]
+    rest = client.list_endpoints(MaxResults=2, NextToken=first["NextToken"])
+    assert [p["EndpointArn"] for p in rest["EndpointPropertiesList"]] == created[2:]
+    assert "NextToken" not in rest
+    with pytest.raises(client.exceptions.InvalidRequestException):
+        client.list_endpoints(NextToken="not-a-token")

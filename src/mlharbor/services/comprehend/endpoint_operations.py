@@ -43,8 +43,10 @@ MAX_TEXT_BYTES = 10_000
 # One inference unit: 100 characters and 2 documents per second.
 CHARACTERS_PER_UNIT = 100.0
 DOCUMENTS_PER_UNIT = 2.0
-# How long DetectEntities waits for an IN_SERVICE endpoint's workers to come up (after a restart).
+# How long DetectEntities waits for an IN_SERVICE endpoint's workers to come up (after a restart), and
+# for a worker's answer (a 10 KB text takes tens of milliseconds; only a hung worker takes this long).
 WORKER_WAIT_SECONDS = 20.0
+ANSWER_TIMEOUT_SECONDS = 60.0
 TRAINED = ("TRAINED", "TRAINED_WITH_WARNING")
 BUILT_IN_MESSAGE = (
     "MLHarbor has no built-in entity model (AWS's pretrained model cannot be shipped offline), so "
@@ -303,10 +305,14 @@ async def _infer(call: Call, row: Any, pool: WorkerPool, text: str) -> list[list
         if addresses:
             connection = pool.connection(addresses)
             try:
-                [entities] = await connection.infer([text])
+                [entities] = await asyncio.wait_for(connection.infer([text]), ANSWER_TIMEOUT_SECONDS)
                 return entities
             except WorkerGone:
                 pass  # that worker went away (restart, update); try the others, or wait for them
+            except TimeoutError:
+                raise ResourceUnavailableException(
+                    "The endpoint's model server did not answer in time."
+                ) from None
         if time.monotonic() >= deadline:
             raise ResourceUnavailableException(
                 "The endpoint's model servers are starting; retry the request shortly."
