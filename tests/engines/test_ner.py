@@ -137,6 +137,10 @@ def test_scores_come_with_exactly_the_entities_spacy_finds(trained: Trained) -> 
     assert scores and all(isinstance(x, float) and 0.0 < x <= 1.0 for x in scores)
     # On data like its training data the model is sure of nearly everything it finds.
     assert sorted(scores)[len(scores) // 2] > 0.9
+    # The scores are those of the decisions spaCy took: re-scored, every step's best valid action is the
+    # one the greedy parser chose (a wrong reconstruction of the parser state would break this).
+    probs, taken = trained.model._scorer.decisions([trained.model.nlp.make_doc(t) for t in texts])
+    assert (probs.argmax(axis=1) == taken).all()
     # A batch gives each document the score it gets alone.
     alone = [trained.model.predict([text])[0] for text in texts[:10]]
     for together, single in zip(predicted[:10], alone, strict=True):

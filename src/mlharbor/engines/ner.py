@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy
 import spacy
+from spacy.attrs import IS_SPACE
 from spacy.language import Language
 from spacy.tokens import Doc
 from spacy.tokens import Span as SpacySpan
@@ -55,6 +56,8 @@ METADATA_FILE = "mlharbor-ner.json"
 FORMAT_VERSION = 1
 FORBIDDEN_LABEL_CHARS = (",", "\n", "\r", "\t")
 
+# Documents parsed together at most (nlp.pipe uses batch_size // 4 = 64 for its default of 256).
+_PARSE_CHUNK = 64
 # Polling granularity for dev evaluation, so a stop request is not stuck behind a whole dev pass.
 _EVAL_CHUNK = 64
 
@@ -207,14 +210,25 @@ class NerModel:
         self._scorer = _ScoredNer(nlp.get_pipe("ner"))
 
     def predict_iter(self, texts: Sequence[str], batch_size: int = 64) -> Iterator[list[Span]]:
-        """Entities per text, in order, each with a confidence ``score`` (see ``_ScoredNer``)."""
+        """Entities per text, in order, each with a confidence ``score`` (see ``_ScoredNer``).
+
+        Like ``nlp.pipe``, each batch is parsed in length-sorted chunks of at most ``_PARSE_CHUNK``
+        documents: a parse steps until its longest document is done, and the parser's precomputed
+        features for a few thousand tokens stay in the CPU cache (a 256-document chunk was 20-30% slower).
+        """
         for offset in range(0, len(texts), batch_size):
             docs = [self.nlp.make_doc(text) for text in texts[offset : offset + batch_size]]
-            for doc, scores in zip(docs, self._scorer.parse(docs), strict=True):
+            by_length = sorted(range(len(docs)), key=lambda i: len(docs[i]), reverse=True)
+            scores: list[list[float]] = [[] for _ in docs]
+            for start in range(0, len(by_length), _PARSE_CHUNK):
+                chunk = by_length[start : start + _PARSE_CHUNK]
+                for i, doc_scores in zip(chunk, self._scorer.parse([docs[i] for i in chunk]), strict=True):
+                    scores[i] = doc_scores
+            for doc, doc_scores in zip(docs, scores, strict=True):
                 # Offsets are Python str indices (code points), the same unit as Example offsets.
                 yield [
                     Span(ent.start_char, ent.end_char, self._public.get(ent.label_, ent.label_), score)
-                    for ent, score in zip(doc.ents, scores, strict=True)
+                    for ent, score in zip(doc.ents, doc_scores, strict=True)
                 ]
 
     def predict(self, texts: Sequence[str], batch_size: int = 64) -> list[list[Span]]:
@@ -249,6 +263,10 @@ class NerModel:
         return cls(nlp, metadata["labels"], metadata["language"])
 
 
+# Rows of _ScoredNer.table for steps outside an entity: anywhere, on the last token, on a whitespace token.
+_OUTSIDE, _OUTSIDE_LAST, _OUTSIDE_SPACE = 0, 1, 2
+
+
 class _ScoredNer:
     """spaCy's greedy NER, plus a confidence for every entity it finds.
 
@@ -273,22 +291,19 @@ class _ScoredNer:
         index = {name: i for i, name in enumerate(self.names)}
         self.index = index
         labels = sorted({name[2:] for name in self.names if name[:2] in ("B-", "U-") and len(name) > 2})
+        # The valid actions of every kind of step, one row each; a step picks its row by code.
         n = len(self.names)
-        self.outside = numpy.zeros(n, dtype=bool)  # O, U-x, B-x
-        self.outside[index["O"]] = True
-        self.outside_last = self.outside.copy()
-        self.outside_space = self.outside.copy()  # O only
-        for label in labels:
-            self.outside[[index[f"U-{label}"], index[f"B-{label}"]]] = True
-            self.outside_last[index[f"U-{label}"]] = True
-        self.inside: dict[str, numpy.ndarray] = {}
-        self.inside_last: dict[str, numpy.ndarray] = {}
-        for label in labels:
-            mask = numpy.zeros(n, dtype=bool)
-            mask[index[f"L-{label}"]] = True
-            self.inside_last[label] = mask.copy()
-            mask[index[f"I-{label}"]] = True
-            self.inside[label] = mask
+        table = numpy.zeros((3 + 2 * len(labels), n), dtype=bool)
+        table[(_OUTSIDE, _OUTSIDE_LAST, _OUTSIDE_SPACE), index["O"]] = True
+        self.codes: dict[str, tuple[int, int]] = {}  # label -> (inside code, inside-on-last-token code)
+        for i, label in enumerate(labels):
+            table[_OUTSIDE, [index[f"U-{label}"], index[f"B-{label}"]]] = True
+            table[_OUTSIDE_LAST, index[f"U-{label}"]] = True
+            inside, inside_last = 3 + 2 * i, 4 + 2 * i
+            table[inside, [index[f"I-{label}"], index[f"L-{label}"]]] = True
+            table[inside_last, index[f"L-{label}"]] = True
+            self.codes[label] = (inside, inside_last)
+        self.table = table
         self._captured: list[tuple[Any, Any, Any]] = []
         model = ner.model
         forward = model._func
@@ -304,59 +319,71 @@ class _ScoredNer:
 
     def parse(self, docs: list[Doc]) -> list[list[float]]:
         """Set ``doc.ents`` on every doc; return each entity's score, in ``doc.ents`` order."""
-        self._captured.clear()
-        states = self.ner.predict(docs)
-        self.ner.set_annotations(docs, states)
-        if not self._captured:  # nothing to parse (all documents empty)
+        decisions = self.decisions(docs)
+        if decisions is None:  # nothing to parse (all documents empty)
             return [[] for _ in docs]
-        state2vec, vec2scores, class_mask = self._captured.pop()
-        ids: list[tuple[int, int, int]] = []
-        masks: list[numpy.ndarray] = []
-        taken: list[int] = []
-        offset = 0
-        index = self.index
-        for doc in docs:
-            n = len(doc)
-            inside_from = [-1] * n  # for tokens after an entity's first: that entity's first token
-            inside_label = [""] * n
-            actions = [index["O"]] * n
-            for ent in doc.ents:
-                label = ent.label_
-                if len(ent) == 1:
-                    actions[ent.start] = index[f"U-{label}"]
-                    continue
-                actions[ent.start] = index[f"B-{label}"]
-                for t in range(ent.start + 1, ent.end):
-                    actions[t] = index[f"I-{label}"]
-                    inside_from[t], inside_label[t] = ent.start, label
-                actions[ent.end - 1] = index[f"L-{label}"]
-            for t in range(n):
-                last = t == n - 1
-                start = inside_from[t]
-                if start >= 0:
-                    ids.append((t + offset, start + offset, t - 1 + offset))
-                    label = inside_label[t]
-                    masks.append(self.inside_last[label] if last else self.inside[label])
-                else:
-                    ids.append((t + offset, -1, -1))
-                    space = doc[t].is_space
-                    masks.append(self.outside_space if space else self.outside_last if last else self.outside)
-            taken.extend(actions)
-            offset += n
-        token_ids = numpy.asarray(ids, dtype="i")
-        scores = vec2scores.predict(state2vec.predict(token_ids))[:, : len(self.names)]
-        scores[:, class_mask[: len(self.names)] == 0] = numpy.nanmin(scores)  # as spaCy does for unseen
-        scores = numpy.where(numpy.stack(masks), scores, -numpy.inf)
-        scores -= scores.max(axis=1, keepdims=True)
-        probs = numpy.exp(scores)
-        probs /= probs.sum(axis=1, keepdims=True)
-        chosen = probs[numpy.arange(len(taken)), numpy.asarray(taken)]
+        probs, taken = decisions
+        chosen = probs[numpy.arange(len(taken)), taken]
         result: list[list[float]] = []
         offset = 0
         for doc in docs:
             result.append([float(numpy.prod(chosen[offset + e.start : offset + e.end])) for e in doc.ents])
             offset += len(doc)
         return result
+
+    def decisions(self, docs: list[Doc]) -> tuple[numpy.ndarray, numpy.ndarray] | None:
+        """Parse ``docs`` (setting ``doc.ents``) and return, for every step of every document in order,
+        the probabilities of all actions (zero for invalid ones) and the action the parser took."""
+        self._captured.clear()
+        self.ner.set_annotations(docs, self.ner.predict(docs))
+        if not self._captured:
+            return None
+        state2vec, vec2scores, class_mask = self._captured.pop()
+        token_ids, masks, taken = self._steps(docs)
+        scores = vec2scores.predict(state2vec.predict(token_ids))[:, : len(self.names)]
+        scores[:, class_mask[: len(self.names)] == 0] = numpy.nanmin(scores)  # as spaCy does for unseen
+        scores = numpy.where(masks, scores, -numpy.inf)
+        scores -= scores.max(axis=1, keepdims=True)
+        probs = numpy.exp(scores)
+        probs /= probs.sum(axis=1, keepdims=True)
+        return probs, taken
+
+    def _steps(self, docs: list[Doc]) -> tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray]:
+        """Per step (= per token): the feature token ids spaCy's NER state gives (this token; the open
+        entity's first token and the previous token, or -1), its valid actions, and the action taken.
+        Vectorised per document; Python only loops over entities."""
+        id_parts, code_parts, action_parts = [], [], []
+        index = self.index
+        offset = 0
+        for doc in docs:
+            n = len(doc)
+            ids = numpy.full((n, 3), -1, dtype="i")
+            ids[:, 0] = numpy.arange(offset, offset + n)
+            codes = numpy.full(n, _OUTSIDE, dtype="i")
+            if n:
+                codes[n - 1] = _OUTSIDE_LAST
+            codes[doc.to_array(IS_SPACE).astype(bool)] = _OUTSIDE_SPACE
+            actions = numpy.full(n, index["O"], dtype="i")
+            for ent in doc.ents:
+                start, end, label = ent.start, ent.end, ent.label_
+                if end - start == 1:
+                    actions[start] = index[f"U-{label}"]
+                    continue
+                actions[start] = index[f"B-{label}"]
+                actions[start + 1 : end] = index[f"I-{label}"]
+                actions[end - 1] = index[f"L-{label}"]
+                ids[start + 1 : end, 1] = offset + start
+                ids[start + 1 : end, 2] = numpy.arange(offset + start, offset + end - 1)
+                inside, inside_last = self.codes[label]
+                codes[start + 1 : end] = inside
+                if end == n:
+                    codes[n - 1] = inside_last
+            id_parts.append(ids)
+            code_parts.append(codes)
+            action_parts.append(actions)
+            offset += n
+        token_ids = numpy.ascontiguousarray(numpy.concatenate(id_parts))
+        return token_ids, self.table[numpy.concatenate(code_parts)], numpy.concatenate(action_parts)
 
 
 def align(nlp: Language, example: Example) -> tuple[Doc, AlignmentReport]:

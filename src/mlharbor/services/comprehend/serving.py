@@ -74,6 +74,8 @@ async def _serve(ctx: WorkContext, model: Any, host: str) -> None:
                 arrived.set()
         except (asyncio.IncompleteReadError, ConnectionError, ValueError):
             pass  # the client went away, or sent garbage: drop the connection
+        except asyncio.CancelledError:
+            pass  # shutting down; ending quietly keeps asyncio from logging the cancellation as an error
         finally:
             writers.discard(writer)
             writer.close()
