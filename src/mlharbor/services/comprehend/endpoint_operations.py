@@ -15,7 +15,6 @@ from mlharbor import arns
 from mlharbor.api.services import Handler
 from mlharbor.context import Call
 from mlharbor.errors import (
-    InvalidFilterException,
     InvalidRequestException,
     ResourceInUseException,
     ResourceLimitExceededException,
@@ -32,7 +31,6 @@ from mlharbor.services.comprehend import recognizers as er
 from mlharbor.services.comprehend.serving import WorkerGone, WorkerPool
 from mlharbor.store.tables import comprehend_endpoints as ep_table
 
-DEFAULT_PAGE = 100
 TAG_LIMIT = 50
 # AWS quotas (per account and region): active endpoints, inference units in all, units per endpoint.
 MAX_ENDPOINTS = 10
@@ -149,23 +147,7 @@ def describe_endpoint(call: Call, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def list_endpoints(call: Call, params: dict[str, Any]) -> dict[str, Any]:
-    filters = params.get("Filter", {})
-    if len(filters) > 1:
-        raise InvalidFilterException("Only one filter member can be specified at a time.")
-    limit = params.get("MaxResults", DEFAULT_PAGE)
-    after = None
-    if "NextToken" in params:
-        position = call.server.pager.decode(call.page_scope(), params["NextToken"])
-        after = (float(position["t"]), str(position["a"]))
-    with call.store.read() as conn:
-        rows = ep.page(conn, call.account_id, call.region, filters, after, limit + 1)
-    result: dict[str, Any] = {"EndpointPropertiesList": [ep.describe(r) for r in rows[:limit]]}
-    if len(rows) > limit:
-        last = rows[limit - 1]
-        result["NextToken"] = call.server.pager.encode(
-            call.page_scope(), {"t": last.created_at, "a": last.arn}
-        )
-    return result
+    return ep.LISTING.respond(call, params, "EndpointPropertiesList", ep.describe)
 
 
 def update_endpoint(call: Call, params: dict[str, Any]) -> dict[str, Any]:

@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime
-from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, Row, Select, bindparam, delete, func, or_, select, tuple_
+from sqlalchemy import Connection, Row, bindparam, delete, func, or_, select
 
 from mlharbor.context import Server
 from mlharbor.runtime.executor import WorkStatus
 from mlharbor.services import tags
 from mlharbor.services.comprehend import serving
+from mlharbor.services.comprehend.listing import Listing
 from mlharbor.store.tables import comprehend_endpoints as table
 from mlharbor.store.tables import entity_recognizers
 from mlharbor.store.transitions import machine, transition
@@ -55,12 +54,16 @@ _USAGE = select(func.count(), func.coalesce(func.sum(table.c.desired_units), 0))
 _USING_MODEL = select(table.c.arn).where(
     or_(table.c.model_arn == bindparam("model"), table.c.desired_model_arn == bindparam("model"))
 )
-_FILTERS = {
-    "ModelArn": table.c.desired_model_arn == bindparam("ModelArn"),
-    "Status": table.c.status == bindparam("Status"),
-    "CreationTimeBefore": table.c.created_at < bindparam("CreationTimeBefore"),
-    "CreationTimeAfter": table.c.created_at > bindparam("CreationTimeAfter"),
-}
+LISTING = Listing(
+    table,
+    table.c.created_at,
+    {
+        "ModelArn": table.c.desired_model_arn == bindparam("ModelArn"),
+        "Status": table.c.status == bindparam("Status"),
+        "CreationTimeBefore": table.c.created_at < bindparam("CreationTimeBefore"),
+        "CreationTimeAfter": table.c.created_at > bindparam("CreationTimeAfter"),
+    },
+)
 
 
 def find_by_arn(conn: Connection, account_id: str, region: str, arn: str) -> Row[Any] | None:
@@ -79,31 +82,6 @@ def usage(conn: Connection, account_id: str, region: str) -> tuple[int, int]:
 
 def using_model(conn: Connection, model_arn: str) -> bool:
     return conn.execute(_USING_MODEL, {"model": model_arn}).first() is not None
-
-
-@lru_cache(maxsize=64)
-def _page_statement(filters: tuple[str, ...], paged: bool) -> Select[Any]:
-    query = select(table).where(_OWNER, *(_FILTERS[name] for name in filters))
-    key = tuple_(table.c.created_at, table.c.arn)
-    if paged:
-        query = query.where(key > tuple_(bindparam("after_t"), bindparam("after_a")))
-    return query.order_by(table.c.created_at, table.c.arn).limit(bindparam("limit"))
-
-
-def page(
-    conn: Connection,
-    account_id: str,
-    region: str,
-    filters: dict[str, Any],
-    after: tuple[float, str] | None,
-    limit: int,
-) -> list[Row[Any]]:
-    values: dict[str, Any] = {"account_id": account_id, "region": region, "limit": limit}
-    for name, value in filters.items():
-        values[name] = value.timestamp() if isinstance(value, datetime) else value
-    if after is not None:
-        values.update(after_t=after[0], after_a=after[1])
-    return conn.execute(_page_statement(tuple(sorted(filters)), after is not None), values).all()
 
 
 def describe(row: Row[Any]) -> dict[str, Any]:

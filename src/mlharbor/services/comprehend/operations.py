@@ -15,7 +15,6 @@ from mlharbor import arns
 from mlharbor.api.services import Handler
 from mlharbor.context import Call
 from mlharbor.errors import (
-    InvalidFilterException,
     InvalidRequestException,
     ResourceInUseException,
     ResourceNotFoundException,
@@ -36,31 +35,12 @@ MAX_ENTITY_TYPES = 25
 TRAINING_LANGUAGES = ("en", "es", "fr", "de", "it", "pt")
 
 
-def _page_position(call: Call, params: dict[str, Any]) -> tuple[float, str] | None:
-    if "NextToken" not in params:
-        return None
-    position = call.server.pager.decode(call.page_scope(), params["NextToken"])
-    return float(position["t"]), str(position["a"])
-
-
 def describe_entity_recognizer(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     return {"EntityRecognizerProperties": er.describe(_recognizer(call, params["EntityRecognizerArn"]))}
 
 
 def list_entity_recognizers(call: Call, params: dict[str, Any]) -> dict[str, Any]:
-    filters = params.get("Filter", {})
-    if len(filters) > 1:
-        raise InvalidFilterException("Only one filter member can be specified at a time.")
-    limit = params.get("MaxResults", DEFAULT_PAGE)
-    with call.store.read() as conn:
-        rows = er.page(conn, call.account_id, call.region, filters, _page_position(call, params), limit + 1)
-    result: dict[str, Any] = {"EntityRecognizerPropertiesList": [er.describe(r) for r in rows[:limit]]}
-    if len(rows) > limit:
-        last = rows[limit - 1]
-        result["NextToken"] = call.server.pager.encode(
-            call.page_scope(), {"t": last.submitted_at, "a": last.arn}
-        )
-    return result
+    return er.LISTING.respond(call, params, "EntityRecognizerPropertiesList", er.describe)
 
 
 def list_entity_recognizer_summaries(call: Call, params: dict[str, Any]) -> dict[str, Any]:

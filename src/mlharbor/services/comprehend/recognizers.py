@@ -6,12 +6,11 @@ the table and listing are here so that List/Describe are real from day one.
 
 from __future__ import annotations
 
-from datetime import datetime
-from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, Row, Select, bindparam, select, tuple_
+from sqlalchemy import Connection, Row, bindparam, select
 
+from mlharbor.services.comprehend.listing import Listing
 from mlharbor.store.tables import entity_recognizers as table
 from mlharbor.store.transitions import machine
 
@@ -51,12 +50,18 @@ DETAIL_MEMBERS = ("EndTime", "TrainingStartTime", "TrainingEndTime", "Recognizer
 _OWNER = (table.c.account_id == bindparam("account_id")) & (table.c.region == bindparam("region"))
 _BY_ARN = select(table).where(_OWNER, table.c.arn == bindparam("arn"))
 _ALL = select(table).where(_OWNER).order_by(table.c.name, table.c.submitted_at)
-_FILTERS = {
-    "Status": table.c.status == bindparam("Status"),
-    "RecognizerName": table.c.name == bindparam("RecognizerName"),
-    "SubmitTimeBefore": table.c.submitted_at < bindparam("SubmitTimeBefore"),
-    "SubmitTimeAfter": table.c.submitted_at > bindparam("SubmitTimeAfter"),
-}
+# The API documents descending order for SubmitTimeBefore on this list.
+LISTING = Listing(
+    table,
+    table.c.submitted_at,
+    {
+        "Status": table.c.status == bindparam("Status"),
+        "RecognizerName": table.c.name == bindparam("RecognizerName"),
+        "SubmitTimeBefore": table.c.submitted_at < bindparam("SubmitTimeBefore"),
+        "SubmitTimeAfter": table.c.submitted_at > bindparam("SubmitTimeAfter"),
+    },
+    newest_first="SubmitTimeBefore",
+)
 
 
 def owned_by_columns(account_id: str, region: str):  # type: ignore[no-untyped-def]
@@ -65,38 +70,6 @@ def owned_by_columns(account_id: str, region: str):  # type: ignore[no-untyped-d
 
 def find_by_arn(conn: Connection, account_id: str, region: str, arn: str) -> Row[Any] | None:
     return conn.execute(_BY_ARN, {"account_id": account_id, "region": region, "arn": arn}).first()
-
-
-@lru_cache(maxsize=64)
-def _page_statement(filters: tuple[str, ...], paged: bool) -> Select[Any]:
-    query = select(table).where(_OWNER, *(_FILTERS[name] for name in filters))
-    newest_first = "SubmitTimeBefore" in filters  # the API documents descending order for this filter
-    key = tuple_(table.c.submitted_at, table.c.arn)
-    if paged:
-        after = tuple_(bindparam("after_t"), bindparam("after_a"))
-        query = query.where(key < after if newest_first else key > after)
-    order = (
-        (table.c.submitted_at.desc(), table.c.arn.desc())
-        if newest_first
-        else (table.c.submitted_at, table.c.arn)
-    )
-    return query.order_by(*order).limit(bindparam("limit"))
-
-
-def page(
-    conn: Connection,
-    account_id: str,
-    region: str,
-    filters: dict[str, Any],
-    after: tuple[float, str] | None,
-    limit: int,
-) -> list[Row[Any]]:
-    values: dict[str, Any] = {"account_id": account_id, "region": region, "limit": limit}
-    for name, value in filters.items():
-        values[name] = value.timestamp() if isinstance(value, datetime) else value
-    if after is not None:
-        values.update(after_t=after[0], after_a=after[1])
-    return conn.execute(_page_statement(tuple(sorted(filters)), after is not None), values).all()
 
 
 def all_rows(conn: Connection, account_id: str, region: str) -> list[Row[Any]]:
