@@ -17,24 +17,24 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Row, delete, select, update
+from sqlalchemy import Row, delete, select, update
 
 from mlharbor.blobs.store import BlobStore, open_blob_store
 from mlharbor.context import Server
 from mlharbor.logs import setup_logging
 from mlharbor.runtime import WorkContext
 from mlharbor.services import tags
+from mlharbor.services.comprehend import attempts
 from mlharbor.services.comprehend import recognizers as er
+from mlharbor.services.comprehend.attempts import with_details, work_id
 from mlharbor.store.db import Store
 from mlharbor.store.tables import entity_recognizers as table
-from mlharbor.store.transitions import transition
 
 log = logging.getLogger(__name__)
 
 TARGET = "mlharbor.services.comprehend.training:train_worker"
 ACTIVE = ("SUBMITTED", "TRAINING", "STOP_REQUESTED", "DELETING")
 MAX_ATTEMPTS = 3  # a worker killed mid-training is retried from the start this many times in all
-STOP_POLL_SECONDS = 0.25  # how often the worker looks at the database for a stop request
 # Dev F1 on real, noisy text keeps creeping up for many epochs after a plateau (measured on WNUT-2016);
 # an epoch is cheap, so wait longer than the engine's default before giving up.
 MAX_EPOCHS = 60
@@ -42,40 +42,11 @@ PATIENCE = 8
 DROPOUT = 0.1  # spaCy's default training config uses 0.1
 
 
-def work_id(arn: str, attempt: int) -> str:
-    return f"{arn}#attempt-{attempt}"
-
-
-# --- State changes shared by the worker and the reconcile pass ------------------------------------
-def _row(conn: Connection, arn: str) -> Row[Any] | None:
-    return conn.execute(select(table).where(table.c.arn == arn)).first()
-
-
 def move(
     store: Store, arn: str, targets: dict[str, str], *, attempt: int | None = None, **values: Any
 ) -> str | None:
-    """Move the row along ``targets`` ({from_state: to_state}) whatever it currently is, retrying the
-    compare-and-set when another writer got in first. Returns the state it ended in, or None if the row
-    is gone, in a state ``targets`` does not name, or (with ``attempt``) owned by a newer attempt: a
-    worker that outlived a crash must not overwrite its replacement's work."""
-    for _ in range(20):
-        with store.begin() as conn:
-            row = _row(conn, arn)
-            if row is None or row.status not in targets or attempt not in (None, row.attempt):
-                return None
-            target = targets[row.status]
-            extra = {k: (v(row) if callable(v) else v) for k, v in values.items()}
-            if transition(
-                conn, table, er.STATES, table.c.arn == arn, current=row.status, version=row.version,
-                target=target, updated_at=time.time(), **extra,
-            ):  # fmt: skip
-                return target
-    raise RuntimeError(f"could not update {arn}: too much contention")
-
-
-def _with_details(**new: Any):  # type: ignore[no-untyped-def]
-    """A value for ``move`` that merges ``new`` into the row's details JSON."""
-    return lambda row: {**(row.details or {}), **new}
+    """``attempts.move`` for recognizers."""
+    return attempts.move(store, table, er.STATES, arn, targets, attempt=attempt, **values)
 
 
 def _note(store: Store, arn: str, attempt: int, message: str) -> None:
@@ -98,41 +69,16 @@ def train_worker(ctx: WorkContext, payload: dict[str, Any]) -> dict[str, Any]:
         store.dispose()
 
 
-class _StopWatch:
-    """True once a stop was requested, through the executor or in the database (after a restart, or
-    from another server process, the database is the only channel)."""
-
-    def __init__(self, ctx: WorkContext, store: Store, arn: str, attempt: int) -> None:
-        self.ctx, self.store, self.arn, self.attempt = ctx, store, arn, attempt
-        self._next_check = 0.0
-        self._seen = False
-
-    def __call__(self) -> bool:
-        if self._seen or self.ctx.stop_requested():
-            self._seen = True
-            return True
-        now = time.monotonic()
-        if now >= self._next_check:
-            self._next_check = now + STOP_POLL_SECONDS
-            with self.store.read() as conn:
-                row = conn.execute(
-                    select(table.c.status, table.c.attempt).where(table.c.arn == self.arn)
-                ).first()
-            # Stop when asked to, and also when a newer attempt has replaced this one.
-            self._seen = row is None or row.status != "TRAINING" or row.attempt != self.attempt
-        return self._seen
-
-
 def _train(ctx: WorkContext, store: Store, payload: dict[str, Any]) -> dict[str, Any]:
     arn, attempt = payload["arn"], payload["attempt"]
     with store.read() as conn:
-        row = _row(conn, arn)
+        row = conn.execute(select(table).where(table.c.arn == arn)).first()
     if row is None or row.attempt != attempt:
         return {"stopped": False, "skipped": True}
     if row.status == "SUBMITTED":
         state = move(
             store, arn, {"SUBMITTED": "TRAINING"}, attempt=attempt,
-            message="Loading training data", details=_with_details(TrainingStartTime=time.time()),
+            message="Loading training data", details=with_details(TrainingStartTime=time.time()),
         )  # fmt: skip
     else:
         state = row.status  # TRAINING again after a crash: the row already says so
@@ -143,7 +89,7 @@ def _train(ctx: WorkContext, store: Store, payload: dict[str, Any]) -> dict[str,
     from mlharbor.services.comprehend.datasets import DataError, load_dataset
 
     spec = row.spec
-    stop = _StopWatch(ctx, store, arn, attempt)
+    stop = attempts.StopWatch(ctx, store, table, arn, attempt, "TRAINING")
     blobs = open_blob_store(payload["object_store"], Path(payload["data_dir"]))
     try:
         dataset = load_dataset(blobs, spec["InputDataConfig"], spec["LanguageCode"])
@@ -202,7 +148,7 @@ def _train(ctx: WorkContext, store: Store, payload: dict[str, Any]) -> dict[str,
     moved = move(
         store, arn, {"TRAINING": final, "STOP_REQUESTED": final}, attempt=attempt,
         message="; ".join(warnings) or None, artifact_uri=artifact,
-        details=_with_details(
+        details=with_details(
             RecognizerMetadata=metadata, TrainingEndTime=ended, EndTime=ended, BestEpoch=result.best_epoch,
         ),
     )  # fmt: skip
@@ -268,7 +214,7 @@ def _finish_stopped(store: Store, arn: str, attempt: int | None = None) -> None:
     move(
         store, arn, {"STOP_REQUESTED": "STOPPED"}, attempt=attempt,
         message="Training was stopped by StopTrainingEntityRecognizer.",
-        details=_with_details(EndTime=ended, TrainingEndTime=ended),
+        details=with_details(EndTime=ended, TrainingEndTime=ended),
     )  # fmt: skip
 
 
@@ -276,7 +222,7 @@ def _fail(store: Store, arn: str, message: str, attempt: int | None = None) -> N
     ended = time.time()
     move(
         store, arn, {"SUBMITTED": "IN_ERROR", "TRAINING": "IN_ERROR", "STOP_REQUESTED": "IN_ERROR"},
-        attempt=attempt, message=message, details=_with_details(EndTime=ended),
+        attempt=attempt, message=message, details=with_details(EndTime=ended),
     )  # fmt: skip
 
 
@@ -335,17 +281,7 @@ class TrainingSupervisor:
             _fail(store, row.arn, f"Training was interrupted {MAX_ATTEMPTS} times (last: {reason}).")
             return
         log.warning("training of %s was interrupted (%s); retrying from the start", row.arn, reason)
-        with store.begin() as conn:
-            bumped = conn.execute(
-                update(table)
-                .where(table.c.arn == row.arn, table.c.version == row.version)
-                .values(
-                    attempt=row.attempt + 1,
-                    version=row.version + 1,
-                    message="Training restarted after an interruption",
-                )
-            ).rowcount
-        if bumped:
+        if attempts.next_attempt(store, table, row, "Training restarted after an interruption"):
             # Started at once, slot or not: it held a slot before the interruption. Waiting for a free
             # slot would leave a TRAINING row with no worker, which the next pass would count again.
             attempt = row.attempt + 1
