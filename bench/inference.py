@@ -840,21 +840,6 @@ def _statuses(phase: Phase) -> str:
     return ", ".join(parts) or "(none)"
 
 
-def _table(header: Sequence[str], rows: list[Sequence[str]], right: set[int]) -> None:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-
-    def line(cells: Sequence[str]) -> str:
-        return " | ".join(
-            c.rjust(w) if i in right else c.ljust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        )
-
-    print(line(header))
-    print("-+-".join("-" * w for w in widths))
-    for row in rows:
-        print(line(row))
-
-
 def report(result: dict[str, Any], phases: list[Phase], base: Baseline | None, job: BatchJob | None) -> None:
     machine, serving = result["machine"], result["serving"]
     cores = serving["cores"]
@@ -883,7 +868,7 @@ def report(result: dict[str, Any], phases: list[Phase], base: Baseline | None, j
              _f(base.pipe_batch32_chars_per_s), _f(base.pipe_batch32_chars_per_s /
                                                    result["texts"]["mean_chars"], 1), "-", "-", "-", "")
         )  # fmt: skip
-    _table(
+    harness.print_table(
         ("run", "chars/s", "chars/s/core", "docs/s", "p50 ms", "p99 ms", "ents/doc", "statuses"),
         rows,
         right={1, 2, 3, 4, 5, 6},
@@ -959,7 +944,7 @@ def report(result: dict[str, Any], phases: list[Phase], base: Baseline | None, j
                 (f"raw spaCy nlp.pipe(docs, batch_size={base.batch_pipe_batch_size}), one core",
                  _f(base.batch_docs / base.batch_pipe_docs_per_s, 2), _f(base.batch_pipe_docs_per_s))
             )  # fmt: skip
-        _table(("run", "seconds", "docs/s"), rows, right={1, 2})
+        harness.print_table(("run", "seconds", "docs/s"), rows, right={1, 2})
         if base is not None and base.sweep:
             sweep = ", ".join(f"{size}: {rate:,.1f}" for size, rate in base.sweep.items())
             print(

@@ -573,21 +573,6 @@ def _s(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def _print_table(header: Sequence[str], rows: list[Sequence[str]], right: set[int]) -> None:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-
-    def line(cells: Sequence[str]) -> str:
-        return " | ".join(
-            c.rjust(w) if i in right else c.ljust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        )
-
-    print(line(header))
-    print("-+-".join("-" * w for w in widths))
-    for row in rows:
-        print(line(row))
-
-
 def _epoch_summary(run: HarborRun) -> dict[str, Any]:
     """Epochs, best epoch, and a per-epoch time estimate from when each epoch's Message appeared."""
     if not run.epochs:
@@ -633,7 +618,7 @@ def report(
                  _s(e.precision * 100 if e else None), _s(e.recall * 100 if e else None),
                  _s(e.f1 * 100 if e else None), cli_epochs)
             )  # fmt: skip
-    _print_table(header, rows, right={3, 4, 5, 6})
+    harness.print_table(header, rows, right={3, 4, 5, 6})
     print("(P/R/F1: exact span match, micro-averaged over types, x100, on the test split)")
 
     print("\n=== Targets ===")

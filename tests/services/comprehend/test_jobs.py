@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from mlharbor.engines.annotated import Example, Span
-from tests.conftest import REGION, start_server, stop_server, unique, wait_until
+from tests.conftest import REGION, start_server, stop_server, unique, wait_until, worker_pids
 from tests.engines.ner_data import make_corpus
 from tests.services.comprehend.conftest import ROLE, train_recognizer
 from tests.services.comprehend.corpus import TYPES, put_object
@@ -319,20 +319,6 @@ def test_list_filters_and_pagination(server, comprehend, recognizer):
     }
     with pytest.raises(elsewhere.exceptions.JobNotFoundException):
         elsewhere.describe_entities_detection_job(JobId=ids[0])
-
-
-def worker_pids(server_pid: int) -> list[int]:
-    """The server's spawned worker processes (children whose command line is multiprocessing's spawn)."""
-    pids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-            cmdline = (stat.parent / "cmdline").read_bytes()
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid == server_pid and b"spawn_main" in cmdline:
-            pids.append(int(stat.parent.name))
-    return pids
 
 
 # --- Queueing, another account, and a server killed mid-job -------------------------------------

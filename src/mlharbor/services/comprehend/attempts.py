@@ -24,6 +24,19 @@ def work_id(arn: str, attempt: int) -> str:
     return f"{arn}#attempt-{attempt}"
 
 
+def payload(settings: Any, arn: str, attempt: int, **extra: Any) -> dict[str, Any]:
+    """What a worker needs to reach the store and the object store, and which attempt it is."""
+    return {
+        "arn": arn,
+        "attempt": attempt,
+        "database_url": settings.resolved_database_url,
+        "object_store": settings.object_store,
+        "data_dir": str(settings.data_dir.resolve()),
+        "log_format": settings.log_format,
+        **extra,
+    }
+
+
 def with_details(**new: Any) -> Callable[[Row[Any]], dict[str, Any]]:
     """A value for ``move`` that merges ``new`` into the row's details JSON."""
     return lambda row: {**(row.details or {}), **new}

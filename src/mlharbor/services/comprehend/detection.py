@@ -25,8 +25,6 @@ models) or ``INVALID_ENCODING`` (not UTF-8).
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import json
 import logging
 import re
@@ -52,7 +50,9 @@ from mlharbor.blobs.store import (
 from mlharbor.context import Server
 from mlharbor.logs import setup_logging
 from mlharbor.runtime import WorkContext
+from mlharbor.runtime.memory import keep_freed_memory
 from mlharbor.services.comprehend import attempts, jobs
+from mlharbor.services.comprehend import recognizers as er
 from mlharbor.services.comprehend.attempts import with_details, work_id
 from mlharbor.store.db import Store
 from mlharbor.store.tables import entities_detection_jobs as table
@@ -73,7 +73,6 @@ BATCH_CHARACTERS = 16 * 1024
 MAX_DOCUMENT_BYTES = 1_000_000  # AWS's per-document limit for custom models on asynchronous jobs
 READ_CHUNK = 1024 * 1024
 GZIP_LEVEL = 1  # JSON Lines: level 1 compresses ~220 MB/s (level 6: ~60) to a 16% larger archive
-TRAINED = ("TRAINED", "TRAINED_WITH_WARNING")
 
 _BREAK = re.compile(rb"\r\n|\r|\n")
 _BOM = b"\xef\xbb\xbf"
@@ -108,33 +107,13 @@ def _finish_stopped(store: Store, arn: str, attempt: int | None = None, document
 
 # --- The worker -----------------------------------------------------------------------------------
 def detect_worker(ctx: WorkContext, payload: dict[str, Any]) -> dict[str, Any]:
-    _keep_freed_memory()
+    keep_freed_memory()
     setup_logging(payload.get("log_format", "text"))
     store = Store(payload["database_url"])
     try:
         return _detect(ctx, store, payload)
     finally:
         store.dispose()
-
-
-def _keep_freed_memory() -> None:
-    """Keep the model's working arrays in this process's heap between batches.
-
-    By default glibc serves arrays of a few MB with fresh mmap()s and trims the heap top after frees, so
-    every batch page-faults its arrays in (zeroed) again; the first pass over a corpus measured ~20% slower
-    than later passes in the same process, and a job worker only ever makes one. Fixing both thresholds
-    removes that (measured: first pass as fast as raw ``nlp.pipe`` on a warm process). The worker exits
-    when the job ends, so the memory it keeps costs nothing afterwards. Not glibc: nothing to tune.
-    """
-    try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return
-    mallopt(_M_MMAP_THRESHOLD, 32 * 1024 * 1024)  # glibc's maximum on 64-bit systems
-    mallopt(_M_TRIM_THRESHOLD, 1024 * 1024 * 1024)
-
-
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # from glibc's malloc.h
 
 
 def _detect(ctx: WorkContext, store: Store, payload: dict[str, Any]) -> dict[str, Any]:
@@ -249,7 +228,7 @@ def _recognizer(store: Store, job: Row[Any]) -> Row[Any]:
                 entity_recognizers.c.region == job.region,
             )
         ).first()
-    if recognizer is None or recognizer.status not in TRAINED or not recognizer.artifact_uri:
+    if recognizer is None or recognizer.status not in er.TRAINED or not recognizer.artifact_uri:
         state = "gone" if recognizer is None else recognizer.status
         raise InputError(f"The entity recognizer {job.recognizer_arn} is {state}; it must be trained.")
     return recognizer
@@ -487,15 +466,7 @@ class JobSupervisor:
         self.server = server
 
     def _payload(self, row: Row[Any], attempt: int) -> dict[str, Any]:
-        settings = self.server.settings
-        return {
-            "arn": row.arn,
-            "attempt": attempt,
-            "database_url": settings.resolved_database_url,
-            "object_store": settings.object_store,
-            "data_dir": str(settings.data_dir.resolve()),
-            "log_format": settings.log_format,
-        }
+        return attempts.payload(self.server.settings, row.arn, attempt)
 
     def reconcile(self) -> None:
         executor = self.server.executor

@@ -45,7 +45,6 @@ DOCUMENTS_PER_UNIT = 2.0
 # for a worker's answer (a 10 KB text takes tens of milliseconds; only a hung worker takes this long).
 WORKER_WAIT_SECONDS = 20.0
 ANSWER_TIMEOUT_SECONDS = 60.0
-TRAINED = ("TRAINED", "TRAINED_WITH_WARNING")
 BUILT_IN_MESSAGE = (
     "MLHarbor has no built-in entity model (AWS's pretrained model cannot be shipped offline), so "
     "DetectEntities without EndpointArn is not available. Train a custom entity recognizer, create an "
@@ -72,14 +71,7 @@ def _trained_model(call: Call, model_arn: str) -> None:
     if parsed is None or parsed.resource_type != "entity-recognizer":
         # Document classifiers (the model's other ARN kind) do not exist in MLHarbor.
         raise ResourceNotFoundException(f"Could not find specified resource: {model_arn}")
-    with call.store.read() as conn:
-        row = er.find_by_arn(conn, call.account_id, call.region, model_arn)
-    if row is None:
-        raise ResourceNotFoundException(f"Could not find specified resource: {model_arn}")
-    if row.status not in TRAINED:
-        raise ResourceUnavailableException(
-            f"The recognizer is {row.status}; only a trained recognizer can be served by an endpoint."
-        )
+    er.require_trained(call, model_arn, "be served by an endpoint")
 
 
 def _no_flywheels(params: dict[str, Any]) -> None:

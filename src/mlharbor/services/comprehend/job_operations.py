@@ -16,8 +16,6 @@ from mlharbor.context import Call
 from mlharbor.errors import (
     InvalidRequestException,
     JobNotFoundException,
-    ResourceNotFoundException,
-    ResourceUnavailableException,
     TooManyTagsException,
     UnsupportedLanguageException,
 )
@@ -27,7 +25,6 @@ from mlharbor.services.comprehend import recognizers as er
 from mlharbor.store.tables import entities_detection_jobs as table
 
 TAG_LIMIT = 50
-TRAINED = ("TRAINED", "TRAINED_WITH_WARNING")
 BUILT_IN_MESSAGE = (
     "Built-in entity types are not available in MLHarbor (AWS's pretrained entity model cannot be shipped "
     "offline). Pass the EntityRecognizerArn of a trained custom entity recognizer."
@@ -60,16 +57,7 @@ def _earlier(conn: Connection, call: Call, token: str, fingerprint: str) -> Row[
 
 
 def _recognizer(call: Call, arn: str) -> Row[Any]:
-    """The recognizer a job may use: this account's and region's, trained."""
-    with call.store.read() as conn:
-        row = er.find_by_arn(conn, call.account_id, call.region, arn)
-    if row is None:
-        raise ResourceNotFoundException(f"Could not find specified resource: {arn}")
-    if row.status not in TRAINED:
-        raise ResourceUnavailableException(
-            f"The recognizer is {row.status}; only a trained recognizer can run an entities detection job."
-        )
-    return row
+    return er.require_trained(call, arn, "run an entities detection job")
 
 
 def start_entities_detection_job(call: Call, params: dict[str, Any]) -> dict[str, Any]:

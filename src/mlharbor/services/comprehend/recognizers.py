@@ -10,6 +10,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, bindparam, select
 
+from mlharbor.context import Call
+from mlharbor.errors import ResourceNotFoundException, ResourceUnavailableException
 from mlharbor.services.comprehend.listing import Listing
 from mlharbor.store.tables import entity_recognizers as table
 from mlharbor.store.transitions import machine
@@ -87,3 +89,19 @@ def describe(row: Row[Any]) -> dict[str, Any]:
     details = row.details or {}
     out.update({key: details[key] for key in DETAIL_MEMBERS if key in details})
     return out
+
+
+TRAINED = ("TRAINED", "TRAINED_WITH_WARNING")
+
+
+def require_trained(call: Call, arn: str, use: str) -> Row[Any]:
+    """This account's recognizer ``arn``, which must be trained to be used for ``use``."""
+    with call.store.read() as conn:
+        row = find_by_arn(conn, call.account_id, call.region, arn)
+    if row is None:
+        raise ResourceNotFoundException(f"Could not find specified resource: {arn}")
+    if row.status not in TRAINED:
+        raise ResourceUnavailableException(
+            f"The recognizer is {row.status}; only a trained recognizer can {use}."
+        )
+    return row

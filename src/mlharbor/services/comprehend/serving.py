@@ -27,6 +27,7 @@ from typing import Any
 from mlharbor.blobs.store import open_blob_store
 from mlharbor.logs import setup_logging
 from mlharbor.runtime import WorkContext
+from mlharbor.runtime.memory import keep_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ async def _read_frame(reader: asyncio.StreamReader) -> dict[str, Any]:
 
 # --- The worker -----------------------------------------------------------------------------------
 def serve_worker(ctx: WorkContext, payload: dict[str, Any]) -> dict[str, Any]:
+    keep_freed_memory()
     setup_logging(payload.get("log_format", "text"))
     from mlharbor.services.comprehend.training import load_model
 

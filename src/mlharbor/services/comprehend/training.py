@@ -23,6 +23,7 @@ from mlharbor.blobs.store import BlobStore, open_blob_store
 from mlharbor.context import Server
 from mlharbor.logs import setup_logging
 from mlharbor.runtime import WorkContext
+from mlharbor.runtime.memory import keep_freed_memory
 from mlharbor.services import tags
 from mlharbor.services.comprehend import attempts
 from mlharbor.services.comprehend import recognizers as er
@@ -61,6 +62,7 @@ def _note(store: Store, arn: str, attempt: int, message: str) -> None:
 
 # --- The worker -----------------------------------------------------------------------------------
 def train_worker(ctx: WorkContext, payload: dict[str, Any]) -> dict[str, Any]:
+    keep_freed_memory()
     setup_logging(payload.get("log_format", "text"))  # epochs show up in the server's log
     store = Store(payload["database_url"])
     try:
@@ -238,15 +240,7 @@ class TrainingSupervisor:
             f"s3://{settings.models_bucket}/comprehend/{row.account_id}/{row.region}/"
             f"entity-recognizer/{row.name}/{version}/attempt-{attempt}/model.tar.gz"
         )
-        return {
-            "arn": row.arn,
-            "attempt": attempt,
-            "database_url": settings.resolved_database_url,
-            "object_store": settings.object_store,
-            "data_dir": str(settings.data_dir.resolve()),
-            "artifact_uri": artifact,
-            "log_format": settings.log_format,
-        }
+        return attempts.payload(settings, row.arn, attempt, artifact_uri=artifact)
 
     def reconcile(self) -> None:
         executor = self.server.executor
