@@ -264,22 +264,26 @@ class TrainingSupervisor:
             elif status is not None or row.status == "TRAINING":
                 # It ran and ended without recording an outcome, or it was TRAINING when the server
                 # died (nothing here knows of it): the worker was interrupted.
-                self._interrupted(row, status.error if status is not None else "the server restarted")
+                if self._interrupted(row, status.error if status is not None else "the server restarted"):
+                    slots -= 1  # the retry runs at once, so it takes a slot from the queued recognizers
             elif slots > 0:
                 executor.submit(wid, TARGET, self._payload(row, row.attempt))
                 slots -= 1
 
-    def _interrupted(self, row: Row[Any], reason: str | None) -> None:
+    def _interrupted(self, row: Row[Any], reason: str | None) -> bool:
+        """Retry the training from the start (True), or fail it after its last attempt."""
         store = self.server.store
         if row.attempt + 1 >= MAX_ATTEMPTS:
             _fail(store, row.arn, f"Training was interrupted {MAX_ATTEMPTS} times (last: {reason}).")
-            return
+            return False
         log.warning("training of %s was interrupted (%s); retrying from the start", row.arn, reason)
-        if attempts.next_attempt(store, table, row, "Training restarted after an interruption"):
-            # Started at once, slot or not: it held a slot before the interruption. Waiting for a free
-            # slot would leave a TRAINING row with no worker, which the next pass would count again.
-            attempt = row.attempt + 1
-            self.server.executor.submit(work_id(row.arn, attempt), TARGET, self._payload(row, attempt))
+        if not attempts.next_attempt(store, table, row, "Training restarted after an interruption"):
+            return False
+        # Started at once, slot or not: it held a slot before the interruption. Waiting for a free slot
+        # would leave a TRAINING row with no worker, which the next pass would count again.
+        attempt = row.attempt + 1
+        self.server.executor.submit(work_id(row.arn, attempt), TARGET, self._payload(row, attempt))
+        return True
 
     def _delete(self, row: Row[Any]) -> None:
         if row.artifact_uri:
