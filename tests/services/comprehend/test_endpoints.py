@@ -302,3 +302,30 @@ def test_list_endpoints_pages(make_server):
     assert "NextToken" not in rest
     with pytest.raises(client.exceptions.InvalidRequestException):
         client.list_endpoints(NextToken="not-a-token")
+
+
+def test_a_model_that_cannot_load_fails_the_endpoint_and_an_update_recovers_it(make_server):
+    server = make_server()
+    client = server.client("comprehend")
+    recognizer = train_recognizer(server, docs=100, types=("PERSON",))
+    [artifact] = (server.data_dir / "s3" / "mlharbor-models").rglob("model.tar.gz")
+    saved = artifact.read_bytes()
+    artifact.write_bytes(b"not a model")  # e.g. a corrupted object store
+    arn = create_endpoint(client, recognizer)
+    props = wait_endpoint(client, arn, {"FAILED", "IN_SERVICE"})
+    assert props["Status"] == "FAILED" and "could not start" in props["Message"]
+    assert (
+        error_code(client.detect_entities, Text="Nadia Okafor", EndpointArn=arn)
+        == "ResourceUnavailableException"
+    )
+
+    artifact.write_bytes(saved)
+    client.update_endpoint(EndpointArn=arn, DesiredInferenceUnits=1)
+    # Nothing served while the failed endpoint is being redeployed: a clear refusal, not a wait.
+    if describe(client, arn)["Status"] == "UPDATING":
+        assert error_code(client.detect_entities, Text="Nadia Okafor", EndpointArn=arn) == (
+            "ResourceUnavailableException"
+        )
+    props = wait_endpoint(client, arn, {"IN_SERVICE", "FAILED"})
+    assert props["Status"] == "IN_SERVICE" and props["CurrentInferenceUnits"] == 1
+    assert "Entities" in client.detect_entities(Text="Please contact Nadia Okafor.", EndpointArn=arn)

@@ -258,7 +258,7 @@ async def detect_entities(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     text = _check_detect_input(params)
     arn = params["EndpointArn"]
     row = _endpoint(call, arn)
-    if row.status not in ep.SERVING:
+    if ep.serving_generation(row) is None:  # also an update of a FAILED endpoint: nothing serves yet
         raise ResourceUnavailableException(f"The endpoint is {row.status}; it can be used when IN_SERVICE.")
     capacity, pool = _shared(call)
     if call.server.settings.inference_unit_limits:
@@ -293,7 +293,7 @@ async def _infer(call: Call, row: Any, pool: WorkerPool, text: str) -> list[list
             )
         await asyncio.sleep(0.05)
         row = _endpoint(call, row.arn)  # the serving generation may have changed meanwhile
-        if row.status not in ep.SERVING:
+        if ep.serving_generation(row) is None:
             raise ResourceUnavailableException(
                 f"The endpoint is {row.status}; it can be used when IN_SERVICE."
             )

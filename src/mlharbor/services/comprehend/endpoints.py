@@ -33,8 +33,9 @@ STATES = machine(
     table={
         "CREATING": ("IN_SERVICE", "FAILED", "DELETING"),
         "IN_SERVICE": ("UPDATING", "DELETING"),
-        # A failed update goes back to IN_SERVICE on the old model (with a Message), see _deploy.
-        "UPDATING": ("IN_SERVICE", "DELETING"),
+        # A failed update goes back to IN_SERVICE on the old model (with a Message), or to FAILED when
+        # nothing was being served (an update of a FAILED endpoint); see _failed.
+        "UPDATING": ("IN_SERVICE", "FAILED", "DELETING"),
         "FAILED": ("UPDATING", "DELETING"),
         "DELETING": (),
     },
@@ -120,8 +121,10 @@ def worker_id(arn: str, generation: int, unit: int) -> str:
 
 
 def serving_generation(row: Row[Any]) -> tuple[int, int] | None:
-    """(generation, units) that answers requests now, if any."""
-    return (row.generation, row.current_units) if row.status in SERVING else None
+    """(generation, units) that answers requests now, if any (an update of a FAILED endpoint has none)."""
+    if row.status in SERVING and row.artifact_uri and row.current_units:
+        return row.generation, row.current_units
+    return None
 
 
 def target_generation(row: Row[Any]) -> tuple[int, int] | None:
@@ -180,7 +183,7 @@ class EndpointSupervisor:
                 self._delete(row, running)
                 continue
             serving_now = serving_generation(row)
-            if serving_now is not None and row.artifact_uri:
+            if serving_now is not None:
                 wanted |= self._ensure(row, *serving_now, row.artifact_uri)
             target = target_generation(row)
             if target is not None:
@@ -233,7 +236,7 @@ class EndpointSupervisor:
 
     def _failed(self, row: Row[Any], reason: str) -> None:
         log.warning("deploying endpoint %s failed: %s", row.arn, reason)
-        if row.status == "CREATING":
+        if row.status == "CREATING" or serving_generation(row) is None:
             move(self.server, row, "FAILED", message=f"The endpoint could not start: {reason}")
             return
         # A failed update leaves the old model serving; the desired values go back to the current ones.
