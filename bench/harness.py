@@ -9,11 +9,25 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 STARTUP_TIMEOUT_S = 60.0
 READY_PREFIX = b"MLHarbor listening on "
+
+
+@dataclass
+class Server:
+    url: str
+    proc: subprocess.Popen[bytes]
+    data_dir: Path
+    log_path: Path
+
+
+def start_server(workdir: Path) -> Server:
+    """``start_mlharbor``, as one object."""
+    return Server(*start_mlharbor(workdir))
 
 
 def start_mlharbor(workdir: Path) -> tuple[str, subprocess.Popen[bytes], Path, Path]:

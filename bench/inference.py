@@ -56,7 +56,6 @@ import re
 import shutil
 import socket
 import statistics
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -137,12 +136,7 @@ def make_texts(count: int, seed: int, target_chars: int = TEXT_CHARS) -> list[st
 # ------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Server:
-    url: str
-    proc: subprocess.Popen[bytes]
-    data_dir: Path
-    log_path: Path
+Server = harness.Server
 
 
 def start_server(workdir: Path) -> Server:

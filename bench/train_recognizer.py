@@ -225,17 +225,8 @@ def real_corpus(path: Path | None, seed: int = 2016) -> Corpus:
 # ------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Server:
-    url: str
-    proc: subprocess.Popen[bytes]
-    data_dir: Path
-    log_path: Path
-
-
-def start_server(workdir: Path) -> Server:
-    url, proc, data_dir, log_path = harness.start_mlharbor(workdir)
-    return Server(url, proc, data_dir, log_path)
+Server = harness.Server
+start_server = harness.start_server
 
 
 stop_process = harness.stop_process

@@ -13,7 +13,9 @@ from typing import Any
 
 from sqlalchemy import Row, Table, select, update
 
+from mlharbor.logs import setup_logging
 from mlharbor.runtime import WorkContext
+from mlharbor.runtime.memory import keep_freed_memory
 from mlharbor.store.db import Store
 from mlharbor.store.transitions import StateMachine, transition
 
@@ -22,6 +24,21 @@ STOP_POLL_SECONDS = 0.25  # how often a worker looks at the database for a stop 
 
 def work_id(arn: str, attempt: int) -> str:
     return f"{arn}#attempt-{attempt}"
+
+
+def run_worker(
+    ctx: WorkContext,
+    payload: dict[str, Any],
+    body: Callable[[WorkContext, Store, dict[str, Any]], dict[str, Any]],
+) -> dict[str, Any]:
+    """A model worker's entry: process tuning, the server's log format, and a store for ``body``."""
+    keep_freed_memory()
+    setup_logging(payload.get("log_format", "text"))
+    store = Store(payload["database_url"])
+    try:
+        return body(ctx, store, payload)
+    finally:
+        store.dispose()
 
 
 def payload(settings: Any, arn: str, attempt: int, **extra: Any) -> dict[str, Any]:

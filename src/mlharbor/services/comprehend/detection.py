@@ -48,9 +48,7 @@ from mlharbor.blobs.store import (
     open_blob_store,
 )
 from mlharbor.context import Server
-from mlharbor.logs import setup_logging
 from mlharbor.runtime import WorkContext
-from mlharbor.runtime.memory import keep_freed_memory
 from mlharbor.services.comprehend import attempts, jobs
 from mlharbor.services.comprehend import recognizers as er
 from mlharbor.services.comprehend.attempts import with_details, work_id
@@ -107,13 +105,7 @@ def _finish_stopped(store: Store, arn: str, attempt: int | None = None, document
 
 # --- The worker -----------------------------------------------------------------------------------
 def detect_worker(ctx: WorkContext, payload: dict[str, Any]) -> dict[str, Any]:
-    keep_freed_memory()
-    setup_logging(payload.get("log_format", "text"))
-    store = Store(payload["database_url"])
-    try:
-        return _detect(ctx, store, payload)
-    finally:
-        store.dispose()
+    return attempts.run_worker(ctx, payload, _detect)
 
 
 def _detect(ctx: WorkContext, store: Store, payload: dict[str, Any]) -> dict[str, Any]:

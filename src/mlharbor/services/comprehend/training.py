@@ -21,9 +21,7 @@ from sqlalchemy import Row, delete, select, update
 
 from mlharbor.blobs.store import BlobStore, open_blob_store
 from mlharbor.context import Server
-from mlharbor.logs import setup_logging
 from mlharbor.runtime import WorkContext
-from mlharbor.runtime.memory import keep_freed_memory
 from mlharbor.services import tags
 from mlharbor.services.comprehend import attempts
 from mlharbor.services.comprehend import recognizers as er
@@ -62,13 +60,7 @@ def _note(store: Store, arn: str, attempt: int, message: str) -> None:
 
 # --- The worker -----------------------------------------------------------------------------------
 def train_worker(ctx: WorkContext, payload: dict[str, Any]) -> dict[str, Any]:
-    keep_freed_memory()
-    setup_logging(payload.get("log_format", "text"))  # epochs show up in the server's log
-    store = Store(payload["database_url"])
-    try:
-        return _train(ctx, store, payload)
-    finally:
-        store.dispose()
+    return attempts.run_worker(ctx, payload, _train)
 
 
 def _train(ctx: WorkContext, store: Store, payload: dict[str, Any]) -> dict[str, Any]:
