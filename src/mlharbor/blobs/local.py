@@ -234,8 +234,13 @@ def _is_marker(key: str) -> bool:
 
 def _file_in_the_way(folder: Path, bucket_dir: Path) -> bool:
     while folder != bucket_dir and _inside(folder, bucket_dir):
-        if folder.exists() and not folder.is_dir():
-            return True
+        # One stat per folder: exists() then is_dir() raced a concurrent prune (a folder removed between
+        # the two calls looked like a file and failed the put with a false BlobConflict).
+        try:
+            if not stat.S_ISDIR(folder.stat().st_mode):
+                return True
+        except (FileNotFoundError, NotADirectoryError):
+            pass  # gone (pruned), or a parent is a file: the loop reaches that parent
         folder = folder.parent
     return False
 
