@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import select
 import subprocess
 import sys
@@ -25,12 +26,29 @@ class Server:
     log_path: Path
 
 
-def start_server(workdir: Path) -> Server:
+def start_server(workdir: Path, env: dict[str, str] | None = None) -> Server:
     """``start_mlharbor``, as one object."""
-    return Server(*start_mlharbor(workdir))
+    return Server(*start_mlharbor(workdir, env))
 
 
-def start_mlharbor(workdir: Path) -> tuple[str, subprocess.Popen[bytes], Path, Path]:
+def comprehend_client(server: Server) -> Any:
+    """A boto3 Comprehend client for the server (test/test, no retries: a benchmark sees every error)."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "comprehend",
+        endpoint_url=server.url,
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+        config=Config(retries={"max_attempts": 1, "mode": "standard"}, read_timeout=120),
+    )
+
+
+def start_mlharbor(
+    workdir: Path, env: dict[str, str] | None = None
+) -> tuple[str, subprocess.Popen[bytes], Path, Path]:
     """A server with its own data folder under ``workdir``; returns (url, process, data dir, log path).
 
     Benchmarks measure the work, not the per-account rate limit, so the limit is lifted.
@@ -47,6 +65,7 @@ def start_mlharbor(workdir: Path) -> tuple[str, subprocess.Popen[bytes], Path, P
             stdout=subprocess.PIPE,
             stderr=log,
             cwd=workdir,
+            env={**os.environ, **(env or {})},
         )
     assert proc.stdout is not None
     deadline = time.monotonic() + STARTUP_TIMEOUT_S

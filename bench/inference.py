@@ -68,9 +68,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import boto3
 import spacy
-from botocore.config import Config
 from botocore.exceptions import ClientError
 
 import harness  # bench/harness.py: server start/stop shared by the benchmarks
@@ -140,28 +138,11 @@ Server = harness.Server
 
 
 def start_server(workdir: Path) -> Server:
-    """harness.start_mlharbor with AWS's per-inference-unit throughput cap switched off (environment)."""
-    previous = os.environ.get("MLHARBOR_INFERENCE_UNIT_LIMITS")
-    os.environ["MLHARBOR_INFERENCE_UNIT_LIMITS"] = "false"
-    try:
-        url, proc, data_dir, log_path = harness.start_mlharbor(workdir)
-    finally:
-        if previous is None:
-            os.environ.pop("MLHARBOR_INFERENCE_UNIT_LIMITS", None)
-        else:
-            os.environ["MLHARBOR_INFERENCE_UNIT_LIMITS"] = previous
-    return Server(url, proc, data_dir, log_path)
+    """A server with AWS's per-inference-unit throughput cap switched off."""
+    return harness.start_server(workdir, env={"MLHARBOR_INFERENCE_UNIT_LIMITS": "false"})
 
 
-def client_for(server: Server) -> Any:
-    return boto3.client(
-        "comprehend",
-        endpoint_url=server.url,
-        region_name=REGION,
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-        config=Config(retries={"max_attempts": 1, "mode": "standard"}, read_timeout=120),
-    )
+client_for = harness.comprehend_client
 
 
 def _proc_stat(pid: int) -> tuple[int, float] | None:

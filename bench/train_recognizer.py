@@ -72,9 +72,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import boto3
 import spacy
-from botocore.config import Config
 
 import harness  # bench/harness.py: server start/stop shared by the benchmarks
 from mlharbor.engines import ner
@@ -232,15 +230,7 @@ start_server = harness.start_server
 stop_process = harness.stop_process
 
 
-def client_for(server: Server) -> Any:
-    return boto3.client(
-        "comprehend",
-        endpoint_url=server.url,
-        region_name=REGION,
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-        config=Config(retries={"max_attempts": 1, "mode": "standard"}, read_timeout=120),
-    )
+client_for = harness.comprehend_client
 
 
 def put_object(data_dir: Path, key: str, data: bytes) -> str:

@@ -147,11 +147,15 @@ def test_scores_come_with_exactly_the_entities_spacy_finds(trained: Trained) -> 
         assert [s.score for s in together] == pytest.approx([s.score for s in single], rel=1e-4)
 
 
-def test_an_unsure_entity_scores_lower_than_a_clear_one(trained: Trained) -> None:
+def test_entities_in_unusual_text_score_lower(trained: Trained) -> None:
     [[clear]] = trained.model.predict(["Please contact Nadia Okafor about the order."])
-    [weak] = trained.model.predict(["contact okafor nadia about"])
     assert clear.label == "PERSON" and clear.score is not None and clear.score > 0.9
-    assert all(s.score is not None and s.score < clear.score for s in weak)
+    # Lower-cased text hides the shape cues the model learnt: what it still finds, it is less sure of.
+    texts = [e.text for e in make_corpus(200, seed=6, value_split="test")]
+    normal = [s.score for doc in trained.model.predict(texts) for s in doc]
+    lowered = [s.score for doc in trained.model.predict([t.lower() for t in texts]) for s in doc]
+    assert normal and lowered
+    assert sum(lowered) / len(lowered) < sum(normal) / len(normal)
 
 
 def test_save_and_load_give_identical_predictions(trained: Trained, tmp_path: Path) -> None:
