@@ -55,8 +55,15 @@ class Dialect:
         return self.internal()
 
 
+def _rekognition_validation(violations: errors.ConstraintViolations) -> errors.AwsError:
+    # Image bytes over the model's 5 MB are AWS's ImageTooLargeException, not a parameter error.
+    if any(path == "image.bytes" and "less than or equal" in rule for path, _, rule in violations.violations):
+        return errors.ImageTooLargeException("Image size is too large.")
+    return errors.InvalidParameterException(str(violations))
+
+
 REKOGNITION_DIALECT = Dialect(
-    validation=lambda v: errors.InvalidParameterException(str(v)),
+    validation=_rekognition_validation,
     bad_token=errors.InvalidPaginationTokenException,
     throttled=errors.ProvisionedThroughputExceededException,
     overloaded=errors.ThrottlingException,

@@ -63,6 +63,14 @@ class ImageError(ValueError):
     """The bytes are not a JPEG or PNG image this engine can read."""
 
 
+class ImageTooBig(ImageError):
+    """More pixels than the caller accepts (checked from the header, before decoding)."""
+
+
+class ImageTooSmall(ImageError):
+    """Fewer pixels on a side than the caller accepts."""
+
+
 class FaceEngine(Protocol):
     model_version: str
 
@@ -71,16 +79,30 @@ class FaceEngine(Protocol):
     def embed(self, image: numpy.ndarray, faces: list[Face]) -> list[Face]: ...
 
 
-def decode_image(data: bytes) -> numpy.ndarray:
-    """JPEG or PNG bytes → an RGB uint8 array (what Rekognition accepts); anything else raises ImageError."""
+def decode_image(
+    data: bytes, *, max_pixels: int | None = None, min_side: int = 1, max_side: int | None = None
+) -> numpy.ndarray:
+    """JPEG or PNG bytes → an RGB uint8 array (what Rekognition accepts); anything else raises ImageError.
+
+    ``max_pixels`` and ``min_side`` bound the stored image (checked before decoding, so a decompression
+    bomb costs nothing); ``max_side`` shrinks larger images, keeping the aspect ratio.
+    """
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(data)) as image:
             if image.format not in ("JPEG", "PNG"):
                 raise ImageError(f"unsupported image format {image.format}; only JPEG and PNG are accepted")
+            width, height = image.size
+            if max_pixels is not None and width * height > max_pixels:
+                raise ImageTooBig(f"{width}x{height} is more than {max_pixels} pixels")
+            if min(width, height) < min_side:
+                raise ImageTooSmall(f"{width}x{height} is smaller than {min_side}x{min_side} pixels")
+            if max_side is not None and max(width, height) > max_side:
+                image.draft("RGB", (max_side, max_side))  # JPEG: decode at a reduced scale, much faster
+                image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
             return numpy.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
         raise ImageError(f"the image cannot be decoded: {exc}") from None
 
 
@@ -97,6 +119,12 @@ def similarity(distance: numpy.ndarray) -> numpy.ndarray:
     five times that. Linear, so a FaceMatchThreshold is exactly a distance threshold."""
     scale = (100.0 - SAME_PERSON_SIMILARITY) / SAME_PERSON_DISTANCE
     return numpy.clip(100.0 - numpy.asarray(distance, dtype=numpy.float64) * scale, 0.0, 100.0)
+
+
+def distance_at(similarity_value: float) -> float:
+    """The descriptor distance at which ``similarity`` gives this value (the inverse mapping)."""
+    scale = (100.0 - SAME_PERSON_SIMILARITY) / SAME_PERSON_DISTANCE
+    return (100.0 - similarity_value) / scale
 
 
 class DlibEngine:

@@ -7,7 +7,20 @@ Times are epoch seconds (float), the way both APIs put them on the wire.
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, Column, Float, Integer, MetaData, String, Table, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
 
 metadata = MetaData()
 
@@ -121,4 +134,39 @@ entities_detection_jobs = Table(
     Column("request_hash", String(64)),
     # Like training: a worker a crash interrupted is retried with the next attempt number.
     Column("attempt", Integer, nullable=False, default=0),
+)
+
+face_collections = Table(
+    "face_collections",
+    metadata,
+    Column("arn", String(512), primary_key=True),
+    Column("account_id", String(12), nullable=False),
+    Column("region", String(32), nullable=False),
+    Column("collection_id", String(255), nullable=False),
+    # The face engine whose vectors the collection holds: other engines' vectors are not comparable.
+    Column("model_version", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+    # Kept with every change so Describe needs no count over millions of rows, and so a process
+    # holding the collection's vectors in memory can tell (version) whether they are current.
+    Column("face_count", Integer, nullable=False, default=0),
+    Column("version", Integer, nullable=False, default=0),
+    UniqueConstraint("account_id", "region", "collection_id", name="uq_face_collection_id"),
+)
+
+faces = Table(
+    "faces",
+    metadata,
+    # The vector's id in the in-memory index; increasing, so "what is new since" is one range query.
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("collection_arn", String(512), nullable=False),
+    Column("face_id", String(36), nullable=False, unique=True),
+    Column("image_id", String(36), nullable=False),
+    Column("external_image_id", String(255)),
+    Column("confidence", Float, nullable=False),
+    Column("box", JSON, nullable=False),  # BoundingBox as ratios of the image, as the API returns it
+    Column("model_version", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("descriptor", LargeBinary, nullable=False),  # float32 little-endian, the engine's dimension
+    Index("ix_faces_collection_face", "collection_arn", "face_id"),
+    Index("ix_faces_collection_seq", "collection_arn", "seq"),
 )

@@ -19,6 +19,7 @@ from mlharbor.errors import (
     ServiceQuotaExceededException,
 )
 from mlharbor.services import tags
+from mlharbor.services.rekognition import face_operations
 from mlharbor.services.rekognition import stream_processors as sp
 from mlharbor.store.tables import stream_processors as sp_table
 
@@ -147,12 +148,13 @@ def delete_stream_processor(call: Call, params: dict[str, Any]) -> None:
 
 
 def _taggable(call: Call, arn: str) -> str:
-    """Tagging accepts ARNs of this account's stream processors (collections join with their issue)."""
+    """Tagging accepts ARNs of this account's stream processors and face collections."""
     with call.store.read() as conn:
         row = sp.find_by_arn(conn, call.account_id, call.region, arn)
-    if row is None:
+    found = row.arn if row is not None else face_operations.find_taggable(call, arn)
+    if found is None:
         raise ResourceNotFoundException(f"Resource {arn} not found.")
-    return row.arn
+    return found
 
 
 def tag_resource(call: Call, params: dict[str, Any]) -> None:
@@ -183,4 +185,5 @@ OPERATIONS: dict[str, Handler] = {
     "TagResource": tag_resource,
     "UntagResource": untag_resource,
     "ListTagsForResource": list_tags_for_resource,
+    **face_operations.OPERATIONS,
 }

@@ -1,0 +1,205 @@
+"""Face collections: their rows, their faces' rows, and the in-memory vector index of each collection.
+
+The database is the record: every face row keeps its descriptor, so a restart loses nothing. Each server
+process holds, per collection it has touched, a ``VectorIndex`` of the descriptors, loaded on first use
+and kept current under the collection's lock. Writers (IndexFaces, DeleteFaces, DeleteCollection) hold
+that lock across their transaction and the matching index change, so the index never disagrees with
+what was committed. The collection row's ``version`` grows with every change: a process that finds a
+version it has not seen (another server, or a stream processor's worker) catches up from the rows
+(new faces are those past the highest ``seq`` it holds; a count mismatch means deletions: reload).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy
+from sqlalchemy import Connection, Row, bindparam, delete, insert, select, update
+
+from mlharbor.engines.vector_index import VectorIndex
+from mlharbor.errors import ResourceNotFoundException
+from mlharbor.store.tables import face_collections as table
+from mlharbor.store.tables import faces as faces_table
+
+DESCRIPTOR_DIM = 128
+
+_OWNER = (table.c.account_id == bindparam("account_id")) & (table.c.region == bindparam("region"))
+_BY_ID = select(table).where(_OWNER, table.c.collection_id == bindparam("collection_id"))
+_BY_ARN = select(table).where(_OWNER, table.c.arn == bindparam("arn"))
+_FACE_COLUMNS = (
+    faces_table.c.seq,
+    faces_table.c.face_id,
+    faces_table.c.image_id,
+    faces_table.c.external_image_id,
+    faces_table.c.confidence,
+    faces_table.c.box,
+    faces_table.c.model_version,
+)
+
+
+def find(conn: Connection, account_id: str, region: str, collection_id: str) -> Row[Any] | None:
+    params = {"account_id": account_id, "region": region, "collection_id": collection_id}
+    return conn.execute(_BY_ID, params).first()
+
+
+def find_by_arn(conn: Connection, account_id: str, region: str, arn: str) -> Row[Any] | None:
+    return conn.execute(_BY_ARN, {"account_id": account_id, "region": region, "arn": arn}).first()
+
+
+def require(conn: Connection, account_id: str, region: str, collection_id: str) -> Row[Any]:
+    row = find(conn, account_id, region, collection_id)
+    if row is None:
+        raise ResourceNotFoundException(f"The collection id: {collection_id} does not exist")
+    return row
+
+
+def page(conn: Connection, account_id: str, region: str, after: str | None, limit: int) -> Sequence[Row[Any]]:
+    query = select(table.c.collection_id, table.c.model_version).where(
+        table.c.account_id == account_id, table.c.region == region
+    )
+    if after is not None:
+        query = query.where(table.c.collection_id > after)
+    return conn.execute(query.order_by(table.c.collection_id).limit(limit)).all()
+
+
+def face_rows(
+    conn: Connection,
+    collection_arn: str,
+    *,
+    after: str | None = None,
+    face_ids: Sequence[str] | None = None,
+    limit: int | None = None,
+) -> Sequence[Row[Any]]:
+    """Face rows (without descriptors) ordered by FaceId."""
+    query = select(*_FACE_COLUMNS).where(faces_table.c.collection_arn == collection_arn)
+    if after is not None:
+        query = query.where(faces_table.c.face_id > after)
+    if face_ids is not None:
+        query = query.where(faces_table.c.face_id.in_(face_ids))
+    query = query.order_by(faces_table.c.face_id)
+    return conn.execute(query if limit is None else query.limit(limit)).all()
+
+
+def rows_by_seq(conn: Connection, collection_arn: str, seqs: Sequence[int]) -> dict[int, Row[Any]]:
+    query = select(*_FACE_COLUMNS).where(
+        faces_table.c.collection_arn == collection_arn, faces_table.c.seq.in_(list(seqs))
+    )
+    return {row.seq: row for row in conn.execute(query)}
+
+
+def descriptor_of(conn: Connection, collection_arn: str, face_id: str) -> numpy.ndarray | None:
+    blob = conn.execute(
+        select(faces_table.c.descriptor).where(
+            faces_table.c.collection_arn == collection_arn, faces_table.c.face_id == face_id
+        )
+    ).scalar()
+    return None if blob is None else numpy.frombuffer(blob, dtype="<f4")
+
+
+def insert_faces(conn: Connection, collection: Row[Any], records: Sequence[dict[str, Any]]) -> list[int]:
+    """Add face rows (each with its ``descriptor`` as float32); returns their seqs. Call ``changed``."""
+    seqs = []
+    for record in records:
+        values = dict(record, collection_arn=collection.arn)
+        values["descriptor"] = numpy.asarray(record["descriptor"], dtype="<f4").tobytes()
+        seqs.append(
+            conn.execute(insert(faces_table).values(values).returning(faces_table.c.seq)).scalar_one()
+        )
+    return seqs
+
+
+def delete_faces(conn: Connection, collection: Row[Any], face_ids: Sequence[str]) -> dict[str, int]:
+    """Remove these faces; returns FaceId → seq of those that existed. Call ``changed``."""
+    found = {
+        row.face_id: row.seq
+        for row in conn.execute(
+            select(faces_table.c.face_id, faces_table.c.seq).where(
+                faces_table.c.collection_arn == collection.arn, faces_table.c.face_id.in_(list(face_ids))
+            )
+        )
+    }
+    if found:
+        conn.execute(delete(faces_table).where(faces_table.c.seq.in_(list(found.values()))))
+    return found
+
+
+def delete_collection(conn: Connection, collection: Row[Any]) -> None:
+    conn.execute(delete(faces_table).where(faces_table.c.collection_arn == collection.arn))
+    conn.execute(delete(table).where(table.c.arn == collection.arn))
+
+
+def changed(conn: Connection, collection: Row[Any], added: int) -> int:
+    """Record a change of ``added`` faces (negative: removed); returns the collection's new version."""
+    return conn.execute(
+        update(table)
+        .where(table.c.arn == collection.arn)
+        .values(face_count=table.c.face_count + added, version=table.c.version + 1)
+        .returning(table.c.version)
+    ).scalar_one()
+
+
+# --- The in-memory indexes -------------------------------------------------------------------------------
+@dataclass
+class Held:
+    created_at: float
+    version: int
+    index: VectorIndex
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Indexes:
+    """This process's vector index of each collection it has used (one instance per server)."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._loaded: dict[str, Held] = {}
+
+    @contextmanager
+    def holding(self, store: Any, collection: Row[Any]) -> Iterator[Held]:
+        """The collection's index, current with the database, while holding its lock. Writers commit
+        their change, apply it to ``index`` and set ``version`` (from ``changed``) inside this block."""
+        with self._guard:
+            loaded = self._loaded.get(collection.arn)
+            if loaded is None or loaded.created_at != collection.created_at:
+                loaded = Held(collection.created_at, -1, VectorIndex(DESCRIPTOR_DIM))
+                self._loaded[collection.arn] = loaded
+        with loaded.lock:
+            with store.read() as conn:
+                current = conn.execute(
+                    select(table.c.version, table.c.face_count, table.c.created_at).where(
+                        table.c.arn == collection.arn
+                    )
+                ).first()
+                if current is None or current.created_at != collection.created_at:
+                    raise ResourceNotFoundException(
+                        f"The collection id: {collection.collection_id} does not exist"
+                    )
+                if current.version != loaded.version:
+                    _catch_up(conn, collection.arn, loaded, current.face_count)
+                    loaded.version = current.version
+            yield loaded
+
+    def forget(self, arn: str) -> None:
+        with self._guard:
+            self._loaded.pop(arn, None)
+
+
+def _catch_up(conn: Connection, arn: str, loaded: Held, face_count: int) -> None:
+    def read(after: int) -> tuple[numpy.ndarray, numpy.ndarray]:
+        rows = conn.execute(
+            select(faces_table.c.seq, faces_table.c.descriptor)
+            .where(faces_table.c.collection_arn == arn, faces_table.c.seq > after)
+            .order_by(faces_table.c.seq)
+        ).all()
+        ids = numpy.fromiter((r.seq for r in rows), dtype=numpy.int64, count=len(rows))
+        vectors = numpy.frombuffer(b"".join(r.descriptor for r in rows), dtype="<f4")
+        return ids, vectors.reshape(len(rows), DESCRIPTOR_DIM)
+
+    loaded.index.add(*read(loaded.index.max_id))
+    if len(loaded.index) != face_count:  # faces were deleted elsewhere: start again from the rows
+        loaded.index = VectorIndex(DESCRIPTOR_DIM)
+        loaded.index.add(*read(-1))

@@ -1,0 +1,362 @@
+"""Rekognition face collections and face detection: one small function per AWS operation."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from types import SimpleNamespace
+from typing import Any
+
+import numpy
+from sqlalchemy import insert
+from sqlalchemy.exc import IntegrityError
+
+from mlharbor import arns
+from mlharbor.api.services import Handler, blocking
+from mlharbor.context import Call
+from mlharbor.engines.faces import MODEL_VERSION, DlibEngine, Face, distance_at, similarity
+from mlharbor.errors import (
+    InvalidParameterException,
+    ResourceAlreadyExistsException,
+    ServiceQuotaExceededException,
+)
+from mlharbor.services import tags
+from mlharbor.services.rekognition import collections as coll
+from mlharbor.services.rekognition import face_details, images
+from mlharbor.store.tables import face_collections as collections_table
+
+TAG_LIMIT = 50  # per resource, as for stream processors (research §6 #11)
+MAX_FACES_CONSIDERED = 100  # AWS: IndexFaces and DetectFaces look at the 100 largest faces
+MAX_MATCHES = 4096  # the model's MaxFaces limit; also the default (every match above the threshold)
+DEFAULT_THRESHOLD = 80.0
+DEFAULT_PAGE = 1000
+# Faces per collection: AWS's default quota (adjustable there to 20 million).
+COLLECTION_FACE_LIMIT = 10_000_000
+NO_FACES = "There are no faces in the image. Should be at least 1."
+# Images with a longer side up to this are searched for faces at twice the scale (finds faces down to
+# ~40 px instead of ~80 px, at ~4× the detection time); IndexFaces and DetectFaces always do it for such
+# images, SearchFacesByImage only when the fast pass finds nothing (its latency is what users feel).
+_THOROUGH_SIDE = 1024
+
+
+# --- shared parts ----------------------------------------------------------------------------------------
+_engines = threading.local()  # dlib's networks keep per-call state: one engine per thread
+
+
+def _engine() -> DlibEngine:
+    engine = getattr(_engines, "engine", None)
+    if engine is None:
+        engine = _engines.engine = DlibEngine()
+    return engine
+
+
+def _indexes(call: Call) -> coll.Indexes:
+    extras = call.server.extras
+    if "rekognition.collections" not in extras:
+        extras.setdefault("rekognition.collections", coll.Indexes())
+    return extras["rekognition.collections"]
+
+
+def _detect(pixels: numpy.ndarray, *, thorough: bool) -> list[face_details.Measured]:
+    engine = _engine()
+    small = max(pixels.shape[:2]) <= _THOROUGH_SIDE
+    faces = engine.detect(pixels, upsample=1 if thorough and small else 0)
+    if not faces and small and not thorough:
+        faces = engine.detect(pixels, upsample=1)
+    measured = [face_details.measure(pixels, face) for face in faces]
+    measured.sort(key=lambda m: -m.area)  # AWS: largest first
+    return measured[:MAX_FACES_CONSIDERED]
+
+
+def _face(row: Any) -> dict[str, Any]:
+    """The API's Face from a face row."""
+    face = {
+        "FaceId": row.face_id,
+        "BoundingBox": row.box,
+        "ImageId": row.image_id,
+        "Confidence": row.confidence,
+        "IndexFacesModelVersion": row.model_version,
+    }
+    if row.external_image_id is not None:
+        face["ExternalImageId"] = row.external_image_id
+    return face
+
+
+def _collection(call: Call, collection_id: str) -> Any:
+    with call.store.read() as conn:
+        return coll.require(conn, call.account_id, call.region, collection_id)
+
+
+def _max_distance(params: dict[str, Any]) -> float:
+    # AWS only returns matches at or above the threshold; below 80 we honour the caller's lower bar too.
+    return distance_at(params.get("FaceMatchThreshold", DEFAULT_THRESHOLD))
+
+
+def _matches(
+    call: Call, collection: Any, descriptor: numpy.ndarray, params: dict[str, Any], skip: int | None = None
+) -> list[dict[str, Any]]:
+    """FaceMatches for a descriptor, most similar first (``skip``: the searched face's own seq)."""
+    limit = params.get("MaxFaces", MAX_MATCHES)
+    with _indexes(call).holding(call.store, collection) as held:
+        found = held.index.search(descriptor, limit + (skip is not None), _max_distance(params))
+    found = [m for m in found if m.id != skip][:limit]
+    with call.store.read() as conn:
+        rows = coll.rows_by_seq(conn, collection.arn, [m.id for m in found])
+    scores = similarity(numpy.array([m.distance for m in found]))
+    return [
+        {"Similarity": float(score), "Face": _face(rows[m.id])}
+        for m, score in zip(found, scores, strict=True)
+        if m.id in rows  # deleted between the search and this read
+    ]
+
+
+# --- collections -----------------------------------------------------------------------------------------
+def create_collection(call: Call, params: dict[str, Any]) -> dict[str, Any]:
+    collection_id = params["CollectionId"]
+    new_tags = params.get("Tags", {})
+    if len(new_tags) > TAG_LIMIT:
+        raise ServiceQuotaExceededException(f"A resource can have at most {TAG_LIMIT} tags.")
+    arn = arns.collection(call.region, call.account_id, collection_id)
+    exists = ResourceAlreadyExistsException(f"The collection id: {collection_id} already exists")
+    try:
+        with call.store.begin() as conn:
+            if coll.find(conn, call.account_id, call.region, collection_id) is not None:
+                raise exists
+            conn.execute(
+                insert(collections_table).values(
+                    arn=arn,
+                    account_id=call.account_id,
+                    region=call.region,
+                    collection_id=collection_id,
+                    model_version=MODEL_VERSION,
+                    created_at=round(time.time(), 3),
+                    face_count=0,
+                    version=0,
+                )
+            )
+            tags.put(conn, arn, new_tags)
+    except IntegrityError:
+        raise exists from None  # lost a race with an identical create
+    return {"StatusCode": 200, "CollectionArn": arn, "FaceModelVersion": MODEL_VERSION}
+
+
+def describe_collection(call: Call, params: dict[str, Any]) -> dict[str, Any]:
+    row = _collection(call, params["CollectionId"])
+    return {
+        "FaceCount": row.face_count,
+        "FaceModelVersion": row.model_version,
+        "CollectionARN": row.arn,
+        "CreationTimestamp": row.created_at,
+        "UserCount": 0,  # the Users API (CreateUser, AssociateFaces) is not implemented
+    }
+
+
+def list_collections(call: Call, params: dict[str, Any]) -> dict[str, Any]:
+    limit = params.get("MaxResults") or DEFAULT_PAGE
+    after = None
+    if "NextToken" in params:
+        after = str(call.server.pager.decode(call.page_scope(), params["NextToken"])["c"])
+    with call.store.read() as conn:
+        rows = coll.page(conn, call.account_id, call.region, after, limit + 1)
+    result: dict[str, Any] = {
+        "CollectionIds": [r.collection_id for r in rows[:limit]],
+        "FaceModelVersions": [r.model_version for r in rows[:limit]],
+    }
+    if len(rows) > limit:
+        result["NextToken"] = call.server.pager.encode(
+            call.page_scope(), {"c": rows[limit - 1].collection_id}
+        )
+    return result
+
+
+@blocking
+def delete_collection(call: Call, params: dict[str, Any]) -> dict[str, Any]:
+    collection = _collection(call, params["CollectionId"])
+    indexes = _indexes(call)
+    with indexes.holding(call.store, collection), call.store.begin() as conn:
+        coll.delete_collection(conn, collection)
+        tags.remove_all(conn, collection.arn)
+    indexes.forget(collection.arn)
+    return {"StatusCode": 200}
+
+
+# --- faces -----------------------------------------------------------------------------------------------
+@blocking
+def index_faces(call: Call, params: dict[str, Any]) -> dict[str, Any]:
+    collection = _collection(call, params["CollectionId"])
+    pixels = images.load(call.server.blobs, params["Image"])
+    attributes = params.get("DetectionAttributes")
+    quality_filter = params.get("QualityFilter", "AUTO")
+    max_faces = params.get("MaxFaces", MAX_FACES_CONSIDERED)
+    measured = _detect(pixels, thorough=True)
+    unindexed, passing = [], []
+    for m in measured:
+        why = face_details.reasons(m, pixels, quality_filter)
+        if why:
+            unindexed.append({"Reasons": why, "FaceDetail": m.detail(attributes)})
+        else:
+            passing.append(m)
+    if len(passing) > max_faces:
+        # AWS drops the lowest quality faces first, then the smallest.
+        keep = sorted(passing, key=lambda m: (-round(m.confidence), -m.area))[:max_faces]
+        for m in passing:
+            if m not in keep:
+                unindexed.append({"Reasons": ["EXCEEDS_MAX_FACES"], "FaceDetail": m.detail(attributes)})
+        passing = [m for m in passing if m in keep]
+    embedded = _engine().embed(pixels, [m.face for m in passing])
+    records = _face_records(params, passing, embedded)
+    _store_faces(call, collection, records)
+    return {
+        "FaceRecords": [
+            {"Face": _face(SimpleNamespace(**r)), "FaceDetail": m.detail(attributes)}
+            for r, m in zip(records, passing, strict=True)
+        ],
+        "FaceModelVersion": collection.model_version,
+        "UnindexedFaces": unindexed,
+    }
+
+
+def _face_records(
+    params: dict[str, Any], measured: list[face_details.Measured], embedded: list[Face]
+) -> list[dict[str, Any]]:
+    image_id, now = str(uuid.uuid4()), time.time()
+    return [
+        {
+            "face_id": str(uuid.uuid4()),
+            "image_id": image_id,
+            "external_image_id": params.get("ExternalImageId"),
+            "confidence": m.confidence,
+            "box": m.box,
+            "model_version": MODEL_VERSION,
+            "created_at": now,
+            "descriptor": face.descriptor,
+        }
+        for m, face in zip(measured, embedded, strict=True)
+    ]
+
+
+def _store_faces(call: Call, collection: Any, records: list[dict[str, Any]]) -> None:
+    if not records:
+        return
+    with _indexes(call).holding(call.store, collection) as held:
+        with call.store.begin() as conn:
+            if len(held.index) + len(records) > COLLECTION_FACE_LIMIT:
+                raise ServiceQuotaExceededException(
+                    f"The collection can hold at most {COLLECTION_FACE_LIMIT} faces."
+                )
+            seqs = coll.insert_faces(conn, collection, records)
+            version = coll.changed(conn, collection, len(records))
+        held.index.add(numpy.array(seqs), numpy.stack([r["descriptor"] for r in records]))
+        held.version = version
+
+
+@blocking
+def list_faces(call: Call, params: dict[str, Any]) -> dict[str, Any]:
+    collection = _collection(call, params["CollectionId"])
+    limit = params.get("MaxResults") or DEFAULT_PAGE
+    scope = (*call.page_scope(), collection.arn, str(collection.created_at))
+    after = None
+    if "NextToken" in params:
+        after = str(call.server.pager.decode(scope, params["NextToken"])["f"])
+    if "UserId" in params:
+        rows = []  # no face is associated with a user: the Users API is not implemented
+    else:
+        with call.store.read() as conn:
+            rows = coll.face_rows(
+                conn, collection.arn, after=after, face_ids=params.get("FaceIds"), limit=limit + 1
+            )
+    result: dict[str, Any] = {
+        "Faces": [_face(r) for r in rows[:limit]],
+        "FaceModelVersion": collection.model_version,
+    }
+    if len(rows) > limit:
+        result["NextToken"] = call.server.pager.encode(scope, {"f": rows[limit - 1].face_id})
+    return result
+
+
+@blocking
+def delete_faces(call: Call, params: dict[str, Any]) -> dict[str, Any]:
+    collection = _collection(call, params["CollectionId"])
+    face_ids = list(dict.fromkeys(params["FaceIds"]))
+    with _indexes(call).holding(call.store, collection) as held:
+        with call.store.begin() as conn:
+            found = coll.delete_faces(conn, collection, face_ids)
+            version = coll.changed(conn, collection, -len(found)) if found else held.version
+        held.index.remove(numpy.array(list(found.values()), dtype=numpy.int64))
+        held.version = version
+    return {
+        "DeletedFaces": [f for f in face_ids if f in found],
+        "UnsuccessfulFaceDeletions": [
+            {"FaceId": f, "Reasons": ["FACE_NOT_FOUND"]} for f in face_ids if f not in found
+        ],
+    }
+
+
+# --- search and detection --------------------------------------------------------------------------------
+@blocking
+def search_faces(call: Call, params: dict[str, Any]) -> dict[str, Any]:
+    collection = _collection(call, params["CollectionId"])
+    face_id = params["FaceId"]
+    with call.store.read() as conn:
+        rows = coll.face_rows(conn, collection.arn, face_ids=[face_id])
+        descriptor = coll.descriptor_of(conn, collection.arn, face_id)
+    if not rows or descriptor is None:
+        raise InvalidParameterException(f"The face id: {face_id} does not exist in the collection.")
+    return {
+        "SearchedFaceId": face_id,
+        "FaceMatches": _matches(call, collection, descriptor, params, skip=rows[0].seq),
+        "FaceModelVersion": collection.model_version,
+    }
+
+
+@blocking
+def search_faces_by_image(call: Call, params: dict[str, Any]) -> dict[str, Any]:
+    collection = _collection(call, params["CollectionId"])
+    pixels = images.load(call.server.blobs, params["Image"])
+    quality_filter = params.get("QualityFilter", "NONE")
+    candidates = [
+        m for m in _detect(pixels, thorough=False) if not face_details.reasons(m, pixels, quality_filter)
+    ]
+    if not candidates:
+        raise InvalidParameterException(NO_FACES)
+    # The largest face, as AWS searches; but HOG's weakest detections (under AUTO's confidence bar) are
+    # mostly not faces, and one can outsize the real face, so they are searched only if nothing else is.
+    confident = [m for m in candidates if m.confidence >= face_details.BARS["AUTO"].confidence]
+    largest = (confident or candidates)[0]
+    (face,) = _engine().embed(pixels, [largest.face])
+    assert face.descriptor is not None
+    return {
+        "SearchedFaceBoundingBox": largest.box,
+        "SearchedFaceConfidence": largest.confidence,
+        "FaceMatches": _matches(call, collection, face.descriptor, params),
+        "FaceModelVersion": collection.model_version,
+    }
+
+
+@blocking
+def detect_faces(call: Call, params: dict[str, Any]) -> dict[str, Any]:
+    pixels = images.load(call.server.blobs, params["Image"])
+    attributes = params.get("Attributes")
+    return {"FaceDetails": [m.detail(attributes) for m in _detect(pixels, thorough=True)]}
+
+
+def find_taggable(call: Call, arn: str) -> str | None:
+    """The ARN if it names one of this account's collections (tagging shares the stream processors')."""
+    with call.store.read() as conn:
+        row = coll.find_by_arn(conn, call.account_id, call.region, arn)
+    return None if row is None else row.arn
+
+
+OPERATIONS: dict[str, Handler] = {
+    "CreateCollection": create_collection,
+    "DescribeCollection": describe_collection,
+    "ListCollections": list_collections,
+    "DeleteCollection": delete_collection,
+    "IndexFaces": index_faces,
+    "ListFaces": list_faces,
+    "DeleteFaces": delete_faces,
+    "SearchFaces": search_faces,
+    "SearchFacesByImage": search_faces_by_image,
+    "DetectFaces": detect_faces,
+}
