@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test install install-test lint bench bench-train clean
+.PHONY: serve test install install-test lint bench bench-train bench-faces clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 is required ($(PYTHON) not found)"; exit 1; }
@@ -32,6 +32,9 @@ bench: install-test
 
 bench-train: install-test
 	$(BIN)/python bench/train_recognizer.py
+
+bench-faces: install-test
+	$(BIN)/python bench/faces.py
 
 clean:
 	rm -rf $(VENV) .mlharbor .pytest_cache

@@ -32,12 +32,16 @@ def start_server(workdir: Path, env: dict[str, str] | None = None) -> Server:
 
 
 def comprehend_client(server: Server) -> Any:
-    """A boto3 Comprehend client for the server (test/test, no retries: a benchmark sees every error)."""
+    return aws_client(server, "comprehend")
+
+
+def aws_client(server: Server, service: str) -> Any:
+    """A boto3 client for the server (test/test, no retries: a benchmark sees every error)."""
     import boto3
     from botocore.config import Config
 
     return boto3.client(
-        "comprehend",
+        service,
         endpoint_url=server.url,
         region_name="us-east-1",
         aws_access_key_id="test",

@@ -158,15 +158,19 @@ class Indexes:
         self._guard = threading.Lock()
         self._loaded: dict[str, Held] = {}
 
-    @contextmanager
-    def holding(self, store: Any, collection: Row[Any]) -> Iterator[Held]:
-        """The collection's index, current with the database, while holding its lock. Writers commit
-        their change, apply it to ``index`` and set ``version`` (from ``changed``) inside this block."""
+    def _entry(self, collection: Row[Any]) -> Held:
         with self._guard:
             loaded = self._loaded.get(collection.arn)
             if loaded is None or loaded.created_at != collection.created_at:
                 loaded = Held(collection.created_at, -1, VectorIndex(DESCRIPTOR_DIM))
                 self._loaded[collection.arn] = loaded
+            return loaded
+
+    @contextmanager
+    def holding(self, store: Any, collection: Row[Any]) -> Iterator[Held]:
+        """The collection's index, current with the database, while holding its lock. Writers commit
+        their change, apply it to ``index`` and set ``version`` (from ``changed``) inside this block."""
+        loaded = self._entry(collection)
         with loaded.lock:
             with store.read() as conn:
                 current = conn.execute(
@@ -183,9 +187,16 @@ class Indexes:
                     loaded.version = current.version
             yield loaded
 
-    def forget(self, arn: str) -> None:
-        with self._guard:
-            self._loaded.pop(arn, None)
+    @contextmanager
+    def dropping(self, collection: Row[Any]) -> Iterator[None]:
+        """Hold the collection's lock, without loading its vectors, while it is deleted; then forget it.
+        Requests that were waiting for the lock find the collection gone."""
+        loaded = self._entry(collection)
+        with loaded.lock:
+            yield
+            with self._guard:
+                if self._loaded.get(collection.arn) is loaded:
+                    del self._loaded[collection.arn]
 
 
 def _catch_up(conn: Connection, arn: str, loaded: Held, face_count: int) -> None:

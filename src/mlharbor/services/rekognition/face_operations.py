@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import queue
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import SimpleNamespace
 from typing import Any
 
@@ -41,14 +45,31 @@ _THOROUGH_SIDE = 1024
 
 
 # --- shared parts ----------------------------------------------------------------------------------------
-_engines = threading.local()  # dlib's networks keep per-call state: one engine per thread
+class _Engines:
+    """One dlib engine per core, lent to a request at a time: dlib's networks keep per-call state, and
+    more concurrent face computations than cores would only queue inside the CPU (and cost ~40 MB each)."""
+
+    def __init__(self) -> None:
+        self._free: queue.SimpleQueue[DlibEngine] = queue.SimpleQueue()
+        self._made = 0
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def lend(self) -> Iterator[DlibEngine]:
+        try:
+            engine = self._free.get_nowait()
+        except queue.Empty:
+            with self._lock:
+                make = self._made < (os.cpu_count() or 1)
+                self._made += make
+            engine = DlibEngine() if make else self._free.get()
+        try:
+            yield engine
+        finally:
+            self._free.put(engine)
 
 
-def _engine() -> DlibEngine:
-    engine = getattr(_engines, "engine", None)
-    if engine is None:
-        engine = _engines.engine = DlibEngine()
-    return engine
+_ENGINES = _Engines()
 
 
 def _indexes(call: Call) -> coll.Indexes:
@@ -58,8 +79,7 @@ def _indexes(call: Call) -> coll.Indexes:
     return extras["rekognition.collections"]
 
 
-def _detect(pixels: numpy.ndarray, *, thorough: bool) -> list[face_details.Measured]:
-    engine = _engine()
+def _detect(engine: DlibEngine, pixels: numpy.ndarray, *, thorough: bool) -> list[face_details.Measured]:
     small = max(pixels.shape[:2]) <= _THOROUGH_SIDE
     faces = engine.detect(pixels, upsample=1 if thorough and small else 0)
     if not faces and small and not thorough:
@@ -173,11 +193,9 @@ def list_collections(call: Call, params: dict[str, Any]) -> dict[str, Any]:
 @blocking
 def delete_collection(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     collection = _collection(call, params["CollectionId"])
-    indexes = _indexes(call)
-    with indexes.holding(call.store, collection), call.store.begin() as conn:
+    with _indexes(call).dropping(collection), call.store.begin() as conn:
         coll.delete_collection(conn, collection)
         tags.remove_all(conn, collection.arn)
-    indexes.forget(collection.arn)
     return {"StatusCode": 200}
 
 
@@ -187,24 +205,10 @@ def index_faces(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     collection = _collection(call, params["CollectionId"])
     pixels = images.load(call.server.blobs, params["Image"])
     attributes = params.get("DetectionAttributes")
-    quality_filter = params.get("QualityFilter", "AUTO")
-    max_faces = params.get("MaxFaces", MAX_FACES_CONSIDERED)
-    measured = _detect(pixels, thorough=True)
-    unindexed, passing = [], []
-    for m in measured:
-        why = face_details.reasons(m, pixels, quality_filter)
-        if why:
-            unindexed.append({"Reasons": why, "FaceDetail": m.detail(attributes)})
-        else:
-            passing.append(m)
-    if len(passing) > max_faces:
-        # AWS drops the lowest quality faces first, then the smallest.
-        keep = sorted(passing, key=lambda m: (-round(m.confidence), -m.area))[:max_faces]
-        for m in passing:
-            if m not in keep:
-                unindexed.append({"Reasons": ["EXCEEDS_MAX_FACES"], "FaceDetail": m.detail(attributes)})
-        passing = [m for m in passing if m in keep]
-    embedded = _engine().embed(pixels, [m.face for m in passing])
+    with _ENGINES.lend() as engine:
+        measured = _detect(engine, pixels, thorough=True)
+        passing, unindexed = _select(measured, pixels, params)
+        embedded = engine.embed(pixels, [m.face for m in passing])
     records = _face_records(params, passing, embedded)
     _store_faces(call, collection, records)
     return {
@@ -215,6 +219,29 @@ def index_faces(call: Call, params: dict[str, Any]) -> dict[str, Any]:
         "FaceModelVersion": collection.model_version,
         "UnindexedFaces": unindexed,
     }
+
+
+def _select(
+    measured: list[face_details.Measured], pixels: numpy.ndarray, params: dict[str, Any]
+) -> tuple[list[face_details.Measured], list[dict[str, Any]]]:
+    """IndexFaces' choice: the faces to index, and UnindexedFaces with their reasons."""
+    attributes = params.get("DetectionAttributes")
+    quality_filter = params.get("QualityFilter", "AUTO")
+    unindexed, passing = [], []
+    for m in measured:
+        why = face_details.reasons(m, pixels, quality_filter)
+        if why:
+            unindexed.append({"Reasons": why, "FaceDetail": m.detail(attributes)})
+        else:
+            passing.append(m)
+    # Over MaxFaces, AWS drops the lowest quality faces first, then the smallest.
+    keep = sorted(passing, key=lambda m: (-round(m.confidence), -m.area))[
+        : params.get("MaxFaces", len(passing))
+    ]
+    for m in passing:
+        if m not in keep:
+            unindexed.append({"Reasons": ["EXCEEDS_MAX_FACES"], "FaceDetail": m.detail(attributes)})
+    return [m for m in passing if m in keep], unindexed
 
 
 def _face_records(
@@ -315,16 +342,19 @@ def search_faces_by_image(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     collection = _collection(call, params["CollectionId"])
     pixels = images.load(call.server.blobs, params["Image"])
     quality_filter = params.get("QualityFilter", "NONE")
-    candidates = [
-        m for m in _detect(pixels, thorough=False) if not face_details.reasons(m, pixels, quality_filter)
-    ]
-    if not candidates:
-        raise InvalidParameterException(NO_FACES)
-    # The largest face, as AWS searches; but HOG's weakest detections (under AUTO's confidence bar) are
-    # mostly not faces, and one can outsize the real face, so they are searched only if nothing else is.
-    confident = [m for m in candidates if m.confidence >= face_details.BARS["AUTO"].confidence]
-    largest = (confident or candidates)[0]
-    (face,) = _engine().embed(pixels, [largest.face])
+    with _ENGINES.lend() as engine:
+        candidates = [
+            m
+            for m in _detect(engine, pixels, thorough=False)
+            if not face_details.reasons(m, pixels, quality_filter)
+        ]
+        if not candidates:
+            raise InvalidParameterException(NO_FACES)
+        # The largest face, as AWS searches; but HOG's weakest detections (under AUTO's confidence bar)
+        # are mostly not faces, and one can outsize the real face: searched only if nothing else is.
+        confident = [m for m in candidates if m.confidence >= face_details.BARS["AUTO"].confidence]
+        largest = (confident or candidates)[0]
+        (face,) = engine.embed(pixels, [largest.face])
     assert face.descriptor is not None
     return {
         "SearchedFaceBoundingBox": largest.box,
@@ -338,7 +368,9 @@ def search_faces_by_image(call: Call, params: dict[str, Any]) -> dict[str, Any]:
 def detect_faces(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     pixels = images.load(call.server.blobs, params["Image"])
     attributes = params.get("Attributes")
-    return {"FaceDetails": [m.detail(attributes) for m in _detect(pixels, thorough=True)]}
+    with _ENGINES.lend() as engine:
+        measured = _detect(engine, pixels, thorough=True)
+    return {"FaceDetails": [m.detail(attributes) for m in measured]}
 
 
 def find_taggable(call: Call, arn: str) -> str | None:
