@@ -177,6 +177,7 @@ def search_part(sizes: list[int], queries: int) -> list[list[str]]:
             index = VectorIndex(128, exact_limit=limit)
             start = time.perf_counter()
             index.add(numpy.arange(n), vectors)
+            assert index.wait_built(timeout=600)  # the IVF index builds in a background thread
             build = time.perf_counter() - start
             times, best[kind] = [], []
             for probe in probes:

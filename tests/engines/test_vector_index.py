@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy
 import pytest
 
+from mlharbor.engines import vector_index
 from mlharbor.engines.vector_index import VectorIndex
 
 
@@ -47,7 +50,7 @@ def test_large_collections_switch_to_the_ivf_index_and_still_find_each_vector() 
     vectors = _unit(rng, 3000, dim=32)
     index = VectorIndex(32, exact_limit=1000, nprobe=16)
     index.add(numpy.arange(1500), vectors[:1500])
-    assert index.approximate
+    assert index.wait_built(timeout=60) and index.approximate
     index.add(numpy.arange(1500, 3000), vectors[1500:])  # incremental adds go into the same index
     queries = vectors[::37] + 0.05 * _unit(rng, len(vectors[::37]), dim=32)
     found = [index.search(q, k=1, max_distance=1.0) for q in queries]
@@ -58,3 +61,29 @@ def test_large_collections_switch_to_the_ivf_index_and_still_find_each_vector() 
     index.remove(numpy.arange(0, 2600))  # small again: back to exact search
     assert not index.approximate
     assert len(index) == 400 - len(range(2627, 3000, 37))
+
+
+def test_changes_made_while_the_index_builds_are_not_lost(monkeypatch) -> None:
+    """The build runs in a thread on a copy; adds and removes made meanwhile are replayed on adoption."""
+    release = threading.Event()
+    build = vector_index._Build.run
+
+    def held_back(self, *args):  # type: ignore[no-untyped-def]
+        release.wait(30)
+        build(self, *args)
+
+    monkeypatch.setattr(vector_index._Build, "run", held_back)
+    rng = numpy.random.default_rng(4)
+    vectors = _unit(rng, 2000, dim=32)
+    index = VectorIndex(32, exact_limit=1000, nprobe=64)
+    index.add(numpy.arange(1200), vectors[:1200])
+    index.add(numpy.arange(1200, 2000), vectors[1200:])  # during the build
+    index.remove(numpy.array([5, 1500]))  # one from the copy, one added since
+    assert not index.approximate
+    assert [m.id for m in index.search(vectors[1700], k=1, max_distance=0.1)] == [1700]  # exact meanwhile
+    release.set()
+    assert index.wait_built(timeout=60) and index.approximate
+    assert [m.id for m in index.search(vectors[1700], k=1, max_distance=0.1)] == [1700]
+    assert [m.id for m in index.search(vectors[7], k=1, max_distance=0.1)] == [7]
+    assert index.search(vectors[5], k=1, max_distance=0.1) == []
+    assert index.search(vectors[1500], k=1, max_distance=0.1) == []

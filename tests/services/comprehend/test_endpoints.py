@@ -149,7 +149,9 @@ def test_concurrent_requests_all_get_their_own_answers(server, endpoint):
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         results = list(pool.map(detect, texts))
-    assert sum(name in found for name, found in zip(names, results, strict=True)) >= len(names) - 2
+    # Each answer is its own text's: the same as asking one at a time (whatever this session's model finds).
+    assert results == [detect(text) for text in texts]
+    assert sum(name in found for name, found in zip(names, results, strict=True)) >= len(names) // 2
 
 
 def test_detect_entities_errors(server, comprehend, endpoint, recognizer):
