@@ -169,4 +169,6 @@ faces = Table(
     Column("descriptor", LargeBinary, nullable=False),  # float32 little-endian, the engine's dimension
     Index("ix_faces_collection_face", "collection_arn", "face_id"),
     Index("ix_faces_collection_seq", "collection_arn", "seq"),
+    # Never reuse a seq (SQLite would hand out a deleted maximum again): indexes rely on seqs only growing.
+    sqlite_autoincrement=True,
 )

@@ -253,17 +253,25 @@ def test_faces_survive_a_restart_and_leave_with_their_collection(make_server, tm
     client = first.client("rekognition")
     client.create_collection(CollectionId="door")
     face_id = index(client, "door", HOPPER)["FaceRecords"][0]["Face"]["FaceId"]
-    index(client, "door", ASTRONAUT)
+    suit = index(client, "door", ASTRONAUT, QualityFilter="NONE")["FaceRecords"][1]["Face"]["FaceId"]
+    replaced = index(client, "door", ASTRONAUT)["FaceRecords"][0]["Face"]["FaceId"]
+    # The newest face deleted, then indexed again: a new face, and the deleted one never comes back.
+    client.delete_faces(CollectionId="door", FaceIds=[replaced])
+    astronaut = index(client, "door", ASTRONAUT)["FaceRecords"][0]["Face"]["FaceId"]
+    client.delete_faces(CollectionId="door", FaceIds=[suit])
     stop_server(first)
 
     again = start_server(first.data_dir.parent, first.database_url)
     try:
         client = again.client("rekognition")
-        assert client.describe_collection(CollectionId="door")["FaceCount"] == 2
+        assert client.describe_collection(CollectionId="door")["FaceCount"] == 3
         found = client.search_faces_by_image(
             CollectionId="door", Image={"Bytes": HOPPER_VARIANTS["mirrored"]}
         )
         assert [m["Face"]["FaceId"] for m in found["FaceMatches"]] == [face_id]
+        found = client.search_faces_by_image(CollectionId="door", Image={"Bytes": ASTRONAUT})
+        assert astronaut in [m["Face"]["FaceId"] for m in found["FaceMatches"]]
+        assert replaced not in [m["Face"]["FaceId"] for m in found["FaceMatches"]]
 
         client.delete_collection(CollectionId="door")
         client.create_collection(CollectionId="door")  # same id, new collection: no old faces

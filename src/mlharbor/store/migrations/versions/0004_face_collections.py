@@ -43,6 +43,7 @@ def upgrade() -> None:
         sa.Column("model_version", sa.String(64), nullable=False),
         sa.Column("created_at", sa.Float, nullable=False),
         sa.Column("descriptor", sa.LargeBinary, nullable=False),
+        sqlite_autoincrement=True,  # a deleted maximum seq must never be handed out again
     )
     op.create_index("ix_faces_collection_face", "faces", ["collection_arn", "face_id"])
     op.create_index("ix_faces_collection_seq", "faces", ["collection_arn", "seq"])
