@@ -24,6 +24,7 @@ from mlharbor.runtime.reconciler import Reconciler
 from mlharbor.services.comprehend.detection import JobSupervisor
 from mlharbor.services.comprehend.endpoints import EndpointSupervisor
 from mlharbor.services.comprehend.training import TrainingSupervisor
+from mlharbor.services.rekognition.collections import Indexes
 from mlharbor.store.db import Store
 
 
@@ -43,6 +44,9 @@ def build_server(settings: Settings) -> Server:
     server = Server(
         settings=settings, store=store, pager=pager, blobs=blobs, executor=executor, reconciler=reconciler
     )
+    faces = Indexes(settings.data_dir / "face-vectors", settings.face_snapshot_min_faces)
+    server.extras["rekognition.collections"] = faces
+    server.close_hooks.append(faces.save_all)
     reconciler.register("entity recognizer training", TrainingSupervisor(server).reconcile)
     reconciler.register("entity recognizer endpoints", EndpointSupervisor(server).reconcile)
     reconciler.register("entities detection jobs", JobSupervisor(server).reconcile)

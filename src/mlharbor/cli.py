@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import ipaddress
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import uvicorn
@@ -60,6 +62,17 @@ def _is_loopback(host: str) -> bool:
 
 class _AnnouncingServer(uvicorn.Server):
     """Prints the ready line once the socket is bound (with the real port when --port 0)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # uvicorn re-raises SIGTERM/SIGINT once it has stopped serving, which (default handler) ends the
+        # process before ``serve`` can close the server: workers stopped, vector snapshots written, the
+        # database closed. Forget them instead: ``serve`` returns and closes everything.
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                self._captured_signals.clear()
 
     async def startup(self, sockets=None) -> None:  # type: ignore[no-untyped-def]
         await super().startup(sockets=sockets)

@@ -78,6 +78,12 @@ class Settings(BaseSettings):
         default=2, ge=1, description="entities detection jobs run at the same time"
     )
     worker_stop_grace_seconds: float = Field(default=5.0, gt=0, description="cooperative stop before kill")
+    face_snapshot_min_faces: int = Field(
+        default=10_000,
+        ge=1,
+        description="face collections at least this large keep an on-disk snapshot of their vectors, "
+        "so a restart reads it plus the faces changed since instead of every face row",
+    )
 
     @field_validator("video_stream", mode="before")
     @classmethod

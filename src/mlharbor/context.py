@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,8 @@ class Server:
     executor: Executor
     reconciler: Reconciler
     extras: dict[str, Any] = field(default_factory=dict)
+    # Run at a clean shutdown, before the store closes (e.g. writing in-memory state worth keeping).
+    close_hooks: list[Callable[[], None]] = field(default_factory=list)
 
     def start_background(self) -> None:
         """Start reconciling (kept out of construction so in-process tests can build a quiet server)."""
@@ -33,6 +36,8 @@ class Server:
     def close(self) -> None:
         self.reconciler.stop()
         self.executor.shutdown(timeout=10.0)
+        for hook in self.close_hooks:
+            hook()
         self.store.dispose()
 
 

@@ -83,6 +83,11 @@ class VectorIndex:
         build = self._build
         return build is None or build.done.wait(timeout)
 
+    def live(self) -> tuple[numpy.ndarray, numpy.ndarray]:
+        """Copies of the ids and vectors held now, ids increasing."""
+        live = self._live[: self._rows]
+        return self._ids[: self._rows][live], self._vectors[: self._rows][live]
+
     def add(self, ids: numpy.ndarray, vectors: numpy.ndarray) -> None:
         """Append vectors whose ids are all greater than every id already here."""
         ids = numpy.asarray(ids, dtype=numpy.int64)

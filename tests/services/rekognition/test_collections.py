@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import re
 from pathlib import Path
 
@@ -280,3 +281,35 @@ def test_faces_survive_a_restart_and_leave_with_their_collection(make_server, tm
         assert empty["FaceMatches"] == []
     finally:
         stop_server(again)
+
+
+def test_a_vector_snapshot_plus_the_rows_changed_since_rebuild_the_collection(make_server):
+    """Large collections keep an on-disk snapshot of their vectors; after a crash the faces indexed and
+    deleted since the snapshot are applied from the database (1 face counts as large here)."""
+    first = make_server(env={"MLHARBOR_FACE_SNAPSHOT_MIN_FACES": "1"})
+    client = first.client("rekognition")
+    client.create_collection(CollectionId="gate")
+    hopper = index(client, "gate", HOPPER)["FaceRecords"][0]["Face"]["FaceId"]
+    index(client, "gate", ASTRONAUT)
+    stop_server(first)  # a clean shutdown writes the snapshot
+    snapshots = list((first.data_dir / "face-vectors").glob("*.npz"))
+    assert len(snapshots) == 1
+
+    env = {**os.environ, "MLHARBOR_FACE_SNAPSHOT_MIN_FACES": "1"}
+    second = start_server(first.data_dir.parent, first.database_url, env=env)
+    client = second.client("rekognition")
+    client.delete_faces(CollectionId="gate", FaceIds=[hopper])
+    mirrored = index(client, "gate", HOPPER_VARIANTS["mirrored"])["FaceRecords"][0]["Face"]["FaceId"]
+    second.process.kill()  # a crash: no snapshot of these changes
+    second.process.wait()
+
+    third = start_server(first.data_dir.parent, first.database_url, env=env)
+    try:
+        client = third.client("rekognition")
+        # A stale index would rank the deleted face first and, with MaxFaces 1, return nothing.
+        found = client.search_faces_by_image(CollectionId="gate", Image={"Bytes": HOPPER}, MaxFaces=1)
+        assert [m["Face"]["FaceId"] for m in found["FaceMatches"]] == [mirrored]
+        client.delete_collection(CollectionId="gate")
+        assert list((first.data_dir / "face-vectors").glob("*.npz")) == []
+    finally:
+        stop_server(third)

@@ -6,15 +6,23 @@ and kept current under the collection's lock. Writers (IndexFaces, DeleteFaces, 
 that lock across their transaction and the matching index change, so the index never disagrees with
 what was committed. The collection row's ``version`` grows with every change: a process that finds a
 version it has not seen (another server, or a stream processor's worker) catches up from the rows
-(new faces are those past the highest ``seq`` it holds; a count mismatch means deletions: reload).
+(new faces are those past the highest ``seq`` it holds; a count mismatch means deletions, found by
+comparing seqs). Large collections also keep an on-disk snapshot of their vectors (written after a big
+load and at shutdown), so a restart starts from it and reads only the rows changed since.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import logging
+import os
 import threading
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy
@@ -26,6 +34,7 @@ from mlharbor.store.tables import face_collections as table
 from mlharbor.store.tables import faces as faces_table
 
 DESCRIPTOR_DIM = 128
+logger = logging.getLogger(__name__)
 
 _OWNER = (table.c.account_id == bindparam("account_id")) & (table.c.region == bindparam("region"))
 _BY_ID = select(table).where(_OWNER, table.c.collection_id == bindparam("collection_id"))
@@ -143,28 +152,37 @@ def changed(conn: Connection, collection: Row[Any], added: int) -> int:
 
 
 # --- The in-memory indexes -------------------------------------------------------------------------------
+
+
 @dataclass
 class Held:
     created_at: float
     version: int
     index: VectorIndex
     lock: threading.Lock = field(default_factory=threading.Lock)
+    saved_version: int = -1  # the version the on-disk snapshot holds
 
 
 class Indexes:
-    """This process's vector index of each collection it has used (one instance per server)."""
+    """This process's vector index of each collection it has used (one instance per server), and their
+    snapshots under ``folder`` (one ``.npz`` per collection: ids, vectors, the version they reflect).
 
-    def __init__(self) -> None:
+    Collections of at least ``snapshot_min_faces`` get a snapshot, so a restart reads one file plus the
+    rows changed since instead of every row (1M faces: ~8 s from SQLite)."""
+
+    def __init__(self, folder: Path, snapshot_min_faces: int) -> None:
+        self.folder = folder
+        self.snapshot_min_faces = snapshot_min_faces
         self._guard = threading.Lock()
-        self._loaded: dict[str, Held] = {}
+        self._loaded: dict[str, tuple[Held, Row[Any]]] = {}
 
     def _entry(self, collection: Row[Any]) -> Held:
         with self._guard:
-            loaded = self._loaded.get(collection.arn)
-            if loaded is None or loaded.created_at != collection.created_at:
-                loaded = Held(collection.created_at, -1, VectorIndex(DESCRIPTOR_DIM))
-                self._loaded[collection.arn] = loaded
-            return loaded
+            entry = self._loaded.get(collection.arn)
+            if entry is None or entry[0].created_at != collection.created_at:
+                entry = (Held(collection.created_at, -1, VectorIndex(DESCRIPTOR_DIM)), collection)
+                self._loaded[collection.arn] = entry
+            return entry[0]
 
     @contextmanager
     def holding(self, store: Any, collection: Row[Any]) -> Iterator[Held]:
@@ -182,35 +200,98 @@ class Indexes:
                     raise ResourceNotFoundException(
                         f"The collection id: {collection.collection_id} does not exist"
                     )
+                if loaded.version < 0:
+                    self._read_snapshot(collection, loaded)
                 if current.version != loaded.version:
-                    _catch_up(conn, collection.arn, loaded, current.face_count)
+                    read = _catch_up(conn, collection.arn, loaded, current.face_count)
                     loaded.version = current.version
+                    if read >= self.snapshot_min_faces:  # worth not reading again after a restart
+                        self._save(collection, loaded)
             yield loaded
 
     @contextmanager
     def dropping(self, collection: Row[Any]) -> Iterator[None]:
-        """Hold the collection's lock, without loading its vectors, while it is deleted; then forget it.
-        Requests that were waiting for the lock find the collection gone."""
+        """Hold the collection's lock, without loading its vectors, while it is deleted; then forget it
+        and its snapshot. Requests that were waiting for the lock find the collection gone."""
         loaded = self._entry(collection)
         with loaded.lock:
             yield
             with self._guard:
-                if self._loaded.get(collection.arn) is loaded:
+                if self._loaded.get(collection.arn, (None,))[0] is loaded:
                     del self._loaded[collection.arn]
+            self._snapshot(collection).unlink(missing_ok=True)
 
+    def save_all(self) -> None:
+        """At shutdown: snapshot every large collection that changed since its last snapshot."""
+        with self._guard:
+            entries = list(self._loaded.values())
+        for loaded, collection in entries:
+            with loaded.lock:
+                if loaded.version != loaded.saved_version and len(loaded.index) >= self.snapshot_min_faces:
+                    self._save(collection, loaded)
 
-def _catch_up(conn: Connection, arn: str, loaded: Held, face_count: int) -> None:
-    def read(after: int) -> tuple[numpy.ndarray, numpy.ndarray]:
-        rows = conn.execute(
-            select(faces_table.c.seq, faces_table.c.descriptor)
-            .where(faces_table.c.collection_arn == arn, faces_table.c.seq > after)
-            .order_by(faces_table.c.seq)
-        ).all()
-        ids = numpy.fromiter((r.seq for r in rows), dtype=numpy.int64, count=len(rows))
-        vectors = numpy.frombuffer(b"".join(r.descriptor for r in rows), dtype="<f4")
-        return ids, vectors.reshape(len(rows), DESCRIPTOR_DIM)
+    # --- snapshots ---------------------------------------------------------------------------------------
+    def _snapshot(self, collection: Row[Any]) -> Path:
+        key = hashlib.sha256(f"{collection.arn}\n{collection.created_at!r}".encode()).hexdigest()[:40]
+        return self.folder / f"{key}.npz"
 
-    loaded.index.add(*read(loaded.index.max_id))
-    if len(loaded.index) != face_count:  # faces were deleted elsewhere: start again from the rows
+    def _save(self, collection: Row[Any], loaded: Held) -> None:
+        """Write the snapshot atomically (readers see the old file or the new one, never half of one)."""
+        path = self._snapshot(collection)
+        partial = path.with_suffix(f".{uuid.uuid4().hex}.partial")
+        ids, vectors = loaded.index.live()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with partial.open("wb") as out:
+                numpy.savez(out, ids=ids, vectors=vectors, version=numpy.int64(loaded.version))
+            os.replace(partial, path)
+            loaded.saved_version = loaded.version
+        except OSError:
+            logger.exception("could not write the vector snapshot of %s", collection.arn)
+            with contextlib.suppress(OSError):
+                partial.unlink(missing_ok=True)
+
+    def _read_snapshot(self, collection: Row[Any], loaded: Held) -> None:
+        """Start from the snapshot when there is a readable one; the rows fill in what changed since."""
+        path = self._snapshot(collection)
+        try:
+            with numpy.load(path) as snapshot:
+                ids, vectors = snapshot["ids"], snapshot["vectors"]
+                version = int(snapshot["version"])
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError):
+            logger.warning("ignoring the unreadable vector snapshot %s", path)
+            return
         loaded.index = VectorIndex(DESCRIPTOR_DIM)
-        loaded.index.add(*read(-1))
+        loaded.index.add(ids, vectors)
+        loaded.version = loaded.saved_version = version
+
+
+def _catch_up(conn: Connection, arn: str, loaded: Held, face_count: int) -> int:
+    """Bring the index in line with the rows: add faces newer than any it holds, drop those deleted
+    (seqs are never reused, so these two steps are exact). Returns how many descriptors were read."""
+    read = _add_rows_after(conn, arn, loaded.index, loaded.index.max_id)
+    if len(loaded.index) != face_count:  # faces were deleted since: keep only the seqs the rows still have
+        present = numpy.fromiter(
+            conn.execute(select(faces_table.c.seq).where(faces_table.c.collection_arn == arn)).scalars(),
+            dtype=numpy.int64,
+        )
+        held, _ = loaded.index.live()
+        loaded.index.remove(numpy.setdiff1d(held, present, assume_unique=True))
+    if len(loaded.index) != face_count:  # a snapshot newer than the database (restored from a backup?)
+        loaded.index = VectorIndex(DESCRIPTOR_DIM)
+        read = _add_rows_after(conn, arn, loaded.index, -1)
+    return read
+
+
+def _add_rows_after(conn: Connection, arn: str, index: VectorIndex, after: int) -> int:
+    rows = conn.execute(
+        select(faces_table.c.seq, faces_table.c.descriptor)
+        .where(faces_table.c.collection_arn == arn, faces_table.c.seq > after)
+        .order_by(faces_table.c.seq)
+    ).all()
+    ids = numpy.fromiter((r.seq for r in rows), dtype=numpy.int64, count=len(rows))
+    vectors = numpy.frombuffer(b"".join(r.descriptor for r in rows), dtype="<f4")
+    index.add(ids, vectors.reshape(len(rows), DESCRIPTOR_DIM))
+    return len(rows)

@@ -73,10 +73,7 @@ _ENGINES = _Engines()
 
 
 def _indexes(call: Call) -> coll.Indexes:
-    extras = call.server.extras
-    if "rekognition.collections" not in extras:
-        extras.setdefault("rekognition.collections", coll.Indexes())
-    return extras["rekognition.collections"]
+    return call.server.extras["rekognition.collections"]  # built with the server (app.py)
 
 
 def _detect(engine: DlibEngine, pixels: numpy.ndarray, *, thorough: bool) -> list[face_details.Measured]:
