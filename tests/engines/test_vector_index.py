@@ -50,8 +50,11 @@ def test_large_collections_switch_to_the_ivf_index_and_still_find_each_vector() 
     vectors = _unit(rng, 3000, dim=32)
     index = VectorIndex(32, exact_limit=1000, nprobe=16)
     index.add(numpy.arange(1500), vectors[:1500])
-    assert index.wait_built(timeout=60) and index.approximate
-    index.add(numpy.arange(1500, 3000), vectors[1500:])  # incremental adds go into the same index
+    assert index.wait_built(timeout=60)
+    index.add(numpy.arange(1500, 3000), vectors[1500:])  # takes the built index into use, then adds
+    assert index.approximate
+    near = index.search(vectors[2000], k=10, max_distance=10.0)
+    assert len({m.id for m in near}) == len(near) == 10  # every vector once, however it got in
     queries = vectors[::37] + 0.05 * _unit(rng, len(vectors[::37]), dim=32)
     found = [index.search(q, k=1, max_distance=1.0) for q in queries]
     hits = sum(bool(f) and f[0].id == i for f, i in zip(found, range(0, 3000, 37), strict=True))

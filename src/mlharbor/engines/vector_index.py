@@ -43,6 +43,7 @@ MIN_PROBES = 64
 _TRAIN_POINTS_PER_CLUSTER = 32  # FAISS warns below 39; 32 keeps 1M builds short and clusters sound
 _REBUILD_GROWTH = 4
 _FIRST_K = 32
+_RETRY_GROWTH = 1.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +66,7 @@ class VectorIndex:
         self._ivf = None  # faiss.IndexIVFFlat over the live vectors, ids = our ids
         self._ivf_trained_at = 0
         self._build: _Build | None = None  # an IVF index being built in the background
+        self._failed_at = 0  # size at which the last build failed
 
     def __len__(self) -> int:
         return self._count
@@ -96,6 +98,7 @@ class VectorIndex:
             return
         if ids[0] <= self.max_id or numpy.any(numpy.diff(ids) <= 0):
             raise ValueError("ids must be added in increasing order")
+        self._adopt()  # before appending: adoption replays rows newer than the build, and these go below
         self._reserve(self._rows + len(ids))
         end = self._rows + len(ids)
         self._ids[self._rows : end] = ids
@@ -103,7 +106,6 @@ class VectorIndex:
         self._norms[self._rows : end] = numpy.einsum("ij,ij->i", vectors, vectors)
         self._live[self._rows : end] = True
         self._rows, self._count = end, self._count + len(ids)
-        self._adopt()
         if self._ivf is not None:
             self._ivf.add_with_ids(vectors, ids)
         if self._ivf is None or self._count >= _REBUILD_GROWTH * self._ivf_trained_at:
@@ -125,9 +127,7 @@ class VectorIndex:
         if self._build is not None:
             self._build.removed.append(self._ids[rows].copy())
         if self._ivf is not None:
-            import faiss
-
-            self._ivf.remove_ids(faiss.IDSelectorBatch(self._ids[rows]))
+            self._ivf.remove_ids(_faiss().IDSelectorBatch(self._ids[rows]))
         if self._count < self.exact_limit // 2:
             self._ivf = self._build = None  # small again: exact is as fast and never misses
         if self._rows - self._count > self._rows // 4:
@@ -178,6 +178,8 @@ class VectorIndex:
         meanwhile. Changes made during the build are replayed when it is adopted."""
         if self._count <= self.exact_limit or self._build is not None:
             return
+        if self._count < _RETRY_GROWTH * self._failed_at:
+            return  # the last build failed (logged); try again once the collection has grown
         live = self._live[: self._rows]
         ids = self._ids[: self._rows][live]
         self._build = _Build(ids[-1] if len(ids) else -1, len(ids))
@@ -194,12 +196,13 @@ class VectorIndex:
         if build is None or not build.done.is_set():
             return
         self._build = None
-        if build.index is None or self._count <= self.exact_limit // 2:
+        if build.index is None:
+            self._failed_at = build.trained_at
             return
-        import faiss
-
+        if self._count <= self.exact_limit // 2:
+            return
         if build.removed:
-            build.index.remove_ids(faiss.IDSelectorBatch(numpy.concatenate(build.removed)))
+            build.index.remove_ids(_faiss().IDSelectorBatch(numpy.concatenate(build.removed)))
         newer = self._ids[: self._rows] > build.last_id
         newer &= self._live[: self._rows]
         if newer.any():
@@ -236,8 +239,7 @@ class _Build:
 
     def run(self, vectors: numpy.ndarray, ids: numpy.ndarray, dim: int) -> None:
         try:
-            import faiss
-
+            faiss = _faiss()
             clusters = int(4 * numpy.sqrt(len(vectors)))
             sample_size = min(len(vectors), _TRAIN_POINTS_PER_CLUSTER * clusters)
             rng = numpy.random.default_rng(0)
@@ -251,6 +253,16 @@ class _Build:
             logger.exception("building the IVF index failed; searches stay exact")
         finally:
             self.done.set()
+
+
+def _faiss() -> Any:
+    """FAISS, limited to one thread: a build must not take every core from the requests being served,
+    and one query is too small to split."""
+    import faiss
+
+    if faiss.omp_get_max_threads() != 1:
+        faiss.omp_set_num_threads(1)
+    return faiss
 
 
 def _grown(array: numpy.ndarray, capacity: int) -> numpy.ndarray:

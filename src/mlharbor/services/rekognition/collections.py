@@ -100,13 +100,14 @@ def rows_by_seq(conn: Connection, collection_arn: str, seqs: Sequence[int]) -> d
     return {row.seq: row for row in conn.execute(query)}
 
 
-def descriptor_of(conn: Connection, collection_arn: str, face_id: str) -> numpy.ndarray | None:
-    blob = conn.execute(
-        select(faces_table.c.descriptor).where(
+def descriptor_of(conn: Connection, collection_arn: str, face_id: str) -> tuple[int, numpy.ndarray] | None:
+    """The face's seq and descriptor, if the collection has it."""
+    row = conn.execute(
+        select(faces_table.c.seq, faces_table.c.descriptor).where(
             faces_table.c.collection_arn == collection_arn, faces_table.c.face_id == face_id
         )
-    ).scalar()
-    return None if blob is None else numpy.frombuffer(blob, dtype="<f4")
+    ).first()
+    return None if row is None else (row.seq, numpy.frombuffer(row.descriptor, dtype="<f4"))
 
 
 def insert_faces(conn: Connection, collection: Row[Any], records: Sequence[dict[str, Any]]) -> list[int]:
@@ -143,12 +144,15 @@ def delete_collection(conn: Connection, collection: Row[Any]) -> None:
 
 def changed(conn: Connection, collection: Row[Any], added: int) -> int:
     """Record a change of ``added`` faces (negative: removed); returns the collection's new version."""
-    return conn.execute(
+    version = conn.execute(
         update(table)
-        .where(table.c.arn == collection.arn)
+        .where(table.c.arn == collection.arn, table.c.created_at == collection.created_at)
         .values(face_count=table.c.face_count + added, version=table.c.version + 1)
         .returning(table.c.version)
-    ).scalar_one()
+    ).scalar()
+    if version is None:  # deleted meanwhile (by another server): the caller's transaction rolls back
+        raise ResourceNotFoundException(f"The collection id: {collection.collection_id} does not exist")
+    return version
 
 
 # --- The in-memory indexes -------------------------------------------------------------------------------
@@ -156,11 +160,20 @@ def changed(conn: Connection, collection: Row[Any], added: int) -> int:
 
 @dataclass
 class Held:
-    created_at: float
+    """One collection's index in this process, and what it reflects."""
+
+    collection: Row[Any]  # the row it was loaded for (arn, id, creation time)
     version: int
     index: VectorIndex
     lock: threading.Lock = field(default_factory=threading.Lock)
     saved_version: int = -1  # the version the on-disk snapshot holds
+
+    def committed(self, version: int) -> None:
+        """A writer applied its own committed change (``version`` from ``changed``) to the index. Only if
+        nobody else wrote in between does the index reflect that version; otherwise the next holder
+        catches up from the rows."""
+        if version == self.version + 1:
+            self.version = version
 
 
 class Indexes:
@@ -174,20 +187,31 @@ class Indexes:
         self.folder = folder
         self.snapshot_min_faces = snapshot_min_faces
         self._guard = threading.Lock()
-        self._loaded: dict[str, tuple[Held, Row[Any]]] = {}
+        # Keyed by ARN and creation time: a collection deleted and created again is another collection,
+        # and a request still holding the old row must not disturb the new one's index.
+        self._loaded: dict[tuple[str, float], Held] = {}
 
     def _entry(self, collection: Row[Any]) -> Held:
+        key = (collection.arn, collection.created_at)
         with self._guard:
-            entry = self._loaded.get(collection.arn)
-            if entry is None or entry[0].created_at != collection.created_at:
-                entry = (Held(collection.created_at, -1, VectorIndex(DESCRIPTOR_DIM)), collection)
-                self._loaded[collection.arn] = entry
-            return entry[0]
+            held = self._loaded.get(key)
+            if held is None:
+                held = self._loaded[key] = Held(collection, -1, VectorIndex(DESCRIPTOR_DIM))
+                for arn, created_at in list(self._loaded):  # earlier incarnations are gone
+                    if arn == collection.arn and created_at < collection.created_at:
+                        del self._loaded[(arn, created_at)]
+            return held
+
+    def _forget(self, held: Held) -> None:
+        with self._guard:
+            key = (held.collection.arn, held.collection.created_at)
+            if self._loaded.get(key) is held:
+                del self._loaded[key]
 
     @contextmanager
     def holding(self, store: Any, collection: Row[Any]) -> Iterator[Held]:
         """The collection's index, current with the database, while holding its lock. Writers commit
-        their change, apply it to ``index`` and set ``version`` (from ``changed``) inside this block."""
+        their change, apply it to ``index`` and call ``committed`` inside this block."""
         loaded = self._entry(collection)
         with loaded.lock:
             with store.read() as conn:
@@ -197,16 +221,17 @@ class Indexes:
                     )
                 ).first()
                 if current is None or current.created_at != collection.created_at:
+                    self._forget(loaded)
                     raise ResourceNotFoundException(
                         f"The collection id: {collection.collection_id} does not exist"
                     )
                 if loaded.version < 0:
-                    self._read_snapshot(collection, loaded)
+                    self._read_snapshot(loaded)
                 if current.version != loaded.version:
                     read = _catch_up(conn, collection.arn, loaded, current.face_count)
                     loaded.version = current.version
                     if read >= self.snapshot_min_faces:  # worth not reading again after a restart
-                        self._save(collection, loaded)
+                        self._save(loaded)
             yield loaded
 
     @contextmanager
@@ -216,28 +241,26 @@ class Indexes:
         loaded = self._entry(collection)
         with loaded.lock:
             yield
-            with self._guard:
-                if self._loaded.get(collection.arn, (None,))[0] is loaded:
-                    del self._loaded[collection.arn]
+            self._forget(loaded)
             self._snapshot(collection).unlink(missing_ok=True)
 
     def save_all(self) -> None:
         """At shutdown: snapshot every large collection that changed since its last snapshot."""
         with self._guard:
             entries = list(self._loaded.values())
-        for loaded, collection in entries:
+        for loaded in entries:
             with loaded.lock:
                 if loaded.version != loaded.saved_version and len(loaded.index) >= self.snapshot_min_faces:
-                    self._save(collection, loaded)
+                    self._save(loaded)
 
     # --- snapshots ---------------------------------------------------------------------------------------
     def _snapshot(self, collection: Row[Any]) -> Path:
         key = hashlib.sha256(f"{collection.arn}\n{collection.created_at!r}".encode()).hexdigest()[:40]
         return self.folder / f"{key}.npz"
 
-    def _save(self, collection: Row[Any], loaded: Held) -> None:
+    def _save(self, loaded: Held) -> None:
         """Write the snapshot atomically (readers see the old file or the new one, never half of one)."""
-        path = self._snapshot(collection)
+        path = self._snapshot(loaded.collection)
         partial = path.with_suffix(f".{uuid.uuid4().hex}.partial")
         ids, vectors = loaded.index.live()
         try:
@@ -247,24 +270,24 @@ class Indexes:
             os.replace(partial, path)
             loaded.saved_version = loaded.version
         except OSError:
-            logger.exception("could not write the vector snapshot of %s", collection.arn)
+            logger.exception("could not write the vector snapshot of %s", loaded.collection.arn)
             with contextlib.suppress(OSError):
                 partial.unlink(missing_ok=True)
 
-    def _read_snapshot(self, collection: Row[Any], loaded: Held) -> None:
+    def _read_snapshot(self, loaded: Held) -> None:
         """Start from the snapshot when there is a readable one; the rows fill in what changed since."""
-        path = self._snapshot(collection)
+        path = self._snapshot(loaded.collection)
+        index = VectorIndex(DESCRIPTOR_DIM)
         try:
             with numpy.load(path) as snapshot:
-                ids, vectors = snapshot["ids"], snapshot["vectors"]
+                index.add(snapshot["ids"], snapshot["vectors"])
                 version = int(snapshot["version"])
         except FileNotFoundError:
             return
         except (OSError, ValueError, KeyError):
             logger.warning("ignoring the unreadable vector snapshot %s", path)
             return
-        loaded.index = VectorIndex(DESCRIPTOR_DIM)
-        loaded.index.add(ids, vectors)
+        loaded.index = index
         loaded.version = loaded.saved_version = version
 
 

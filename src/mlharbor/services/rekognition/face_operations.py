@@ -7,9 +7,8 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from types import SimpleNamespace
 from typing import Any
 
 import numpy
@@ -62,11 +61,19 @@ class _Engines:
             with self._lock:
                 make = self._made < (os.cpu_count() or 1)
                 self._made += make
-            engine = DlibEngine() if make else self._free.get()
+            engine = self._make() if make else self._free.get()
         try:
             yield engine
         finally:
             self._free.put(engine)
+
+    def _make(self) -> DlibEngine:
+        try:
+            return DlibEngine()
+        except BaseException:
+            with self._lock:
+                self._made -= 1  # not made: a later request tries again instead of waiting forever
+            raise
 
 
 _ENGINES = _Engines()
@@ -86,17 +93,17 @@ def _detect(engine: DlibEngine, pixels: numpy.ndarray, *, thorough: bool) -> lis
     return measured[:MAX_FACES_CONSIDERED]
 
 
-def _face(row: Any) -> dict[str, Any]:
-    """The API's Face from a face row."""
+def _face(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The API's Face from a face row's (or a new face record's) values."""
     face = {
-        "FaceId": row.face_id,
-        "BoundingBox": row.box,
-        "ImageId": row.image_id,
-        "Confidence": row.confidence,
-        "IndexFacesModelVersion": row.model_version,
+        "FaceId": row["face_id"],
+        "BoundingBox": row["box"],
+        "ImageId": row["image_id"],
+        "Confidence": row["confidence"],
+        "IndexFacesModelVersion": row["model_version"],
     }
-    if row.external_image_id is not None:
-        face["ExternalImageId"] = row.external_image_id
+    if row["external_image_id"] is not None:
+        face["ExternalImageId"] = row["external_image_id"]
     return face
 
 
@@ -122,7 +129,7 @@ def _matches(
         rows = coll.rows_by_seq(conn, collection.arn, [m.id for m in found])
     scores = similarity(numpy.array([m.distance for m in found]))
     return [
-        {"Similarity": float(score), "Face": _face(rows[m.id])}
+        {"Similarity": float(score), "Face": _face(rows[m.id]._mapping)}
         for m, score in zip(found, scores, strict=True)
         if m.id in rows  # deleted between the search and this read
     ]
@@ -210,7 +217,7 @@ def index_faces(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     _store_faces(call, collection, records)
     return {
         "FaceRecords": [
-            {"Face": _face(SimpleNamespace(**r)), "FaceDetail": m.detail(attributes)}
+            {"Face": _face(r), "FaceDetail": m.detail(attributes)}
             for r, m in zip(records, passing, strict=True)
         ],
         "FaceModelVersion": collection.model_version,
@@ -232,13 +239,12 @@ def _select(
         else:
             passing.append(m)
     # Over MaxFaces, AWS drops the lowest quality faces first, then the smallest.
-    keep = sorted(passing, key=lambda m: (-round(m.confidence), -m.area))[
-        : params.get("MaxFaces", len(passing))
-    ]
-    for m in passing:
-        if m not in keep:
+    ranked = sorted(range(len(passing)), key=lambda i: (-round(passing[i].confidence), -passing[i].area))
+    keep = set(ranked[: params.get("MaxFaces", len(passing))])
+    for i, m in enumerate(passing):
+        if i not in keep:
             unindexed.append({"Reasons": ["EXCEEDS_MAX_FACES"], "FaceDetail": m.detail(attributes)})
-    return [m for m in passing if m in keep], unindexed
+    return [m for i, m in enumerate(passing) if i in keep], unindexed
 
 
 def _face_records(
@@ -272,7 +278,7 @@ def _store_faces(call: Call, collection: Any, records: list[dict[str, Any]]) -> 
             seqs = coll.insert_faces(conn, collection, records)
             version = coll.changed(conn, collection, len(records))
         held.index.add(numpy.array(seqs), numpy.stack([r["descriptor"] for r in records]))
-        held.version = version
+        held.committed(version)
 
 
 @blocking
@@ -291,7 +297,7 @@ def list_faces(call: Call, params: dict[str, Any]) -> dict[str, Any]:
                 conn, collection.arn, after=after, face_ids=params.get("FaceIds"), limit=limit + 1
             )
     result: dict[str, Any] = {
-        "Faces": [_face(r) for r in rows[:limit]],
+        "Faces": [_face(r._mapping) for r in rows[:limit]],
         "FaceModelVersion": collection.model_version,
     }
     if len(rows) > limit:
@@ -306,9 +312,10 @@ def delete_faces(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     with _indexes(call).holding(call.store, collection) as held:
         with call.store.begin() as conn:
             found = coll.delete_faces(conn, collection, face_ids)
-            version = coll.changed(conn, collection, -len(found)) if found else held.version
-        held.index.remove(numpy.array(list(found.values()), dtype=numpy.int64))
-        held.version = version
+            version = coll.changed(conn, collection, -len(found)) if found else None
+        if version is not None:
+            held.index.remove(numpy.array(list(found.values()), dtype=numpy.int64))
+            held.committed(version)
     return {
         "DeletedFaces": [f for f in face_ids if f in found],
         "UnsuccessfulFaceDeletions": [
@@ -323,13 +330,13 @@ def search_faces(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     collection = _collection(call, params["CollectionId"])
     face_id = params["FaceId"]
     with call.store.read() as conn:
-        rows = coll.face_rows(conn, collection.arn, face_ids=[face_id])
-        descriptor = coll.descriptor_of(conn, collection.arn, face_id)
-    if not rows or descriptor is None:
+        found = coll.descriptor_of(conn, collection.arn, face_id)
+    if found is None:
         raise InvalidParameterException(f"The face id: {face_id} does not exist in the collection.")
+    seq, descriptor = found
     return {
         "SearchedFaceId": face_id,
-        "FaceMatches": _matches(call, collection, descriptor, params, skip=rows[0].seq),
+        "FaceMatches": _matches(call, collection, descriptor, params, skip=seq),
         "FaceModelVersion": collection.model_version,
     }
 
