@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -204,3 +207,70 @@ def worker_pids(server_pid: int) -> list[int]:
         if ppid == server_pid and b"spawn_main" in cmdline:
             pids.append(int(stat.parent.name))
     return pids
+
+
+# --- moto_server: the Kinesis / S3 / SNS endpoint MLHarbor calls out to ------------------------------------
+_STARTUP_DEADLINE_S = 30.0
+
+
+def _free_port() -> int:
+    # Another process may take the port between close() and moto's bind; acceptable for tests.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a moto server process on 127.0.0.1 (one per test session)."""
+    port = _free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    log_path = tmp_path_factory.mktemp("moto") / "moto_server.log"
+    # Logs go to a file, not a pipe: werkzeug logs every request and a full pipe would stall moto.
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    # Never let a proxy from the environment intercept the loopback connection.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        deadline = time.monotonic() + _STARTUP_DEADLINE_S
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"moto_server exited with {proc.returncode}:\n{log_path.read_text()}")
+            try:
+                with opener.open(f"{endpoint}/moto-api/", timeout=1):
+                    break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                if time.monotonic() > deadline:
+                    log_text = log_path.read_text()
+                    pytest.fail(f"moto_server not answering after {_STARTUP_DEADLINE_S}s:\n{log_text}")
+                time.sleep(0.05)
+        yield endpoint
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def aws_env(moto_endpoint: str, tmp: Path) -> dict[str, str]:
+    """Environment for a process (an MLHarbor server) whose outbound AWS calls must go to moto, with no
+    trace of the developer's own AWS setup."""
+    no_proxy = ",".join(filter(None, [os.environ.get("NO_PROXY"), "127.0.0.1"]))
+    return {
+        "AWS_ENDPOINT_URL_KINESIS": moto_endpoint,
+        "AWS_ENDPOINT_URL_SNS": moto_endpoint,
+        "AWS_ENDPOINT_URL_S3": moto_endpoint,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_CONFIG_FILE": str(tmp / "no-aws-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp / "no-aws-credentials"),
+        "NO_PROXY": no_proxy,
+        "no_proxy": no_proxy,
+    }

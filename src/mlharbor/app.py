@@ -25,6 +25,7 @@ from mlharbor.services.comprehend.detection import JobSupervisor
 from mlharbor.services.comprehend.endpoints import EndpointSupervisor
 from mlharbor.services.comprehend.training import TrainingSupervisor
 from mlharbor.services.rekognition.collections import Indexes
+from mlharbor.services.rekognition.streaming import StreamSupervisor
 from mlharbor.store.db import Store
 
 
@@ -47,6 +48,9 @@ def build_server(settings: Settings) -> Server:
     faces = Indexes(settings.data_dir / "face-vectors", settings.face_snapshot_min_faces)
     server.extras["rekognition.collections"] = faces
     server.close_hooks.append(faces.save_all)
+    streams = StreamSupervisor(server)
+    server.extras["rekognition.streams"] = streams
+    reconciler.register("stream processors", streams.reconcile)
     reconciler.register("entity recognizer training", TrainingSupervisor(server).reconcile)
     reconciler.register("entity recognizer endpoints", EndpointSupervisor(server).reconcile)
     reconciler.register("entities detection jobs", JobSupervisor(server).reconcile)

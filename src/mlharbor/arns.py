@@ -49,3 +49,13 @@ def entity_recognizer_endpoint(region: str, account_id: str, name: str) -> str:
 
 def entities_detection_job(region: str, account_id: str, job_id: str) -> str:
     return str(Arn(PARTITION, "comprehend", region, account_id, f"entities-detection-job/{job_id}"))
+
+
+def named_stream(arn: str) -> tuple[str, str, str] | None:
+    """(region, account, NAME) of a Kinesis data stream (``...:kinesis:R:A:stream/NAME``) or Kinesis Video
+    stream (``...:kinesisvideo:R:A:stream/NAME/CREATION-TIME``) ARN; None if it names no stream."""
+    parsed = parse(arn)
+    if parsed is None or parsed.resource_type != "stream":
+        return None
+    parts = parsed.resource.split("/")
+    return (parsed.region, parsed.account_id, parts[1]) if len(parts) > 1 and parts[1] else None

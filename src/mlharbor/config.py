@@ -78,6 +78,9 @@ class Settings(BaseSettings):
         default=2, ge=1, description="entities detection jobs run at the same time"
     )
     worker_stop_grace_seconds: float = Field(default=5.0, gt=0, description="cooperative stop before kill")
+    stream_analysis_fps: float = Field(
+        default=5.0, gt=0, le=60, description="frames per second a stream processor analyses (AWS: 5)"
+    )
     face_snapshot_min_faces: int = Field(
         default=10_000,
         ge=1,

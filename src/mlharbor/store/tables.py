@@ -56,6 +56,12 @@ stream_processors = Table(
     Column("output_stream_arn", String(2048)),
     # The create request's description members, as validated against the model.
     Column("spec", JSON, nullable=False),
+    # The current session: StartStreamProcessor's id and request; every start and every worker restart
+    # is a new attempt (a superseded worker can no longer write); restarts after crashes this session.
+    Column("attempt", Integer, nullable=False, default=0),
+    Column("session_id", String(64)),
+    Column("session", JSON),
+    Column("restarts", Integer, nullable=False, default=0),
     UniqueConstraint("account_id", "region", "name", name="uq_stream_processor_name"),
 )
 

@@ -49,9 +49,10 @@ from mlharbor.blobs.store import (
 )
 from mlharbor.context import Server
 from mlharbor.runtime import WorkContext
-from mlharbor.services.comprehend import attempts, jobs
+from mlharbor.services import attempts
+from mlharbor.services.attempts import with_details, work_id
+from mlharbor.services.comprehend import jobs
 from mlharbor.services.comprehend import recognizers as er
-from mlharbor.services.comprehend.attempts import with_details, work_id
 from mlharbor.store.db import Store
 from mlharbor.store.tables import entities_detection_jobs as table
 from mlharbor.store.tables import entity_recognizers
@@ -506,7 +507,7 @@ class JobSupervisor:
         log.warning(
             "entities detection job %s was interrupted (%s); retrying from the start", row.arn, reason
         )
-        bumped = attempts.next_attempt(store, table, row, "The job restarted after an interruption")
+        bumped = attempts.next_attempt(store, table, row, message="The job restarted after an interruption")
         if bumped:
             # Started at once, slot or not: it held a slot before the interruption. Waiting for a free
             # slot would leave an IN_PROGRESS row with no worker, which the next pass would count again.

@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, bindparam, select
 
-from mlharbor.services.comprehend import attempts
+from mlharbor.services import attempts
 from mlharbor.services.comprehend.listing import Listing
 from mlharbor.store.db import Store
 from mlharbor.store.tables import entities_detection_jobs as table

@@ -22,10 +22,9 @@ from sqlalchemy import Row, delete, select, update
 from mlharbor.blobs.store import BlobStore, open_blob_store
 from mlharbor.context import Server
 from mlharbor.runtime import WorkContext
-from mlharbor.services import tags
-from mlharbor.services.comprehend import attempts
+from mlharbor.services import attempts, tags
+from mlharbor.services.attempts import with_details, work_id
 from mlharbor.services.comprehend import recognizers as er
-from mlharbor.services.comprehend.attempts import with_details, work_id
 from mlharbor.store.db import Store
 from mlharbor.store.tables import entity_recognizers as table
 
@@ -269,7 +268,7 @@ class TrainingSupervisor:
             _fail(store, row.arn, f"Training was interrupted {MAX_ATTEMPTS} times (last: {reason}).")
             return False
         log.warning("training of %s was interrupted (%s); retrying from the start", row.arn, reason)
-        if not attempts.next_attempt(store, table, row, "Training restarted after an interruption"):
+        if not attempts.next_attempt(store, table, row, message="Training restarted after an interruption"):
             return False
         # Started at once, slot or not: it held a slot before the interruption. Waiting for a free slot
         # would leave a TRAINING row with no worker, which the next pass would count again.

@@ -19,7 +19,7 @@ import logging
 import os
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +28,7 @@ from typing import Any
 import numpy
 from sqlalchemy import Connection, Row, bindparam, delete, insert, select, update
 
+from mlharbor.engines.faces import distance_at, similarity
 from mlharbor.engines.vector_index import VectorIndex
 from mlharbor.errors import ResourceNotFoundException
 from mlharbor.store.tables import face_collections as table
@@ -108,6 +109,45 @@ def descriptor_of(conn: Connection, collection_arn: str, face_id: str) -> tuple[
         )
     ).first()
     return None if row is None else (row.seq, numpy.frombuffer(row.descriptor, dtype="<f4"))
+
+
+def face_json(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The API's ``Face`` from a face row's (or a new face record's) values."""
+    face = {
+        "FaceId": row["face_id"],
+        "BoundingBox": row["box"],
+        "ImageId": row["image_id"],
+        "Confidence": row["confidence"],
+        "IndexFacesModelVersion": row["model_version"],
+    }
+    if row["external_image_id"] is not None:
+        face["ExternalImageId"] = row["external_image_id"]
+    return face
+
+
+def matches(
+    store: Any,
+    indexes: Indexes,
+    collection: Row[Any],
+    descriptor: numpy.ndarray,
+    *,
+    limit: int,
+    threshold: float,
+    skip: int | None = None,
+) -> list[dict[str, Any]]:
+    """``FaceMatches`` for a descriptor: faces at or above ``threshold`` similarity, most similar first,
+    at most ``limit`` (``skip``: the searched face's own seq, never returned)."""
+    with indexes.holding(store, collection) as held:
+        found = held.index.search(descriptor, limit + (skip is not None), distance_at(threshold))
+    found = [m for m in found if m.id != skip][:limit]
+    with store.read() as conn:
+        rows = rows_by_seq(conn, collection.arn, [m.id for m in found])
+    scores = similarity(numpy.array([m.distance for m in found]))
+    return [
+        {"Similarity": float(score), "Face": face_json(rows[m.id]._mapping)}
+        for m, score in zip(found, scores, strict=True)
+        if m.id in rows  # deleted between the search and this read
+    ]
 
 
 def insert_faces(conn: Connection, collection: Row[Any], records: Sequence[dict[str, Any]]) -> list[int]:

@@ -7,7 +7,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from mlharbor import arns
 from mlharbor.api.services import Handler, blocking
 from mlharbor.context import Call
-from mlharbor.engines.faces import MODEL_VERSION, DlibEngine, Face, distance_at, similarity
+from mlharbor.engines.faces import MODEL_VERSION, DlibEngine, Face
 from mlharbor.errors import (
     InvalidParameterException,
     ResourceAlreadyExistsException,
@@ -93,46 +93,23 @@ def _detect(engine: DlibEngine, pixels: numpy.ndarray, *, thorough: bool) -> lis
     return measured[:MAX_FACES_CONSIDERED]
 
 
-def _face(row: Mapping[str, Any]) -> dict[str, Any]:
-    """The API's Face from a face row's (or a new face record's) values."""
-    face = {
-        "FaceId": row["face_id"],
-        "BoundingBox": row["box"],
-        "ImageId": row["image_id"],
-        "Confidence": row["confidence"],
-        "IndexFacesModelVersion": row["model_version"],
-    }
-    if row["external_image_id"] is not None:
-        face["ExternalImageId"] = row["external_image_id"]
-    return face
-
-
 def _collection(call: Call, collection_id: str) -> Any:
     with call.store.read() as conn:
         return coll.require(conn, call.account_id, call.region, collection_id)
 
 
-def _max_distance(params: dict[str, Any]) -> float:
-    # AWS only returns matches at or above the threshold; below 80 we honour the caller's lower bar too.
-    return distance_at(params.get("FaceMatchThreshold", DEFAULT_THRESHOLD))
-
-
 def _matches(
     call: Call, collection: Any, descriptor: numpy.ndarray, params: dict[str, Any], skip: int | None = None
 ) -> list[dict[str, Any]]:
-    """FaceMatches for a descriptor, most similar first (``skip``: the searched face's own seq)."""
-    limit = params.get("MaxFaces", MAX_MATCHES)
-    with _indexes(call).holding(call.store, collection) as held:
-        found = held.index.search(descriptor, limit + (skip is not None), _max_distance(params))
-    found = [m for m in found if m.id != skip][:limit]
-    with call.store.read() as conn:
-        rows = coll.rows_by_seq(conn, collection.arn, [m.id for m in found])
-    scores = similarity(numpy.array([m.distance for m in found]))
-    return [
-        {"Similarity": float(score), "Face": _face(rows[m.id]._mapping)}
-        for m, score in zip(found, scores, strict=True)
-        if m.id in rows  # deleted between the search and this read
-    ]
+    return coll.matches(
+        call.store,
+        _indexes(call),
+        collection,
+        descriptor,
+        limit=params.get("MaxFaces", MAX_MATCHES),
+        threshold=params.get("FaceMatchThreshold", DEFAULT_THRESHOLD),
+        skip=skip,
+    )
 
 
 # --- collections -----------------------------------------------------------------------------------------
@@ -217,7 +194,7 @@ def index_faces(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     _store_faces(call, collection, records)
     return {
         "FaceRecords": [
-            {"Face": _face(r), "FaceDetail": m.detail(attributes)}
+            {"Face": coll.face_json(r), "FaceDetail": m.detail(attributes)}
             for r, m in zip(records, passing, strict=True)
         ],
         "FaceModelVersion": collection.model_version,
@@ -297,7 +274,7 @@ def list_faces(call: Call, params: dict[str, Any]) -> dict[str, Any]:
                 conn, collection.arn, after=after, face_ids=params.get("FaceIds"), limit=limit + 1
             )
     result: dict[str, Any] = {
-        "Faces": [_face(r._mapping) for r in rows[:limit]],
+        "Faces": [coll.face_json(r._mapping) for r in rows[:limit]],
         "FaceModelVersion": collection.model_version,
     }
     if len(rows) > limit:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Any
 
 from sqlalchemy import delete, insert
 from sqlalchemy.exc import IntegrityError
 
 from mlharbor import arns
-from mlharbor.api.services import Handler
+from mlharbor.api.services import Handler, blocking
 from mlharbor.context import Call
 from mlharbor.errors import (
     InvalidParameterException,
@@ -21,10 +22,11 @@ from mlharbor.errors import (
 from mlharbor.services import tags
 from mlharbor.services.rekognition import face_operations
 from mlharbor.services.rekognition import stream_processors as sp
+from mlharbor.services.rekognition.streaming import stream_work_id
 from mlharbor.store.tables import stream_processors as sp_table
+from mlharbor.store.transitions import transition
 
 TAG_LIMIT = 50  # per resource; AWS does not publish Rekognition's number (research §6 #11)
-CONNECTED_HOME_LABELS = frozenset({"PERSON", "PET", "PACKAGE", "ALL"})
 NAME_IN_USE = "Stream processor name already in use."
 
 
@@ -54,11 +56,7 @@ def _check_settings(params: dict[str, Any]) -> None:
             )
         if "NotificationChannel" not in params:
             raise InvalidParameterException("A connected home stream processor needs a NotificationChannel.")
-        unknown = set(settings["ConnectedHome"]["Labels"]) - CONNECTED_HOME_LABELS
-        if unknown:
-            raise InvalidParameterException(
-                f"Unsupported label(s) {sorted(unknown)}; valid values are PERSON, PET, PACKAGE, ALL."
-            )
+        sp.check_labels(settings["ConnectedHome"]["Labels"])
 
 
 def create_stream_processor(call: Call, params: dict[str, Any]) -> dict[str, Any]:
@@ -145,6 +143,70 @@ def delete_stream_processor(call: Call, params: dict[str, Any]) -> None:
         if removed != 1:
             raise ResourceInUseException("Cannot delete stream processor.")
         tags.remove_all(conn, row.arn)
+    call.server.executor.request_stop(stream_work_id(row.arn, row.attempt))  # a STOPPING worker ends now
+
+
+# --- sessions: Start, Stop, Update -------------------------------------------------------------------------
+NOT_STOPPABLE = "Stream Processor not available for stopping"
+
+
+@blocking
+def start_stream_processor(call: Call, params: dict[str, Any]) -> dict[str, Any]:
+    row = _existing(call, params["Name"])
+    face_search = "FaceSearch" in row.spec["Settings"]
+    if face_search and ("StartSelector" in params or "StopSelector" in params):
+        raise InvalidParameterException(
+            "StartSelector and StopSelector are for connected home (label detection) stream processors only."
+        )
+    if row.status not in ("STOPPED", "FAILED"):
+        raise ResourceInUseException(f"Stream processor {row.name} is {row.status} and cannot be started.")
+    session_id = str(uuid.uuid4())
+    session = {key: params[key] for key in ("StartSelector", "StopSelector") if key in params}
+    with call.store.begin() as conn:
+        started = transition(
+            conn, sp_table, sp.STATES, sp_table.c.arn == row.arn, current=row.status, version=row.version,
+            target="STARTING", updated_at=time.time(), attempt=row.attempt + 1, session_id=session_id,
+            session=session, restarts=0, status_message=None,
+        )  # fmt: skip
+    if not started:
+        raise ResourceInUseException(f"Stream processor {row.name} is busy; try again.")
+    call.server.extras["rekognition.streams"].submit(row.arn, row.attempt + 1)
+    return {"SessionId": session_id}
+
+
+def stop_stream_processor(call: Call, params: dict[str, Any]) -> None:
+    row = _existing(call, params["Name"])
+    if row.status not in ("STARTING", "RUNNING"):
+        raise ResourceInUseException(NOT_STOPPABLE)
+    with call.store.begin() as conn:
+        stopping = transition(
+            conn, sp_table, sp.STATES, sp_table.c.arn == row.arn, current=row.status, version=row.version,
+            target="STOPPING", updated_at=time.time(),
+        )  # fmt: skip
+    if not stopping:
+        raise ResourceInUseException(NOT_STOPPABLE)
+    # The worker stops at once and records STOPPED; with no worker (between restarts), the reconciler does.
+    if not call.server.executor.request_stop(stream_work_id(row.arn, row.attempt)):
+        call.server.reconciler.wake()
+
+
+def update_stream_processor(call: Call, params: dict[str, Any]) -> None:
+    row = _existing(call, params["Name"])
+    spec = sp.updated_spec(row.spec, params)  # InvalidParameterException for what AWS does not allow
+    if row.status not in ("STOPPED", "FAILED"):
+        raise ResourceInUseException(f"Stream processor {row.name} is {row.status} and cannot be updated.")
+    with call.store.begin() as conn:
+        where = sp_table.c.arn == row.arn
+        now = time.time()
+        # UPDATING while the change is written; the update is one transaction, so it ends STOPPED at once.
+        if not transition(
+            conn, sp_table, sp.STATES, where, current=row.status, version=row.version, target="UPDATING",
+            updated_at=now, spec=spec,
+        ) or not transition(
+            conn, sp_table, sp.STATES, where, current="UPDATING", version=row.version + 1, target="STOPPED",
+            updated_at=now, status_message=None,
+        ):  # fmt: skip
+            raise ResourceInUseException(f"Stream processor {row.name} is busy; try again.")
 
 
 def _taggable(call: Call, arn: str) -> str:
@@ -182,6 +244,9 @@ OPERATIONS: dict[str, Handler] = {
     "DescribeStreamProcessor": describe_stream_processor,
     "ListStreamProcessors": list_stream_processors,
     "DeleteStreamProcessor": delete_stream_processor,
+    "StartStreamProcessor": start_stream_processor,
+    "StopStreamProcessor": stop_stream_processor,
+    "UpdateStreamProcessor": update_stream_processor,
     "TagResource": tag_resource,
     "UntagResource": untag_resource,
     "ListTagsForResource": list_tags_for_resource,

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from sqlalchemy import Connection, Row, bindparam, func, select, tuple_
 
+from mlharbor.errors import InvalidParameterException
 from mlharbor.store.tables import stream_processors as table
 from mlharbor.store.transitions import machine
 
 # §2.4 of the research: Start only from STOPPED/FAILED; Update only from STOPPED/FAILED through UPDATING.
+# RUNNING → RUNNING records a restarted worker or a StatusMessage change (an output outage) while running.
 STATES = machine(
     "stream processor",
     initial="STOPPED",
@@ -17,13 +20,15 @@ STATES = machine(
         "STOPPED": ("STARTING", "UPDATING"),
         "FAILED": ("STARTING", "UPDATING"),
         "STARTING": ("RUNNING", "STOPPING", "STOPPED", "FAILED"),
-        "RUNNING": ("STOPPING", "FAILED"),
+        "RUNNING": ("RUNNING", "STOPPING", "FAILED"),
         "STOPPING": ("STOPPED", "FAILED"),
         "UPDATING": ("STOPPED", "FAILED"),
     },
 )
 # Deleting removes the row; AWS refuses it while the processor is busy ("Cannot delete stream processor.").
 DELETABLE = frozenset({"STOPPED", "FAILED", "STOPPING"})
+
+CONNECTED_HOME_LABELS = frozenset({"PERSON", "PET", "PACKAGE", "ALL"})
 
 # The create request members that Describe echoes back.
 SPEC_MEMBERS = (
@@ -99,3 +104,38 @@ def describe(row: Row[Any]) -> dict[str, Any]:
     }
     out.update({key: row.spec[key] for key in SPEC_MEMBERS if key in row.spec})
     return out
+
+
+def check_labels(labels: list[str]) -> None:
+    unknown = set(labels) - CONNECTED_HOME_LABELS
+    if unknown:
+        raise InvalidParameterException(
+            f"Unsupported label(s) {sorted(unknown)}; valid values are PERSON, PET, PACKAGE, ALL."
+        )
+
+
+def updated_spec(spec: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """The description after UpdateStreamProcessor: connected home labels and confidence, regions of
+    interest, data sharing; ``ParametersToDelete`` removes the confidence or the regions. Face search
+    processors can only change data sharing (AWS has no face search member to update)."""
+    spec = copy.deepcopy(spec)
+    connected = spec["Settings"].get("ConnectedHome")
+    changes = params.get("SettingsForUpdate", {}).get("ConnectedHomeForUpdate", {})
+    deleted = set(params.get("ParametersToDelete", []))
+    if connected is None and (changes or "RegionsOfInterestForUpdate" in params or deleted):
+        raise InvalidParameterException(
+            "Only DataSharingPreferenceForUpdate applies to a face search stream processor."
+        )
+    if connected is not None:
+        if "Labels" in changes:
+            check_labels(changes["Labels"])
+        connected.update(changes)
+        if "ConnectedHomeMinConfidence" in deleted:
+            connected.pop("MinConfidence", None)
+    if "RegionsOfInterestForUpdate" in params:
+        spec["RegionsOfInterest"] = params["RegionsOfInterestForUpdate"]
+    if "RegionsOfInterest" in deleted:
+        spec.pop("RegionsOfInterest", None)
+    if "DataSharingPreferenceForUpdate" in params:
+        spec["DataSharingPreference"] = params["DataSharingPreferenceForUpdate"]
+    return spec

@@ -1,4 +1,5 @@
-"""What recognizer training and detection jobs share: work that runs in attempts, and stops on request.
+"""What long-running work shares (recognizer training, detection jobs, stream processors): work that runs
+in attempts, and stops on request.
 
 A row carries an attempt number; a crashed worker is retried with the next one, and every write a worker
 makes is guarded by its attempt, so a worker that outlived a crash cannot overwrite its replacement's work.
@@ -88,14 +89,14 @@ def move(
     raise RuntimeError(f"could not update {arn}: too much contention")
 
 
-def next_attempt(store: Store, table: Table, row: Row[Any], message: str) -> bool:
-    """Give the row a new attempt number (the old attempt's worker can no longer write)."""
+def next_attempt(store: Store, table: Table, row: Row[Any], **values: Any) -> bool:
+    """Give the row a new attempt number (the old attempt's worker can no longer write), and ``values``."""
     with store.begin() as conn:
         return bool(
             conn.execute(
                 update(table)
                 .where(table.c.arn == row.arn, table.c.version == row.version)
-                .values(attempt=row.attempt + 1, version=row.version + 1, message=message)
+                .values(attempt=row.attempt + 1, version=row.version + 1, **values)
             ).rowcount
         )
 
@@ -103,13 +104,19 @@ def next_attempt(store: Store, table: Table, row: Row[Any], message: str) -> boo
 class StopWatch:
     """True once a stop was requested, through the executor or in the database (after a restart, or
     from another server process, the database is the only channel); also once the row left
-    ``running_state`` for any reason or a newer attempt replaced this one."""
+    ``running_state`` (one state or a set) for any reason or a newer attempt replaced this one."""
 
     def __init__(
-        self, ctx: WorkContext, store: Store, table: Table, arn: str, attempt: int, running_state: str
+        self,
+        ctx: WorkContext,
+        store: Store,
+        table: Table,
+        arn: str,
+        attempt: int,
+        running_state: str | frozenset[str],
     ) -> None:
         self.ctx, self.store, self.table, self.arn, self.attempt = ctx, store, table, arn, attempt
-        self.running_state = running_state
+        self.running_states = {running_state} if isinstance(running_state, str) else running_state
         self._next_check = 0.0
         self._seen = False
 
@@ -124,5 +131,5 @@ class StopWatch:
                 row = conn.execute(
                     select(self.table.c.status, self.table.c.attempt).where(self.table.c.arn == self.arn)
                 ).first()
-            self._seen = row is None or row.status != self.running_state or row.attempt != self.attempt
+            self._seen = row is None or row.status not in self.running_states or row.attempt != self.attempt
         return self._seen

@@ -1,0 +1,260 @@
+"""Stream processor sessions: the worker that analyses a video stream, and the reconcile pass.
+
+Desired state lives in the database: StartStreamProcessor moves the row to STARTING with a new attempt
+and submits a worker; StopStreamProcessor moves it to STOPPING and asks the worker to stop. The worker
+opens the video source, checks the collection and the output, moves STARTING → RUNNING, then analyses
+frames at the analysis rate until it is asked to stop; it sends what it still holds and only then moves
+STOPPING → STOPPED, so nothing is written after STOPPED. Problems it can name (unknown video stream,
+missing collection or output stream, unreadable video) end the session FAILED with AWS's StatusMessage.
+
+The reconcile pass restarts a worker that died (crash, kill) with backoff, and FAILED after
+``MAX_RESTARTS`` in one session; after a server restart it brings every STARTING/RUNNING processor back
+(a new attempt each time: a superseded worker can no longer write), and it finishes STOPPING rows that
+have no worker.
+
+Face search output: one Kinesis record per analysed frame, also when no face is found (research §6 #12),
+partition key = the processor's name. MLHarbor's video sources have no Kinesis Video fragments, so the
+record's ``FragmentNumber`` names a ``FRAGMENT_SECONDS`` slice of the session (a decimal string that only
+grows), and the timestamps are the slice's start.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Row, select
+
+from mlharbor import arns
+from mlharbor.context import Server
+from mlharbor.errors import ResourceNotFoundException
+from mlharbor.runtime import WorkContext
+from mlharbor.services import attempts
+from mlharbor.services.attempts import StopWatch, work_id
+from mlharbor.services.rekognition import collections as coll
+from mlharbor.services.rekognition import face_details
+from mlharbor.services.rekognition import stream_processors as sp
+from mlharbor.services.rekognition.sinks import KinesisSink, SinkUnavailable
+from mlharbor.store.db import Store
+from mlharbor.store.tables import stream_processors as table
+
+log = logging.getLogger(__name__)
+
+TARGET = "mlharbor.services.rekognition.streaming:stream_worker"
+MARK = "#stream-"  # in every stream processor work id (tells them from other work)
+MAX_RESTARTS = 3  # worker deaths in one session before the processor is FAILED
+RESTART_BACKOFF_S = (1.0, 4.0, 16.0)
+HEARTBEAT_S = 1.0
+FRAGMENT_SECONDS = 2.0  # Kinesis Video's usual fragment length
+MIN_FACE_MATCH_THRESHOLD = 80.0  # AWS raises lower FaceMatchThreshold values to 80
+MATCHES_PER_FACE = 10
+ACTIVE = frozenset({"STARTING", "RUNNING"})
+
+
+def stream_work_id(arn: str, attempt: int) -> str:
+    return work_id(f"{arn}{MARK}", attempt)
+
+
+# --- The worker -----------------------------------------------------------------------------------------
+def stream_worker(ctx: WorkContext, payload: dict[str, Any]) -> dict[str, Any]:
+    return attempts.run_worker(ctx, payload, _session)
+
+
+def _move(store: Store, arn: str, targets: dict[str, str], attempt: int, **values: Any) -> str | None:
+    return attempts.move(store, table, sp.STATES, arn, targets, attempt=attempt, **values)
+
+
+def _fail(store: Store, arn: str, attempt: int, message: str) -> None:
+    log.warning("stream processor %s failed: %s", arn, message)
+    targets = {"STARTING": "FAILED", "RUNNING": "FAILED", "STOPPING": "FAILED"}
+    _move(store, arn, targets, attempt, status_message=message)
+
+
+def _session(ctx: WorkContext, store: Store, payload: dict[str, Any]) -> dict[str, Any]:
+    arn, attempt = payload["arn"], payload["attempt"]
+    with store.read() as conn:
+        row = conn.execute(select(table).where(table.c.arn == arn)).first()
+    if row is None or row.attempt != attempt or row.status not in ACTIVE:
+        return {"stopped": False, "skipped": True}
+    if "FaceSearch" not in row.spec["Settings"]:
+        _fail(store, arn, attempt, "Connected home (label detection) stream processing is not available yet.")
+        return {"stopped": False}
+    try:
+        session = _FaceSearchSession(store, row, payload)
+    except _Unusable as exc:
+        _fail(store, arn, attempt, str(exc))
+        return {"stopped": False}
+    try:
+        return session.run(ctx)
+    finally:
+        session.close()
+
+
+class _Unusable(Exception):
+    """The session cannot run; ``str()`` is the StatusMessage (AWS's wording where it documents one)."""
+
+
+class _FaceSearchSession:
+    def __init__(self, store: Store, row: Row[Any], payload: dict[str, Any]) -> None:
+        from mlharbor.engines.faces import DlibEngine
+        from mlharbor.engines.video import VideoError, VideoSource
+
+        self.store, self.row, self.attempt = store, row, payload["attempt"]
+        settings = row.spec["Settings"]["FaceSearch"]
+        self.threshold = max(MIN_FACE_MATCH_THRESHOLD, settings.get("FaceMatchThreshold", 80.0))
+        self.input_arn = row.input_stream_arn
+        named = arns.named_stream(self.input_arn)
+        stream = named[2] if named else self.input_arn
+        url = payload["video_streams"].get(stream)
+        if url is None:
+            raise _Unusable(f"Stream {stream} under account {row.account_id} not found")
+        with store.read() as conn:
+            self.collection = coll.find(conn, row.account_id, row.region, settings["CollectionId"])
+        if self.collection is None:
+            raise _Unusable("Collection not found")
+        try:
+            self.sink = KinesisSink(row.output_stream_arn, partition_key=row.name)
+            self.sink.check()
+        except SinkUnavailable as exc:
+            raise _Unusable(str(exc)) from None
+        self.indexes = coll.Indexes(Path(payload["data_dir"]) / "face-vectors", snapshot_min_faces=2**62)
+        self.engine = DlibEngine()
+        self.source = VideoSource(url, fps=payload["fps"], max_side=1280)
+        try:
+            self.source.open()
+        except VideoError as exc:
+            raise _Unusable(f"Unable to read video stream {stream}: {exc}") from None
+        self.fragment_base = int(time.time() * 1000) * 100_000
+
+    def close(self) -> None:
+        self.source.close()
+
+    def run(self, ctx: WorkContext) -> dict[str, Any]:
+        from mlharbor.engines.video import VideoError
+
+        arn = self.row.arn
+        if _move(self.store, arn, {"STARTING": "RUNNING", "RUNNING": "RUNNING"}, self.attempt) is None:
+            return {"stopped": True}  # stopped (or deleted, or superseded) while it was starting
+        stop = StopWatch(ctx, self.store, table, arn, self.attempt, ACTIVE)
+        frames, next_beat, reported_error = 0, 0.0, None
+        while not stop():
+            try:
+                frame = self.source.next(timeout=0.1)
+            except VideoError as exc:
+                self.sink.flush()
+                _fail(self.store, arn, self.attempt, f"Unable to read video stream: {exc}")
+                return {"stopped": False}
+            if frame is not None:
+                try:
+                    self.sink.put(self._record(frame))
+                except ResourceNotFoundException:
+                    _fail(self.store, arn, self.attempt, "Collection not found")
+                    return {"stopped": False}
+                frames += 1
+            self.sink.flush()
+            if self.sink.error != reported_error:  # a Kinesis outage shows in StatusMessage
+                reported_error = self.sink.error
+                _move(self.store, arn, {"RUNNING": "RUNNING"}, self.attempt, status_message=reported_error)
+            if time.monotonic() >= next_beat:
+                next_beat = time.monotonic() + HEARTBEAT_S
+                ctx.heartbeat({"frames": frames, "sent": self.sink.sent, "dropped": self.source.dropped})
+        return self._stopped(frames)
+
+    def _stopped(self, frames: int) -> dict[str, Any]:
+        """Send what is left, then record STOPPED: nothing is written after it. A stop that is not a
+        StopStreamProcessor (the server is shutting down) leaves the row RUNNING, to resume on restart."""
+        deadline = time.monotonic() + 0.2
+        while not self.sink.flush() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        _move(self.store, self.row.arn, {"STOPPING": "STOPPED"}, self.attempt, status_message=None)
+        return {"stopped": True, "frames": frames}
+
+    def _record(self, frame: Any) -> dict[str, Any]:
+        fragment = int(frame.stream_seconds // FRAGMENT_SECONDS)
+        offset = frame.stream_seconds - fragment * FRAGMENT_SECONDS
+        return {
+            "InputInformation": {
+                "KinesisVideo": {
+                    "StreamArn": self.input_arn,
+                    "FragmentNumber": str(self.fragment_base + fragment),
+                    "ServerTimestamp": round(frame.received_time - offset, 3),
+                    "ProducerTimestamp": round(frame.producer_time - offset, 3),
+                    "FrameOffsetInSeconds": round(offset, 3),
+                }
+            },
+            "StreamProcessorInformation": {"Status": "RUNNING"},
+            "FaceSearchResponse": self._search(frame.pixels),
+        }
+
+    def _search(self, pixels: Any) -> list[dict[str, Any]]:
+        measured = [face_details.measure(pixels, f) for f in self.engine.detect(pixels, 0)]
+        measured.sort(key=lambda m: -m.area)
+        faces = self.engine.embed(pixels, [m.face for m in measured])
+        results = []
+        for m, face in zip(measured, faces, strict=True):
+            found = coll.matches(
+                self.store, self.indexes, self.collection, face.descriptor,
+                limit=MATCHES_PER_FACE, threshold=self.threshold,
+            )  # fmt: skip
+            for match in found:
+                match["Face"].pop("IndexFacesModelVersion", None)  # not in the stream record's Face
+            results.append({"DetectedFace": m.detail(None), "MatchedFaces": found})
+        return results
+
+
+# --- The reconcile pass ---------------------------------------------------------------------------------
+class StreamSupervisor:
+    """Keeps every STARTING/RUNNING processor's worker alive and finishes stops nobody else can."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self._died_at: dict[str, float] = {}  # work id → when its death was noticed
+
+    def payload(self, arn: str, attempt: int) -> dict[str, Any]:
+        settings = self.server.settings
+        return attempts.payload(
+            settings, arn, attempt, video_streams=settings.video_streams, fps=settings.stream_analysis_fps
+        )
+
+    def reconcile(self) -> None:
+        store, executor = self.server.store, self.server.executor
+        with store.read() as conn:
+            rows = conn.execute(
+                select(table).where(table.c.status.in_(["STARTING", "RUNNING", "STOPPING"]))
+            ).all()
+        running = set(executor.running())
+        for row in rows:
+            wid = stream_work_id(row.arn, row.attempt)
+            if wid in running:
+                if row.status == "STOPPING":
+                    executor.request_stop(wid)  # the stop may have come through another server
+                continue
+            if row.status == "STOPPING":
+                _move(store, row.arn, {"STOPPING": "STOPPED"}, row.attempt, status_message=None)
+                continue
+            status = executor.status(wid)
+            if status is None:  # never ran here: the server restarted
+                self._restart(row, "the server restarted", count=False)
+            elif self._due(wid, status.ended_at or time.time(), row.restarts):
+                self._restart(row, status.error or status.state, count=True)
+
+    def _due(self, wid: str, ended_at: float, restarts: int) -> bool:
+        died = self._died_at.setdefault(wid, ended_at)
+        return time.time() >= died + RESTART_BACKOFF_S[min(restarts, len(RESTART_BACKOFF_S) - 1)]
+
+    def _restart(self, row: Row[Any], reason: str, *, count: bool) -> None:
+        store = self.server.store
+        if count and row.restarts + 1 >= MAX_RESTARTS:
+            message = f"The stream processor stopped unexpectedly {MAX_RESTARTS} times (last: {reason})."
+            _fail(store, row.arn, row.attempt, message)
+            return
+        self._died_at.pop(stream_work_id(row.arn, row.attempt), None)
+        log.warning("stream processor %s: worker gone (%s); restarting", row.arn, reason)
+        values = {"restarts": row.restarts + 1} if count else {}
+        if attempts.next_attempt(store, table, row, **values):
+            self.submit(row.arn, row.attempt + 1)
+
+    def submit(self, arn: str, attempt: int) -> None:
+        self.server.executor.submit(stream_work_id(arn, attempt), TARGET, self.payload(arn, attempt))

@@ -1,0 +1,83 @@
+"""Small real video files for tests: write frames to an H.264 MP4, and frames with a real face in them.
+
+``write_video(path, frames, fps=10)`` encodes RGB frames (H x W x 3 uint8, all the same even size) into an
+H.264 MP4 (yuv420p, constant frame rate ``fps``: frame i has pts i / fps) with PyAV, so tests need no
+FFmpeg binary. ``portrait_frames(count, size=(640, 480))`` makes frames with the repository's test photo
+``tests/data/grace_hopper.jpg`` (one frontal face) on a uniform grey background, moving slowly from left
+to right and back, e.g. ``write_video(tmp_path / "face.mp4", portrait_frames(20))`` is a 2 s clip of one
+face. The grey is ``BACKGROUND`` and survives H.264 compression within a few levels, so tests can check
+pixel values in the corners; the photo never covers the 16-pixel border.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from fractions import Fraction
+from functools import cache
+from pathlib import Path
+
+import av
+import numpy
+from PIL import Image
+
+DATA = Path(__file__).parent.parent / "data"
+PORTRAIT = DATA / "grace_hopper.jpg"
+BACKGROUND = (128, 128, 128)
+BORDER = 16  # pixels along each edge that the photo never covers
+
+
+def write_video(path: Path, frames: Sequence[numpy.ndarray], fps: int = 10, codec: str = "libx264") -> Path:
+    """Encode ``frames`` (RGB uint8, H x W x 3, same even size) at ``fps`` into ``path``; returns ``path``.
+
+    The container follows the file name (``.mp4`` for the H.264 MP4 most tests want). Frame i is shown at
+    i / fps seconds, so the clip lasts ``len(frames) / fps`` seconds.
+    """
+    if not frames:
+        raise ValueError("write_video needs at least one frame")
+    height, width = frames[0].shape[:2]
+    if width % 2 or height % 2:
+        raise ValueError(f"yuv420p needs an even width and height, not {width}x{height}")
+    path = Path(path)
+    time_base = Fraction(1, fps)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height = width, height
+        stream.pix_fmt = "yuv420p"
+        stream.time_base = time_base
+        for i, pixels in enumerate(frames):
+            if pixels.shape != (height, width, 3) or pixels.dtype != numpy.uint8:
+                raise ValueError(
+                    f"frame {i} is {pixels.shape} {pixels.dtype}, not ({height}, {width}, 3) uint8"
+                )
+            frame = av.VideoFrame.from_ndarray(numpy.ascontiguousarray(pixels), format="rgb24")
+            frame.pts, frame.time_base = i, time_base
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
+
+
+@cache
+def _portrait(height: int) -> Image.Image:
+    photo = Image.open(PORTRAIT).convert("RGB")
+    width = round(photo.width * height / photo.height)
+    return photo.resize((width, height), Image.Resampling.LANCZOS)
+
+
+def portrait_frames(count: int, size: tuple[int, int] = (640, 480)) -> list[numpy.ndarray]:
+    """``count`` RGB frames of ``size`` (width, height): the test portrait on a grey background.
+
+    The photo is scaled to 70% of the frame height (a face large enough for detectors at 640x480 and at
+    half that size) and moves a few pixels per frame, left to right and back, inside the border.
+    """
+    width, height = size
+    photo = _portrait(max(1, round(height * 0.7)))
+    room = max(0, width - 2 * BORDER - photo.width)  # horizontal travel
+    top = max(BORDER, (height - photo.height) // 2)
+    frames = []
+    for i in range(count):
+        step = (4 * i) % (2 * room) if room else 0
+        left = BORDER + (step if step <= room else 2 * room - step)
+        canvas = Image.new("RGB", (width, height), BACKGROUND)
+        canvas.paste(photo, (left, top))
+        frames.append(numpy.asarray(canvas))
+    return frames

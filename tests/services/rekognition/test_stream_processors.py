@@ -1,0 +1,278 @@
+"""Stream processor sessions end to end: a real server reading a video file with a face, searching a real
+collection and putting records on moto's Kinesis; Start/Stop/Update/Delete rules; failures; restarts."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+
+from tests.conftest import (
+    REGION,
+    RunningServer,
+    _fresh_database,
+    aws_env,
+    start_server,
+    stop_server,
+    unique,
+    wait_until,
+)
+from tests.engines.video_files import portrait_frames, write_video
+
+ACCOUNT = "000000000000"
+DATA = Path(__file__).parent.parent.parent / "data"
+CAMERAS = [f"cam{i}" for i in range(8)]
+
+
+@pytest.fixture(scope="module")
+def streaming(tmp_path_factory, moto_endpoint) -> Iterator[RunningServer]:  # type: ignore[no-untyped-def]
+    """A server whose video streams cam0..cam7 play a looping 4 s video of Grace Hopper's portrait, with
+    moto as its Kinesis endpoint."""
+    tmp = tmp_path_factory.mktemp("streaming")
+    video = write_video(tmp / "hopper.mp4", portrait_frames(40), fps=10)
+    url, drop = _fresh_database(tmp)
+    streams = [arg for name in CAMERAS for arg in ("--video-stream", f"{name}={video}")]
+    server = start_server(tmp, url, *streams, "--video-stream", "broken=/nonexistent/video.mp4",
+                          env=aws_env(moto_endpoint, tmp))  # fmt: skip
+    yield server
+    stop_server(server)
+    drop()
+
+
+@pytest.fixture
+def kinesis(moto_endpoint):  # type: ignore[no-untyped-def]
+    return boto3.client(
+        "kinesis", endpoint_url=moto_endpoint, region_name=REGION,
+        aws_access_key_id="test", aws_secret_access_key="test",
+    )  # fmt: skip
+
+
+def data_stream(kinesis) -> str:  # type: ignore[no-untyped-def]
+    name = unique("results")
+    kinesis.create_stream(StreamName=name, ShardCount=1)
+    return kinesis.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"]["StreamARN"]
+
+
+def processor(rek, camera: str, output_arn: str, collection: str, name: str | None = None, **extra):  # type: ignore[no-untyped-def]
+    name = name or unique("sp")
+    rek.create_stream_processor(
+        Name=name,
+        Input={"KinesisVideoStream": {"Arn": f"arn:aws:kinesisvideo:{REGION}:{ACCOUNT}:stream/{camera}/1"}},
+        Output={"KinesisDataStream": {"Arn": output_arn}},
+        Settings={"FaceSearch": {"CollectionId": collection, "FaceMatchThreshold": 70.0}},
+        RoleArn=f"arn:aws:iam::{ACCOUNT}:role/rekognition",
+        **extra,
+    )
+    return name
+
+
+def status(rek, name: str) -> str:  # type: ignore[no-untyped-def]
+    return rek.describe_stream_processor(Name=name)["Status"]
+
+
+class Records:
+    """Everything put on one Kinesis stream so far (one shard), decoded."""
+
+    def __init__(self, kinesis, stream_arn: str) -> None:  # type: ignore[no-untyped-def]
+        self.kinesis, self.items = kinesis, []
+        name = stream_arn.rsplit("/", 1)[1]  # moto's iterators only work when asked by name
+        shard = kinesis.list_shards(StreamName=name)["Shards"][0]["ShardId"]
+        self.iterator = kinesis.get_shard_iterator(
+            StreamName=name, ShardId=shard, ShardIteratorType="TRIM_HORIZON"
+        )["ShardIterator"]
+
+    def read(self) -> list[dict]:
+        response = self.kinesis.get_records(ShardIterator=self.iterator, Limit=1000)
+        self.iterator = response["NextShardIterator"]
+        self.items += [(r["PartitionKey"], json.loads(r["Data"])) for r in response["Records"]]
+        return [data for _, data in self.items]
+
+
+@pytest.fixture(scope="module")
+def hopper_collection(streaming) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+    rek = streaming.client("rekognition")
+    collection = unique("people")
+    rek.create_collection(CollectionId=collection)
+    hopper = {"Bytes": (DATA / "grace_hopper.jpg").read_bytes()}
+    record = rek.index_faces(CollectionId=collection, Image=hopper, ExternalImageId="grace")["FaceRecords"][0]
+    rek.index_faces(CollectionId=collection, Image={"Bytes": (DATA / "astronaut.jpg").read_bytes()})
+    return collection, record["Face"]["FaceId"]
+
+
+def test_face_search_puts_a_record_per_frame_with_the_match_and_stops_cleanly(
+    streaming, kinesis, hopper_collection
+):
+    rek = streaming.client("rekognition")
+    collection, face_id = hopper_collection
+    output = data_stream(kinesis)
+    name = processor(rek, CAMERAS[0], output, collection)
+    session = rek.start_stream_processor(Name=name)["SessionId"]
+    assert uuid.UUID(session)
+    records = Records(kinesis, output)
+    wait_until(lambda: status(rek, name) == "RUNNING", what="RUNNING")
+    wait_until(lambda: len(records.read()) >= 5, timeout=60, what="five records")
+
+    record = records.items[-1][1]
+    assert records.items[-1][0] == name  # partition key
+    video = record["InputInformation"]["KinesisVideo"]
+    assert video["StreamArn"] == f"arn:aws:kinesisvideo:{REGION}:{ACCOUNT}:stream/{CAMERAS[0]}/1"
+    assert re.fullmatch(r"[0-9]+", video["FragmentNumber"])
+    assert abs(video["ServerTimestamp"] - time.time()) < 60 and 0 <= video["FrameOffsetInSeconds"] < 2
+    assert record["StreamProcessorInformation"] == {"Status": "RUNNING"}
+    [found] = record["FaceSearchResponse"]
+    assert set(found["DetectedFace"]) >= {"BoundingBox", "Confidence", "Landmarks", "Pose", "Quality"}
+    [match] = found["MatchedFaces"]  # Grace Hopper, not the astronaut
+    assert match["Face"]["FaceId"] == face_id and match["Face"]["ExternalImageId"] == "grace"
+    assert match["Similarity"] >= 80 and set(match["Face"]) == {
+        "BoundingBox", "FaceId", "Confidence", "ImageId", "ExternalImageId",
+    }  # fmt: skip
+    # Frames are analysed at 5 per second of video.
+    offsets = [r["InputInformation"]["KinesisVideo"] for _, r in records.items]
+    times = [o["ProducerTimestamp"] + o["FrameOffsetInSeconds"] for o in offsets]
+    assert all(later - earlier >= 0.19 for earlier, later in zip(times, times[1:], strict=False))
+
+    started = time.monotonic()
+    rek.stop_stream_processor(Name=name)
+    wait_until(lambda: status(rek, name) == "STOPPED", timeout=5, interval=0.01, what="STOPPED")
+    assert time.monotonic() - started < 2.0  # the target is 0.5 s; bench/stream.py measures it
+    # Nothing is written after STOPPED: the stream stays as it was for the next second (5 frames' worth).
+    count = len(records.read())
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        assert len(records.read()) == count
+
+    described = rek.describe_stream_processor(Name=name)
+    assert described["LastUpdateTimestamp"] >= described["CreationTimestamp"]
+    rek.delete_stream_processor(Name=name)
+
+
+def test_a_stranger_is_detected_but_not_matched(streaming, kinesis):
+    rek = streaming.client("rekognition")
+    strangers = unique("strangers")
+    rek.create_collection(CollectionId=strangers)
+    rek.index_faces(CollectionId=strangers, Image={"Bytes": (DATA / "astronaut.jpg").read_bytes()})
+    output = data_stream(kinesis)
+    name = processor(rek, CAMERAS[1], output, strangers)
+    rek.start_stream_processor(Name=name)
+    records = Records(kinesis, output)
+    wait_until(lambda: any(r["FaceSearchResponse"] for r in records.read()), timeout=60, what="a face")
+    faces = [f for r in records.items for f in r[1]["FaceSearchResponse"]]
+    assert faces and all(f["MatchedFaces"] == [] for f in faces)
+    rek.stop_stream_processor(Name=name)
+    wait_until(lambda: status(rek, name) == "STOPPED", what="STOPPED")
+
+
+def test_stop_start_update_and_delete_follow_the_state_table(streaming, kinesis, hopper_collection):
+    rek = streaming.client("rekognition")
+    output = data_stream(kinesis)
+    name = processor(rek, CAMERAS[2], output, hopper_collection[0])
+
+    def code(call, **params):  # type: ignore[no-untyped-def]
+        with pytest.raises(ClientError) as excinfo:
+            call(**params)
+        return excinfo.value.response["Error"]["Code"], excinfo.value.response["Error"]["Message"]
+
+    not_stoppable = ("ResourceInUseException", "Stream Processor not available for stopping")
+    assert code(rek.stop_stream_processor, Name=name) == not_stoppable  # STOPPED
+    assert code(rek.stop_stream_processor, Name="no-such-processor")[0] == "ResourceNotFoundException"
+    assert code(rek.stop_stream_processor, Name="bad name!")[0] == "InvalidParameterException"
+    assert code(rek.start_stream_processor, Name=name, StopSelector={"MaxDurationInSeconds": 5})[0] == (
+        "InvalidParameterException"  # selectors are for connected home processors
+    )
+
+    rek.start_stream_processor(Name=name)
+    wait_until(lambda: status(rek, name) == "RUNNING", what="RUNNING")
+    assert code(rek.start_stream_processor, Name=name)[0] == "ResourceInUseException"
+    assert code(rek.delete_stream_processor, Name=name) == (
+        "ResourceInUseException", "Cannot delete stream processor."
+    )  # fmt: skip
+    update = {"Name": name, "DataSharingPreferenceForUpdate": {"OptIn": True}}
+    assert code(rek.update_stream_processor, **update)[0] == "ResourceInUseException"
+    assert status(rek, name) == "RUNNING"  # refused calls change nothing
+
+    rek.stop_stream_processor(Name=name)
+    assert status(rek, name) in ("STOPPING", "STOPPED")
+    assert code(rek.stop_stream_processor, Name=name) == not_stoppable  # STOPPING or STOPPED
+    wait_until(lambda: status(rek, name) == "STOPPED", what="STOPPED")
+
+    rek.update_stream_processor(**update)
+    described = rek.describe_stream_processor(Name=name)
+    assert described["Status"] == "STOPPED" and described["DataSharingPreference"] == {"OptIn": True}
+    connected_home_only = {"Name": name, "ParametersToDelete": ["RegionsOfInterest"]}
+    assert code(rek.update_stream_processor, **connected_home_only)[0] == "InvalidParameterException"
+
+    # Started again after a stop: a new session.
+    first = rek.start_stream_processor(Name=name)["SessionId"]
+    wait_until(lambda: status(rek, name) == "RUNNING", what="RUNNING again")
+    rek.stop_stream_processor(Name=name)
+    wait_until(lambda: status(rek, name) == "STOPPED", what="STOPPED again")
+    assert rek.start_stream_processor(Name=name)["SessionId"] != first
+    rek.stop_stream_processor(Name=name)
+    wait_until(lambda: status(rek, name) == "STOPPED", what="STOPPED")
+    rek.delete_stream_processor(Name=name)
+
+
+def test_sessions_that_cannot_run_fail_with_aws_status_messages(streaming, kinesis, hopper_collection):
+    rek = streaming.client("rekognition")
+    cases = {
+        "nowhere": (hopper_collection[0], f"Stream nowhere under account {ACCOUNT} not found"),
+        CAMERAS[3]: ("no-such-collection", "Collection not found"),
+        "broken": (hopper_collection[0], "Unable to read video stream broken"),
+    }
+    for camera, (collection, message) in cases.items():
+        name = processor(rek, camera, data_stream(kinesis), collection)
+        rek.start_stream_processor(Name=name)
+        wait_until(lambda name=name: status(rek, name) == "FAILED", timeout=30, what=f"FAILED for {camera}")
+        described = rek.describe_stream_processor(Name=name)
+        assert described["StatusMessage"].startswith(message)
+        rek.delete_stream_processor(Name=name)  # FAILED processors can be deleted
+
+    missing_output = f"arn:aws:kinesis:{REGION}:{ACCOUNT}:stream/{unique('gone')}"
+    name = processor(rek, CAMERAS[4], missing_output, hopper_collection[0])
+    rek.start_stream_processor(Name=name)
+    wait_until(lambda: status(rek, name) == "FAILED", timeout=30, what="FAILED for the output")
+    assert "doesn't exist" in rek.describe_stream_processor(Name=name)["StatusMessage"]
+
+
+def test_a_crashed_server_brings_running_processors_back(tmp_path, moto_endpoint, kinesis):
+    video = write_video(tmp_path / "hopper.mp4", portrait_frames(20), fps=10)
+    url, drop = _fresh_database(tmp_path)
+    args = ("--video-stream", f"door={video}")
+    env = aws_env(moto_endpoint, tmp_path)
+    first = start_server(tmp_path, url, *args, env=env)
+    try:
+        rek = first.client("rekognition")
+        rek.create_collection(CollectionId="staff")
+        output = data_stream(kinesis)
+        name = processor(rek, "door", output, "staff")
+        rek.start_stream_processor(Name=name)
+        records = Records(kinesis, output)
+        wait_until(lambda: len(records.read()) >= 3, timeout=60, what="records before the crash")
+    finally:
+        first.process.kill()  # kill -9: no shutdown of any kind
+        first.process.wait()
+
+    second = start_server(tmp_path, url, *args, env=env)
+    try:
+        rek = second.client("rekognition")
+        restarted = time.time()
+        wait_until(lambda: status(rek, name) == "RUNNING", what="RUNNING after the restart")
+
+        def resumed() -> bool:
+            return any(
+                r["InputInformation"]["KinesisVideo"]["ServerTimestamp"] > restarted for r in records.read()
+            )
+
+        wait_until(resumed, timeout=60, what="records after the restart")
+        rek.stop_stream_processor(Name=name)
+        wait_until(lambda: status(rek, name) == "STOPPED", what="STOPPED")
+    finally:
+        stop_server(second)
+        drop()
