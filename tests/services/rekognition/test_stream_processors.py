@@ -26,6 +26,7 @@ from tests.conftest import (
 )
 from tests.engines.video_files import portrait_frames, write_video
 
+pytestmark = pytest.mark.storage
 ACCOUNT = "000000000000"
 DATA = Path(__file__).parent.parent.parent / "data"
 CAMERAS = [f"cam{i}" for i in range(8)]
