@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test install install-test lint bench bench-train bench-faces clean
+.PHONY: serve test install install-test lint bench bench-train bench-faces bench-stream clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 is required ($(PYTHON) not found)"; exit 1; }
@@ -35,6 +35,9 @@ bench-train: install-test
 
 bench-faces: install-test
 	$(BIN)/python bench/faces.py
+
+bench-stream: install-test
+	$(BIN)/python bench/stream.py
 
 clean:
 	rm -rf $(VENV) .mlharbor .pytest_cache
