@@ -16,14 +16,15 @@ def test_cli_beats_env_beats_config_file(tmp_path, monkeypatch):
     config = tmp_path / "mlharbor.toml"
     config.write_text(
         'host = "127.0.0.2"\nport = 1111\nlog_format = "json"\nvideo_stream = ["cam=file:///a.mp4"]\n'
+        '[video_streams]\nlobby = "rtsp://lobby/1"\n'
     )
     monkeypatch.setenv("MLHARBOR_PORT", "2222")
     settings = load_settings(config)
     assert (settings.host, settings.port, settings.log_format) == ("127.0.0.2", 2222, "json")
-    assert settings.video_streams == {"cam": "file:///a.mp4"}
+    assert settings.video_streams == {"lobby": "rtsp://lobby/1", "cam": "file:///a.mp4"}
     settings = load_settings(config, port=3333, video_stream=["a=rtsp://h/1", "b=file:///b.mp4"])
     assert settings.port == 3333
-    assert settings.video_streams == {"a": "rtsp://h/1", "b": "file:///b.mp4"}
+    assert settings.video_streams == {"lobby": "rtsp://lobby/1", "a": "rtsp://h/1", "b": "file:///b.mp4"}
 
 
 def test_env_video_streams_and_database_default(tmp_path, monkeypatch):

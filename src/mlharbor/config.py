@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     database_url: str | None = None
     credentials: Path | None = None
     video_stream: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # The config file's [video_streams] table (NAME = "URL"); --video-stream entries win per name.
+    video_stream_table: dict[str, str] = Field(default_factory=dict, validation_alias="video_streams")
     log_format: Literal["text", "json"] = "text"
     insecure_open_bind: bool = False
     object_store: Literal["local", "s3"] = "local"
@@ -127,7 +129,7 @@ class Settings(BaseSettings):
 
     @property
     def video_streams(self) -> dict[str, str]:
-        return dict(item.split("=", 1) for item in self.video_stream)
+        return {**self.video_stream_table, **dict(item.split("=", 1) for item in self.video_stream)}
 
     def load_credentials(self) -> dict[str, Credential]:
         """Access key id → credential. Without a file exactly one credential exists: test/test."""
