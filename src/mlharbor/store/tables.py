@@ -63,6 +63,7 @@ stream_processors = Table(
     Column("session", JSON),
     Column("restarts", Integer, nullable=False, default=0),
     UniqueConstraint("account_id", "region", "name", name="uq_stream_processor_name"),
+    Index("ix_stream_processors_status", "status"),  # the reconcile pass reads the active ones
 )
 
 entity_recognizers = Table(

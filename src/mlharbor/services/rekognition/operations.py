@@ -10,7 +10,7 @@ from sqlalchemy import delete, insert
 from sqlalchemy.exc import IntegrityError
 
 from mlharbor import arns
-from mlharbor.api.services import Handler, blocking
+from mlharbor.api.services import Handler
 from mlharbor.context import Call
 from mlharbor.errors import (
     InvalidParameterException,
@@ -19,7 +19,7 @@ from mlharbor.errors import (
     ResourceNotFoundException,
     ServiceQuotaExceededException,
 )
-from mlharbor.services import tags
+from mlharbor.services import attempts, tags
 from mlharbor.services.rekognition import face_operations
 from mlharbor.services.rekognition import stream_processors as sp
 from mlharbor.services.rekognition.streaming import stream_work_id
@@ -136,21 +136,21 @@ def delete_stream_processor(call: Call, params: dict[str, Any]) -> None:
     if row.status not in sp.DELETABLE:
         raise ResourceInUseException("Cannot delete stream processor.")
     with call.store.begin() as conn:
-        # Compare-and-set on the version read above: a concurrent Start wins over this Delete.
+        # Whatever the row's version, as long as it is still deletable: a STOPPING processor that reaches
+        # STOPPED meanwhile is still deleted, and a concurrent Start (STARTING) wins over this Delete.
         removed = conn.execute(
-            delete(sp_table).where(sp_table.c.arn == row.arn, sp_table.c.version == row.version)
+            delete(sp_table).where(sp_table.c.arn == row.arn, sp_table.c.status.in_(sp.DELETABLE))
         ).rowcount
         if removed != 1:
             raise ResourceInUseException("Cannot delete stream processor.")
         tags.remove_all(conn, row.arn)
-    call.server.executor.request_stop(stream_work_id(row.arn, row.attempt))  # a STOPPING worker ends now
+    call.server.executor.request_stop(stream_work_id(row.arn, row.session_id, row.attempt))  # if STOPPING
 
 
 # --- sessions: Start, Stop, Update -------------------------------------------------------------------------
 NOT_STOPPABLE = "Stream Processor not available for stopping"
 
 
-@blocking
 def start_stream_processor(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     row = _existing(call, params["Name"])
     face_search = "FaceSearch" in row.spec["Settings"]
@@ -169,24 +169,22 @@ def start_stream_processor(call: Call, params: dict[str, Any]) -> dict[str, Any]
             session=session, restarts=0, status_message=None,
         )  # fmt: skip
     if not started:
-        raise ResourceInUseException(f"Stream processor {row.name} is busy; try again.")
-    call.server.extras["rekognition.streams"].submit(row.arn, row.attempt + 1)
+        raise ResourceInUseException(f"Stream processor {row.name} is {row.status} and cannot be started.")
+    call.server.reconciler.wake()  # the stream supervisor starts the worker
     return {"SessionId": session_id}
 
 
 def stop_stream_processor(call: Call, params: dict[str, Any]) -> None:
     row = _existing(call, params["Name"])
-    if row.status not in ("STARTING", "RUNNING"):
+    # Retried compare-and-set: the worker's own writes (STARTING → RUNNING, a new attempt) never make a
+    # Stop of a running processor fail.
+    targets = {"STARTING": "STOPPING", "RUNNING": "STOPPING"}
+    if attempts.move(call.store, sp_table, sp.STATES, row.arn, targets) is None:
         raise ResourceInUseException(NOT_STOPPABLE)
-    with call.store.begin() as conn:
-        stopping = transition(
-            conn, sp_table, sp.STATES, sp_table.c.arn == row.arn, current=row.status, version=row.version,
-            target="STOPPING", updated_at=time.time(),
-        )  # fmt: skip
-    if not stopping:
-        raise ResourceInUseException(NOT_STOPPABLE)
+    with call.store.read() as conn:
+        row = sp.find_by_arn(conn, call.account_id, call.region, row.arn) or row
     # The worker stops at once and records STOPPED; with no worker (between restarts), the reconciler does.
-    if not call.server.executor.request_stop(stream_work_id(row.arn, row.attempt)):
+    if not call.server.executor.request_stop(stream_work_id(row.arn, row.session_id, row.attempt)):
         call.server.reconciler.wake()
 
 

@@ -43,7 +43,9 @@ class KinesisSink:
         self._client = boto3.client(
             "kinesis",
             region_name=region,
-            config=Config(retries={"max_attempts": 1}, connect_timeout=2, read_timeout=5),
+            # One try per call, short timeouts: the analysis loop (and a Stop) never waits long on Kinesis;
+            # the sink retries with backoff itself.
+            config=Config(retries={"total_max_attempts": 1}, connect_timeout=1, read_timeout=1),
         )
         self._buffer: deque[bytes] = deque(maxlen=MAX_BUFFERED)
         self._backoff = 0.0
@@ -59,11 +61,14 @@ class KinesisSink:
         try:
             self._client.describe_stream_summary(StreamARN=self.stream_arn)
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "ResourceNotFoundException":
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code == "ResourceNotFoundException":
                 raise SinkUnavailable(f"Stream {self.stream_name} doesn't exist") from None
-            raise SinkUnavailable(f"Access denied to Kinesis Data: {exc}") from None
+            if "AccessDenied" in code or "Unrecognized" in code or "Signature" in code:
+                raise SinkUnavailable("Access denied to Kinesis Data") from None
+            raise SinkUnavailable(f"Kinesis data stream {self.stream_name} is unavailable ({code})") from None
         except BotoCoreError as exc:
-            raise SinkUnavailable(f"Access denied to Kinesis Data: {exc}") from None
+            raise SinkUnavailable(f"Kinesis data stream {self.stream_name} is unreachable: {exc}") from None
 
     def put(self, record: dict[str, Any]) -> None:
         if len(self._buffer) == self._buffer.maxlen:
@@ -82,7 +87,10 @@ class KinesisSink:
                     Records=[{"Data": data, "PartitionKey": self.partition_key} for data in batch],
                 )
             except (ClientError, BotoCoreError) as exc:
-                self._failed(f"Kinesis data stream {self.stream_name} is unavailable: {exc}")
+                log.debug("PutRecords to %s failed: %s", self.stream_name, exc)
+                self._failed(
+                    f"Kinesis data stream {self.stream_name} is unavailable; records are kept and retried"
+                )
                 return False
             results = response.get("Records", [])
             failed = [data for data, r in zip(batch, results, strict=False) if "ErrorCode" in r]
@@ -91,14 +99,16 @@ class KinesisSink:
             self.sent += len(batch) - len(failed)
             if failed:  # throttled records go back in front, in order
                 self._buffer.extendleft(reversed(failed))
-                self._failed(f"Kinesis data stream {self.stream_name} throttled {len(failed)} record(s)")
+                self._failed(
+                    f"Kinesis data stream {self.stream_name} is throttling; records are kept and retried"
+                )
                 return False
             self._backoff, self.error = 0.0, None
         return not self._buffer
 
     def _failed(self, error: str) -> None:
-        if self.error is None:
-            log.warning("%s; records are kept and retried", error)
+        if self.error != error:
+            log.warning("%s", error)
         self.error = error
         self._backoff = min(MAX_BACKOFF_S, max(FIRST_BACKOFF_S, self._backoff * 2))
         self._next_try = time.monotonic() + self._backoff

@@ -43,9 +43,8 @@ from mlharbor.store.tables import stream_processors as table
 log = logging.getLogger(__name__)
 
 TARGET = "mlharbor.services.rekognition.streaming:stream_worker"
-MARK = "#stream-"  # in every stream processor work id (tells them from other work)
 MAX_RESTARTS = 3  # worker deaths in one session before the processor is FAILED
-RESTART_BACKOFF_S = (1.0, 4.0, 16.0)
+RESTART_BACKOFF_S = (1.0, 4.0)  # before the first and the second restart
 HEARTBEAT_S = 1.0
 FRAGMENT_SECONDS = 2.0  # Kinesis Video's usual fragment length
 MIN_FACE_MATCH_THRESHOLD = 80.0  # AWS raises lower FaceMatchThreshold values to 80
@@ -53,8 +52,10 @@ MATCHES_PER_FACE = 10
 ACTIVE = frozenset({"STARTING", "RUNNING"})
 
 
-def stream_work_id(arn: str, attempt: int) -> str:
-    return work_id(f"{arn}{MARK}", attempt)
+def stream_work_id(arn: str, session_id: str | None, attempt: int) -> str:
+    """A session's work id for one attempt (a processor deleted and created again, or started again,
+    never reuses the work id of a worker that may still be exiting)."""
+    return work_id(f"{arn}#stream-{session_id}", attempt)
 
 
 # --- The worker -----------------------------------------------------------------------------------------
@@ -67,9 +68,14 @@ def _move(store: Store, arn: str, targets: dict[str, str], attempt: int, **value
 
 
 def _fail(store: Store, arn: str, attempt: int, message: str) -> None:
+    """FAILED with ``message``; a processor being stopped ends STOPPED, as its user asked."""
     log.warning("stream processor %s failed: %s", arn, message)
-    targets = {"STARTING": "FAILED", "RUNNING": "FAILED", "STOPPING": "FAILED"}
+    targets = {"STARTING": "FAILED", "RUNNING": "FAILED", "STOPPING": "STOPPED"}
     _move(store, arn, targets, attempt, status_message=message)
+
+
+def _finish_stop(store: Store, arn: str, attempt: int) -> None:
+    _move(store, arn, {"STOPPING": "STOPPED"}, attempt, status_message=None)
 
 
 def _session(ctx: WorkContext, store: Store, payload: dict[str, Any]) -> dict[str, Any]:
@@ -87,10 +93,13 @@ def _session(ctx: WorkContext, store: Store, payload: dict[str, Any]) -> dict[st
         _fail(store, arn, attempt, "Connected home (label detection) stream processing is not available yet.")
         return {"stopped": False}
     try:
-        session = _FaceSearchSession(store, row, payload)
+        session = _FaceSearchSession(ctx, store, row, payload)
     except _Unusable as exc:
         _fail(store, arn, attempt, str(exc))
         return {"stopped": False}
+    except _StoppedWhileStarting:
+        _finish_stop(store, arn, attempt)  # nothing was written: STOPPED at once
+        return {"stopped": True}
     try:
         return session.run(ctx)
     finally:
@@ -101,12 +110,25 @@ class _Unusable(Exception):
     """The session cannot run; ``str()`` is the StatusMessage (AWS's wording where it documents one)."""
 
 
+class _StoppedWhileStarting(Exception):
+    """A stop arrived before the session was RUNNING."""
+
+
 class _FaceSearchSession:
-    def __init__(self, store: Store, row: Row[Any], payload: dict[str, Any]) -> None:
+    """Everything a face search session needs, checked and loaded before it goes RUNNING: the video
+    stream's URL, the collection (its vectors loaded), the output stream, the engine, the open source.
+    A stop requested meanwhile is looked for between the steps."""
+
+    def __init__(self, ctx: WorkContext, store: Store, row: Row[Any], payload: dict[str, Any]) -> None:
         from mlharbor.engines.faces import DlibEngine
         from mlharbor.engines.video import VideoError, VideoSource
 
+        def step() -> None:
+            if stop():
+                raise _StoppedWhileStarting
+
         self.store, self.row, self.attempt = store, row, payload["attempt"]
+        stop = StopWatch(ctx, store, table, row.arn, self.attempt, ACTIVE)
         settings = row.spec["Settings"]["FaceSearch"]
         self.threshold = max(MIN_FACE_MATCH_THRESHOLD, settings.get("FaceMatchThreshold", 80.0))
         self.input_arn = row.input_stream_arn
@@ -119,15 +141,24 @@ class _FaceSearchSession:
             self.collection = coll.find(conn, row.account_id, row.region, settings["CollectionId"])
         if self.collection is None:
             raise _Unusable("Collection not found")
+        step()
         try:
             self.sink = KinesisSink(row.output_stream_arn, partition_key=row.name)
             self.sink.check()
         except SinkUnavailable as exc:
             raise _Unusable(str(exc)) from None
+        step()
         self.indexes = coll.Indexes(Path(payload["data_dir"]) / "face-vectors", snapshot_min_faces=2**62)
+        try:
+            with self.indexes.holding(store, self.collection):
+                pass  # load the vectors now, not on the first frame
+        except ResourceNotFoundException:
+            raise _Unusable("Collection not found") from None
+        step()
         self.engine = DlibEngine()
         self.tracks = _Tracks()
         self.source = VideoSource(url, fps=payload["fps"], max_side=1280)
+        step()
         try:
             self.source.open()
         except VideoError as exc:
@@ -142,7 +173,8 @@ class _FaceSearchSession:
 
         arn = self.row.arn
         if _move(self.store, arn, {"STARTING": "RUNNING", "RUNNING": "RUNNING"}, self.attempt) is None:
-            return {"stopped": True}  # stopped (or deleted, or superseded) while it was starting
+            _finish_stop(self.store, arn, self.attempt)  # stopped while starting (or deleted, superseded)
+            return {"stopped": True}
         stop = StopWatch(ctx, self.store, table, arn, self.attempt, ACTIVE)
         frames, next_beat, reported_error = 0, 0.0, None
         while not stop():
@@ -172,9 +204,9 @@ class _FaceSearchSession:
         """Send what is left, then record STOPPED: nothing is written after it. A stop that is not a
         StopStreamProcessor (the server is shutting down) leaves the row RUNNING, to resume on restart."""
         deadline = time.monotonic() + 0.2
-        while not self.sink.flush() and time.monotonic() < deadline:
+        while self.sink.error is None and not self.sink.flush() and time.monotonic() < deadline:
             time.sleep(0.02)
-        _move(self.store, self.row.arn, {"STOPPING": "STOPPED"}, self.attempt, status_message=None)
+        _finish_stop(self.store, self.row.arn, self.attempt)
         return {"stopped": True, "frames": frames}
 
     def _record(self, frame: Any) -> dict[str, Any]:
@@ -259,11 +291,14 @@ def _iou(a: Any, b: Any) -> float:
 
 # --- The reconcile pass ---------------------------------------------------------------------------------
 class StreamSupervisor:
-    """Keeps every STARTING/RUNNING processor's worker alive and finishes stops nobody else can."""
+    """Starts sessions, keeps every STARTING/RUNNING processor's worker alive, and finishes stops nobody
+    else can. It is the only submitter of stream workers (StartStreamProcessor commits STARTING and
+    wakes it), so a pass can never start a second worker for a session it has not seen yet."""
 
     def __init__(self, server: Server) -> None:
         self.server = server
-        self._died_at: dict[str, float] = {}  # work id → when its death was noticed
+        self.started_at = time.time()
+        self._died_at: dict[str, float] = {}  # work id → when its death was first noticed
 
     def payload(self, arn: str, attempt: int) -> dict[str, Any]:
         settings = self.server.settings
@@ -279,16 +314,17 @@ class StreamSupervisor:
             ).all()
         running = set(executor.running())
         for row in rows:
-            wid = stream_work_id(row.arn, row.attempt)
+            wid = stream_work_id(row.arn, row.session_id, row.attempt)
             if wid in running:
                 if row.status == "STOPPING":
                     executor.request_stop(wid)  # the stop may have come through another server
                 continue
-            if row.status == "STOPPING":
-                _move(store, row.arn, {"STOPPING": "STOPPED"}, row.attempt, status_message=None)
-                continue
             status = executor.status(wid)
-            if status is None:  # never ran here: the server restarted
+            if row.status == "STOPPING":
+                _finish_stop(store, row.arn, row.attempt)
+            elif status is None and row.updated_at >= self.started_at:
+                self._submit(row.arn, row.session_id, row.attempt)  # started by this server: first worker
+            elif status is None:  # RUNNING when the server went down: a new attempt
                 self._restart(row, "the server restarted", count=False)
             elif self._due(wid, status.ended_at or time.time(), row.restarts):
                 self._restart(row, status.error or status.state, count=True)
@@ -299,15 +335,17 @@ class StreamSupervisor:
 
     def _restart(self, row: Row[Any], reason: str, *, count: bool) -> None:
         store = self.server.store
+        self._died_at.pop(stream_work_id(row.arn, row.session_id, row.attempt), None)
         if count and row.restarts + 1 >= MAX_RESTARTS:
             message = f"The stream processor stopped unexpectedly {MAX_RESTARTS} times (last: {reason})."
             _fail(store, row.arn, row.attempt, message)
             return
-        self._died_at.pop(stream_work_id(row.arn, row.attempt), None)
         log.warning("stream processor %s: worker gone (%s); restarting", row.arn, reason)
         values = {"restarts": row.restarts + 1} if count else {}
         if attempts.next_attempt(store, table, row, **values):
-            self.submit(row.arn, row.attempt + 1)
+            self._submit(row.arn, row.session_id, row.attempt + 1)
 
-    def submit(self, arn: str, attempt: int) -> None:
-        self.server.executor.submit(stream_work_id(arn, attempt), TARGET, self.payload(arn, attempt))
+    def _submit(self, arn: str, session_id: str, attempt: int) -> None:
+        self.server.executor.submit(
+            stream_work_id(arn, session_id, attempt), TARGET, self.payload(arn, attempt)
+        )
