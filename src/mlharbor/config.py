@@ -128,6 +128,11 @@ class Settings(BaseSettings):
         return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'mlharbor.db'}"
 
     @property
+    def models_dir(self) -> Path:
+        """Where users put model files (e.g. the connected home label detector, ``labels.onnx``)."""
+        return self.data_dir / "models"
+
+    @property
     def video_streams(self) -> dict[str, str]:
         return {**self.video_stream_table, **dict(item.split("=", 1) for item in self.video_stream)}
 

@@ -6,11 +6,19 @@ Start/Stop/Update (and the video work behind them) belong to the stream processo
 from __future__ import annotations
 
 import pytest
+from botocore.exceptions import ClientError
 
 from tests.conftest import REGION, unique
+from tests.services.rekognition import label_model
 
 pytestmark = pytest.mark.storage
 ACCOUNT = "000000000000"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def label_detector(server) -> None:  # type: ignore[no-untyped-def]
+    """Connected home processors need a label detector for their labels: the tests' tiny ONNX model."""
+    label_model.install(server.data_dir / "models")
 
 
 def face_search(name: str, **changes):  # type: ignore[no-untyped-def]
@@ -178,3 +186,25 @@ def test_tags(rekognition):
     with pytest.raises(rekognition.exceptions.ServiceQuotaExceededException):
         rekognition.tag_resource(ResourceArn=arn, Tags=too_many)
     assert rekognition.list_tags_for_resource(ResourceArn=arn)["Tags"] == {"b": "2"}
+
+
+def test_connected_home_labels_need_an_installed_detector(make_server):
+    bare = make_server()  # no model in its models folder
+    rekognition = bare.client("rekognition")
+    with pytest.raises(ClientError) as excinfo:
+        rekognition.create_stream_processor(**connected_home(unique("cam")))
+    error = excinfo.value.response["Error"]
+    assert error["Code"] == "InvalidParameterException"
+    assert (
+        "No detector is installed for PERSON, PET" in error["Message"] and "labels.onnx" in error["Message"]
+    )
+    assert rekognition.list_stream_processors()["StreamProcessors"] == []
+    label_model.install(bare.data_dir / "models", {0: "PERSON"})  # a model for people only
+    rekognition.create_stream_processor(
+        **connected_home(unique("cam"), Settings={"ConnectedHome": {"Labels": ["PERSON"]}})
+    )
+    with pytest.raises(ClientError) as excinfo:
+        rekognition.create_stream_processor(
+            **connected_home(unique("cam"), Settings={"ConnectedHome": {"Labels": ["ALL"]}})
+        )
+    assert "PACKAGE, PET" in excinfo.value.response["Error"]["Message"]

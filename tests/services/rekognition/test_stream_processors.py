@@ -28,6 +28,7 @@ from tests.conftest import (
     worker_pids,
 )
 from tests.engines.video_files import portrait_frames, write_video
+from tests.services.rekognition import label_model
 
 pytestmark = pytest.mark.storage
 ACCOUNT = "000000000000"
@@ -41,10 +42,16 @@ def streaming(tmp_path_factory, moto_endpoint) -> Iterator[RunningServer]:  # ty
     moto as its Kinesis endpoint."""
     tmp = tmp_path_factory.mktemp("streaming")
     video = write_video(tmp / "hopper.mp4", portrait_frames(40), fps=10)
+    # A red block on grey: a "person" for the tests' tiny label detector.
+    porch = write_video(
+        tmp / "porch.mp4", [label_model.frame_with((255, 0, 0), (128, 96, 256, 192))] * 20, fps=10
+    )
     url, drop = _fresh_database(tmp)
     streams = [arg for name in CAMERAS for arg in ("--video-stream", f"{name}={video}")]
+    streams += ["--video-stream", f"porch={porch}"]
     server = start_server(tmp, url, *streams, "--video-stream", "broken=/nonexistent/video.mp4",
                           env=aws_env(moto_endpoint, tmp))  # fmt: skip
+    label_model.install(server.data_dir / "models")
     yield server
     stop_server(server)
     drop()
@@ -346,3 +353,58 @@ def test_a_killed_worker_is_restarted_and_repeated_deaths_fail_the_processor(
     finally:
         stop_server(server)
         drop()
+
+
+def test_connected_home_detects_a_person_stores_frames_notifies_and_ends_by_itself(streaming, moto_endpoint):
+    aws = {"endpoint_url": moto_endpoint, "region_name": REGION,
+           "aws_access_key_id": "test", "aws_secret_access_key": "test"}  # fmt: skip
+    sns, sqs = boto3.client("sns", **aws), boto3.client("sqs", **aws)
+    topic = sns.create_topic(Name=unique("events"))["TopicArn"]
+    queue = sqs.create_queue(QueueName=unique("inbox"))["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
+
+    rek = streaming.client("rekognition")
+    name = unique("porch")
+    rek.create_stream_processor(
+        Name=name,
+        Input={"KinesisVideoStream": {"Arn": f"arn:aws:kinesisvideo:{REGION}:{ACCOUNT}:stream/porch/1"}},
+        Output={"S3Destination": {"Bucket": "home-results", "KeyPrefix": "porch"}},
+        Settings={"ConnectedHome": {"Labels": ["PERSON"], "MinConfidence": 80.0}},
+        NotificationChannel={"SNSTopicArn": topic},
+        RoleArn=f"arn:aws:iam::{ACCOUNT}:role/rekognition",
+    )
+    session = rek.start_stream_processor(Name=name, StopSelector={"MaxDurationInSeconds": 3})["SessionId"]
+    assert status(rek, name) == "STARTING"  # AWS keeps connected home sessions STARTING throughout
+
+    messages: list[dict] = []
+
+    def received() -> bool:
+        for message in sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", []):
+            body = json.loads(message["Body"])
+            assert body["Subject"] == "Rekognition Stream Processing Event"
+            messages.append(json.loads(body["Message"]))
+        return len(messages) >= 2
+
+    wait_until(received, timeout=60, what="two notifications")
+    wait_until(lambda: status(rek, name) == "STOPPED", timeout=30, what="STOPPED by itself")
+
+    detected, complete = messages
+    assert detected["eventNamespace"]["type"] == "LABEL_DETECTED"
+    assert detected["sessionId"] == session and detected["startStreamProcessorRequest"]["name"] == name
+    [label] = detected["labels"]
+    assert label["name"] == "PERSON"
+    box = label["boundingBox"]  # the red block spans x 0.2-0.4, y 0.2-0.4 of the frame
+    assert 0.15 <= box["left"] <= 0.4 and 0.15 <= box["top"] <= 0.4 and box["width"] > 0
+    folder = streaming.data_dir / "s3" / "home-results" / "porch" / name / session
+    for uri in (label["frameImageUri"], label["croppedImageUri"]):
+        assert uri.startswith(f"s3://home-results/porch/{name}/{session}/")
+        path = streaming.data_dir / "s3" / uri.removeprefix("s3://")
+        assert path.read_bytes()[:2] == b"\xff\xd8"  # a JPEG
+    assert complete["eventNamespace"]["type"] == "STREAM_PROCESSING_COMPLETE"
+    assert complete["inputInformation"]["kinesisVideo"]["processedVideoDurationMillis"] >= 2000
+    results = json.loads((folder / "results.json").read_text())
+    assert [item["name"] for item in results["labels"]] == ["PERSON"] and results["framesAnalysed"] >= 10
+    rek.delete_stream_processor(Name=name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import delete, insert
@@ -30,7 +31,7 @@ TAG_LIMIT = 50  # per resource; AWS does not publish Rekognition's number (resea
 NAME_IN_USE = "Stream processor name already in use."
 
 
-def _check_settings(params: dict[str, Any]) -> None:
+def _check_settings(params: dict[str, Any], models_dir: Path) -> None:
     """The cross-field rules AWS documents for face search vs. connected-home processors."""
     settings, output = params["Settings"], params["Output"]
     if ("FaceSearch" in settings) == ("ConnectedHome" in settings):
@@ -56,11 +57,11 @@ def _check_settings(params: dict[str, Any]) -> None:
             )
         if "NotificationChannel" not in params:
             raise InvalidParameterException("A connected home stream processor needs a NotificationChannel.")
-        sp.check_labels(settings["ConnectedHome"]["Labels"])
+        sp.check_labels(settings["ConnectedHome"]["Labels"], models_dir)
 
 
 def create_stream_processor(call: Call, params: dict[str, Any]) -> dict[str, Any]:
-    _check_settings(params)
+    _check_settings(params, call.server.settings.models_dir)
     name = params["Name"]
     arn = arns.stream_processor(call.region, call.account_id, name)
     input_arn = params["Input"]["KinesisVideoStream"]["Arn"]
@@ -190,7 +191,8 @@ def stop_stream_processor(call: Call, params: dict[str, Any]) -> None:
 
 def update_stream_processor(call: Call, params: dict[str, Any]) -> None:
     row = _existing(call, params["Name"])
-    spec = sp.updated_spec(row.spec, params)  # InvalidParameterException for what AWS does not allow
+    # InvalidParameterException for what AWS does not allow (checked before any change)
+    spec = sp.updated_spec(row.spec, params, call.server.settings.models_dir)
     if row.status not in ("STOPPED", "FAILED"):
         raise ResourceInUseException(f"Stream processor {row.name} is {row.status} and cannot be updated.")
     with call.store.begin() as conn:

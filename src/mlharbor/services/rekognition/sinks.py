@@ -112,3 +112,51 @@ class KinesisSink:
         self.error = error
         self._backoff = min(MAX_BACKOFF_S, max(FIRST_BACKOFF_S, self._backoff * 2))
         self._next_try = time.monotonic() + self._backoff
+
+
+class NotificationUnavailable(Exception):
+    """The SNS topic does not exist or cannot be reached; ``str()`` is the processor's StatusMessage."""
+
+
+class Notifier:
+    """Connected home notifications: SNS Publish to the processor's topic (boto3 standard configuration,
+    ``AWS_ENDPOINT_URL_SNS``), subject "Rekognition Stream Processing Event", the message a JSON document."""
+
+    SUBJECT = "Rekognition Stream Processing Event"
+
+    def __init__(self, topic_arn: str) -> None:
+        import boto3
+        from botocore.config import Config
+
+        parsed = arns.parse(topic_arn)
+        self.topic_arn = topic_arn
+        self._client = boto3.client(
+            "sns",
+            region_name=parsed.region if parsed else None,
+            config=Config(retries={"total_max_attempts": 3}, connect_timeout=1, read_timeout=2),
+        )
+
+    def check(self) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self._client.get_topic_attributes(TopicArn=self.topic_arn)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("NotFound", "NotFoundException", "ResourceNotFoundException"):
+                raise NotificationUnavailable(f"SNS topic {self.topic_arn} doesn't exist") from None
+            raise NotificationUnavailable(f"Access denied to SNS topic {self.topic_arn} ({code})") from None
+        except BotoCoreError as exc:
+            raise NotificationUnavailable(f"SNS topic {self.topic_arn} is unreachable: {exc}") from None
+
+    def publish(self, message: dict[str, Any]) -> bool:
+        """Send one notification; False (logged) when SNS refuses it: a notification is not worth
+        stopping the session for."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self._client.publish(TopicArn=self.topic_arn, Subject=self.SUBJECT, Message=json.dumps(message))
+            return True
+        except (ClientError, BotoCoreError) as exc:
+            log.warning("could not notify %s: %s", self.topic_arn, exc)
+            return False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Row, bindparam, func, select, tuple_
@@ -106,15 +107,26 @@ def describe(row: Row[Any]) -> dict[str, Any]:
     return out
 
 
-def check_labels(labels: list[str]) -> None:
+def check_labels(labels: list[str], models_dir: Path) -> None:
+    """Known labels, each with an installed detector (never a session that cannot detect what it was
+    asked for)."""
+    from mlharbor.engines.labels import LABELS, MODEL_FILE, available_labels
+
     unknown = set(labels) - CONNECTED_HOME_LABELS
     if unknown:
         raise InvalidParameterException(
             f"Unsupported label(s) {sorted(unknown)}; valid values are PERSON, PET, PACKAGE, ALL."
         )
+    wanted = set(LABELS) if "ALL" in labels else set(labels)
+    missing = wanted - available_labels(models_dir)
+    if missing:
+        raise InvalidParameterException(
+            f"No detector is installed for {', '.join(sorted(missing))}: put a YOLO-style ONNX detection "
+            f"model at {models_dir / MODEL_FILE} (see docs/COMPATIBILITY.md, connected home)."
+        )
 
 
-def updated_spec(spec: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+def updated_spec(spec: dict[str, Any], params: dict[str, Any], models_dir: Path) -> dict[str, Any]:
     """The description after UpdateStreamProcessor: connected home labels and confidence, regions of
     interest, data sharing; ``ParametersToDelete`` removes the confidence or the regions. Face search
     processors can only change data sharing (AWS has no face search member to update)."""
@@ -128,7 +140,7 @@ def updated_spec(spec: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]
         )
     if connected is not None:
         if "Labels" in changes:
-            check_labels(changes["Labels"])
+            check_labels(changes["Labels"], models_dir)
         connected.update(changes)
         if "ConnectedHomeMinConfidence" in deleted:
             connected.pop("MinConfidence", None)

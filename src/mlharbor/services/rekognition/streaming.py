@@ -20,8 +20,12 @@ grows), and the timestamps are the slice's start.
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import time
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +40,12 @@ from mlharbor.services.attempts import StopWatch, work_id
 from mlharbor.services.rekognition import collections as coll
 from mlharbor.services.rekognition import face_details
 from mlharbor.services.rekognition import stream_processors as sp
-from mlharbor.services.rekognition.sinks import KinesisSink, SinkUnavailable
+from mlharbor.services.rekognition.sinks import (
+    KinesisSink,
+    NotificationUnavailable,
+    Notifier,
+    SinkUnavailable,
+)
 from mlharbor.store.db import Store
 from mlharbor.store.tables import stream_processors as table
 
@@ -89,11 +98,9 @@ def _session(ctx: WorkContext, store: Store, payload: dict[str, Any]) -> dict[st
         row = conn.execute(select(table).where(table.c.arn == arn)).first()
     if row is None or row.attempt != attempt or row.status not in ACTIVE:
         return {"stopped": False, "skipped": True}
-    if "FaceSearch" not in row.spec["Settings"]:
-        _fail(store, arn, attempt, "Connected home (label detection) stream processing is not available yet.")
-        return {"stopped": False}
+    kind = _FaceSearchSession if "FaceSearch" in row.spec["Settings"] else _ConnectedHomeSession
     try:
-        session = _FaceSearchSession(ctx, store, row, payload)
+        session = kind(ctx, store, row, payload)
     except _Unusable as exc:
         _fail(store, arn, attempt, str(exc))
         return {"stopped": False}
@@ -104,6 +111,53 @@ def _session(ctx: WorkContext, store: Store, payload: dict[str, Any]) -> dict[st
         return session.run(ctx)
     finally:
         session.close()
+
+
+def _video_url(row: Row[Any], payload: dict[str, Any]) -> tuple[str, str]:
+    """(stream name, URL) of the processor's Kinesis Video stream in the server's video-stream table."""
+    named = arns.named_stream(row.input_stream_arn)
+    stream = named[2] if named else row.input_stream_arn
+    url = payload["video_streams"].get(stream)
+    if url is None:
+        raise _Unusable(f"Stream {stream} under account {row.account_id} not found")
+    return stream, url
+
+
+def _open(url: str, stream: str, fps: float) -> Any:
+    from mlharbor.engines.video import VideoError, VideoSource
+
+    source = VideoSource(url, fps=fps, max_side=1280)
+    try:
+        source.open()
+    except VideoError as exc:
+        raise _Unusable(f"Unable to read video stream {stream}: {exc}") from None
+    return source
+
+
+@dataclass(frozen=True)
+class _Position:
+    """Where a frame sits in MLHarbor's stand-in for Kinesis Video fragments (``FRAGMENT_SECONDS``
+    slices of the session, numbered from a base that grows with the session's start time)."""
+
+    fragment_number: str
+    server_timestamp: float  # the slice's start, as decoded here
+    producer_timestamp: float  # the slice's start, as captured
+    offset: float  # seconds from the slice's start to the frame
+
+    @classmethod
+    def of(cls, frame: Any, base: int) -> _Position:
+        fragment = int(frame.stream_seconds // FRAGMENT_SECONDS)
+        offset = frame.stream_seconds - fragment * FRAGMENT_SECONDS
+        return cls(
+            str(base + fragment),
+            round(frame.received_time - offset, 3),
+            round(frame.producer_time - offset, 3),
+            round(offset, 3),
+        )
+
+
+def _fragment_base() -> int:
+    return int(time.time() * 1000) * 100_000
 
 
 class _Unusable(Exception):
@@ -121,7 +175,6 @@ class _FaceSearchSession:
 
     def __init__(self, ctx: WorkContext, store: Store, row: Row[Any], payload: dict[str, Any]) -> None:
         from mlharbor.engines.faces import DlibEngine
-        from mlharbor.engines.video import VideoError, VideoSource
 
         def step() -> None:
             if stop():
@@ -132,11 +185,7 @@ class _FaceSearchSession:
         settings = row.spec["Settings"]["FaceSearch"]
         self.threshold = max(MIN_FACE_MATCH_THRESHOLD, settings.get("FaceMatchThreshold", 80.0))
         self.input_arn = row.input_stream_arn
-        named = arns.named_stream(self.input_arn)
-        stream = named[2] if named else self.input_arn
-        url = payload["video_streams"].get(stream)
-        if url is None:
-            raise _Unusable(f"Stream {stream} under account {row.account_id} not found")
+        stream, url = _video_url(row, payload)
         with store.read() as conn:
             self.collection = coll.find(conn, row.account_id, row.region, settings["CollectionId"])
         if self.collection is None:
@@ -157,13 +206,9 @@ class _FaceSearchSession:
         step()
         self.engine = DlibEngine()
         self.tracks = _Tracks()
-        self.source = VideoSource(url, fps=payload["fps"], max_side=1280)
         step()
-        try:
-            self.source.open()
-        except VideoError as exc:
-            raise _Unusable(f"Unable to read video stream {stream}: {exc}") from None
-        self.fragment_base = int(time.time() * 1000) * 100_000
+        self.source = _open(url, stream, payload["fps"])
+        self.fragment_base = _fragment_base()
 
     def close(self) -> None:
         self.source.close()
@@ -210,16 +255,15 @@ class _FaceSearchSession:
         return {"stopped": True, "frames": frames}
 
     def _record(self, frame: Any) -> dict[str, Any]:
-        fragment = int(frame.stream_seconds // FRAGMENT_SECONDS)
-        offset = frame.stream_seconds - fragment * FRAGMENT_SECONDS
+        at = _Position.of(frame, self.fragment_base)
         return {
             "InputInformation": {
                 "KinesisVideo": {
                     "StreamArn": self.input_arn,
-                    "FragmentNumber": str(self.fragment_base + fragment),
-                    "ServerTimestamp": round(frame.received_time - offset, 3),
-                    "ProducerTimestamp": round(frame.producer_time - offset, 3),
-                    "FrameOffsetInSeconds": round(offset, 3),
+                    "FragmentNumber": at.fragment_number,
+                    "ServerTimestamp": at.server_timestamp,
+                    "ProducerTimestamp": at.producer_timestamp,
+                    "FrameOffsetInSeconds": at.offset,
                 }
             },
             "StreamProcessorInformation": {"Status": "RUNNING"},
@@ -240,6 +284,163 @@ class _FaceSearchSession:
                 match["Face"].pop("IndexFacesModelVersion", None)  # not in the stream record's Face
             results.append({"DetectedFace": m.detail(None), "MatchedFaces": found})
         return results
+
+
+class _ConnectedHomeSession:
+    """Label detection (PERSON, PET, PACKAGE) for one session of ``StopSelector.MaxDurationInSeconds``
+    (default 10 s). AWS keeps the processor STARTING for the whole session and ends it STOPPED. The first
+    time a label is seen: the frame and the label's crop go to the S3 destination and one SNS notification
+    says so; at the end ``results.json`` goes to S3 and a final notification ends the session. S3 layout
+    (AWS leaves it open): ``<KeyPrefix>/<name>/<SessionId>/frames/<LABEL>-<offset ms>.jpg``,
+    ``.../crops/<LABEL>-<offset ms>.jpg`` and ``.../results.json``, through the server's object store."""
+
+    def __init__(self, ctx: WorkContext, store: Store, row: Row[Any], payload: dict[str, Any]) -> None:
+        from mlharbor.blobs.store import S3Uri, open_blob_store
+        from mlharbor.engines.labels import LABELS, LabelModelError, detector
+
+        stop = StopWatch(ctx, store, table, row.arn, payload["attempt"], ACTIVE)
+        self.store, self.row, self.attempt = store, row, payload["attempt"]
+        settings = row.spec["Settings"]["ConnectedHome"]
+        self.labels = set(LABELS) if "ALL" in settings["Labels"] else set(settings["Labels"])
+        self.min_confidence = settings.get("MinConfidence", 50.0)
+        self.duration = (row.session or {}).get("StopSelector", {}).get("MaxDurationInSeconds", 10)
+        stream, url = _video_url(row, payload)
+        try:
+            self.detector = detector(Path(payload["data_dir"]) / "models")
+        except LabelModelError as exc:
+            raise _Unusable(f"No label detection model: {exc}") from None
+        missing = self.labels - set(self.detector.classes.values())
+        if missing:
+            raise _Unusable(f"The label detection model cannot detect {', '.join(sorted(missing))}")
+        destination = row.spec["Output"]["S3Destination"]
+        prefix = "/".join(
+            p for p in (destination.get("KeyPrefix", "").strip("/"), row.name, row.session_id) if p
+        )
+        self.folder = S3Uri(destination["Bucket"], prefix)
+        self.blobs = open_blob_store(payload["object_store"], Path(payload["data_dir"]))
+        self.notifier = Notifier(row.spec["NotificationChannel"]["SNSTopicArn"])
+        try:
+            self.notifier.check()
+        except NotificationUnavailable as exc:
+            raise _Unusable(str(exc)) from None
+        if stop():
+            raise _StoppedWhileStarting
+        self.source = _open(url, stream, payload["fps"])
+        self.fragment_base = _fragment_base()
+        self.stop = stop
+
+    def close(self) -> None:
+        self.source.close()
+
+    def run(self, ctx: WorkContext) -> dict[str, Any]:
+        from mlharbor.engines.video import VideoError
+
+        started, frames, first_seen = time.monotonic(), 0, {}
+        last_frame = None
+        while not self.stop() and time.monotonic() - started < self.duration:
+            try:
+                frame = self.source.next(timeout=0.1)
+            except VideoError as exc:
+                _fail(self.store, self.row.arn, self.attempt, f"Unable to read video stream: {exc}")
+                return {"stopped": False}
+            if frame is None:
+                continue
+            frames, last_frame = frames + 1, frame
+            for found in self.detector.detect(frame.pixels, self.min_confidence):
+                if found.label in self.labels and found.label not in first_seen:
+                    first_seen[found.label] = self._detected(frame, found)
+            ctx.heartbeat({"frames": frames, "labels": sorted(first_seen)})
+        with self.store.read() as conn:
+            status = conn.execute(select(table.c.status).where(table.c.arn == self.row.arn)).scalar()
+        if status == "STARTING" and time.monotonic() - started < self.duration:
+            return {"stopped": True}  # the server is shutting down: the session runs again after it
+        self._completed(first_seen, frames, last_frame)
+        _move(self.store, self.row.arn, {"STARTING": "STOPPED", "STOPPING": "STOPPED"}, self.attempt,
+              status_message=None)  # fmt: skip
+        return {"stopped": status == "STOPPING", "frames": frames}
+
+    def _detected(self, frame: Any, found: Any) -> dict[str, Any]:
+        """Store the frame and the crop, notify, and return the label's entry for the messages."""
+        at = _Position.of(frame, self.fragment_base)
+        millis = int(round(frame.stream_seconds * 1000))
+        height, width = frame.pixels.shape[:2]
+        left, top = max(0, int(found.left)), max(0, int(found.top))
+        crop = frame.pixels[top : int(found.top + found.height), left : int(found.left + found.width)]
+        frame_uri = self.folder.join("frames", f"{found.label}-{millis}.jpg")
+        crop_uri = self.folder.join("crops", f"{found.label}-{millis}.jpg")
+        self.blobs.put(frame_uri, _jpeg(frame.pixels))
+        self.blobs.put(crop_uri, _jpeg(crop if crop.size else frame.pixels))
+        label = {
+            "id": str(uuid.uuid4()),
+            "name": found.label,
+            "confidence": found.confidence,
+            "frameImageUri": str(frame_uri),
+            "croppedImageUri": str(crop_uri),
+            "videoMapping": {
+                "kinesisVideoMapping": {
+                    "fragmentNumber": at.fragment_number,
+                    "serverTimestamp": int(at.server_timestamp * 1000),
+                    "producerTimestamp": int(at.producer_timestamp * 1000),
+                    "frameOffsetMillis": int(at.offset * 1000),
+                }
+            },
+            "boundingBox": {
+                "left": found.left / width,
+                "top": found.top / height,
+                "height": found.height / height,
+                "width": found.width / width,
+            },
+        }
+        self.notifier.publish(self._message("LABEL_DETECTED", labels=[label]))
+        return label
+
+    def _completed(self, first_seen: dict[str, Any], frames: int, last_frame: Any) -> None:
+        processed = int(round(last_frame.stream_seconds * 1000)) if last_frame is not None else 0
+        results = {
+            "sessionId": self.row.session_id,
+            "streamProcessorName": self.row.name,
+            "framesAnalysed": frames,
+            "processedVideoDurationMillis": processed,
+            "labels": list(first_seen.values()),
+        }
+        self.blobs.put(self.folder.join("results.json"), json.dumps(results, indent=2).encode())
+        seen = ", ".join(sorted(first_seen)) or "no labels"
+        self.notifier.publish(
+            self._message(
+                "STREAM_PROCESSING_COMPLETE",
+                processed=processed,
+                streamProcessingResults={"message": f"Stream processing completed: {seen} detected."},
+            )
+        )
+
+    def _message(self, kind: str, processed: int | None = None, **body: Any) -> dict[str, Any]:
+        video: dict[str, Any] = {"streamArn": self.row.input_stream_arn}
+        if processed is not None:
+            video["processedVideoDurationMillis"] = processed
+        return {
+            "inputInformation": {"kinesisVideo": video},
+            "eventNamespace": {"type": kind},
+            **body,
+            "eventId": str(uuid.uuid4()),
+            "tags": self.tags,
+            "sessionId": self.row.session_id,
+            "startStreamProcessorRequest": {"name": self.row.name, **(self.row.session or {})},
+        }
+
+    @property
+    def tags(self) -> dict[str, str]:
+        from mlharbor.services import tags
+
+        with self.store.read() as conn:
+            return tags.get(conn, self.row.arn)
+
+
+def _jpeg(pixels: Any) -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, "JPEG", quality=90)
+    return out.getvalue()
 
 
 class _Tracks:

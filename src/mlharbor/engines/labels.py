@@ -1,0 +1,163 @@
+"""Label detection for connected home stream processors: PERSON, PET, PACKAGE in video frames.
+
+No PyPI package ships object-detection weights, so detections come from a YOLO-style ONNX model the user
+puts in the models folder (``<data-dir>/models/labels.onnx``), run with onnxruntime:
+
+* input: one float32 tensor ``[1, 3, H, W]``, RGB scaled to 0-1 (the frame is resized to H×W; a dynamic
+  size is given 640×640);
+* output: YOLOv8's ``[1, 4 + C, N]`` (rows cx, cy, w, h in input pixels, then C class scores) or YOLOv5's
+  ``[1, N, 5 + C]`` (cx, cy, w, h, objectness, C class scores: confidence = objectness × class score);
+* classes: ``labels.json`` next to the model maps class indices to labels, e.g.
+  ``{"classes": {"0": "PERSON", "15": "PET", "16": "PET"}}``; without it the COCO order is assumed
+  (0 person → PERSON, 15 cat and 16 dog → PET; COCO has no package class).
+
+Boxes of one label that overlap by more than ``NMS_IOU`` are merged (greedy non-maximum suppression).
+A label the model does not map cannot be detected: ``available_labels`` tells CreateStreamProcessor.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy
+
+LABELS = ("PERSON", "PET", "PACKAGE")
+MODEL_FILE = "labels.onnx"
+CLASSES_FILE = "labels.json"
+COCO_CLASSES = {0: "PERSON", 15: "PET", 16: "PET"}
+NMS_IOU = 0.45
+DYNAMIC_SIDE = 640
+
+
+@dataclass(frozen=True)
+class Detection:
+    label: str
+    confidence: float  # 0-100
+    left: float  # box in the frame's pixels
+    top: float
+    width: float
+    height: float
+
+
+class LabelModelError(Exception):
+    """The model folder holds no usable label model; ``str()`` says what is wrong."""
+
+
+def available_labels(models_dir: Path) -> frozenset[str]:
+    """The labels the installed model can detect (empty without a model)."""
+    path = models_dir / MODEL_FILE
+    try:
+        stamp = path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return frozenset()
+    try:
+        return frozenset(_load(str(path), stamp).classes.values())
+    except LabelModelError:
+        return frozenset()
+
+
+def detector(models_dir: Path) -> OnnxLabelDetector:
+    path = models_dir / MODEL_FILE
+    try:
+        stamp = path.stat().st_mtime_ns
+    except FileNotFoundError:
+        raise LabelModelError(f"no label model at {path}") from None
+    return _load(str(path), stamp)
+
+
+@lru_cache(maxsize=4)
+def _load(path: str, _stamp: int) -> OnnxLabelDetector:
+    return OnnxLabelDetector(Path(path))
+
+
+class OnnxLabelDetector:
+    def __init__(self, path: Path) -> None:
+        import onnxruntime
+
+        try:
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = 1  # one frame at a time; the worker is one of many
+            self._session = onnxruntime.InferenceSession(
+                str(path), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own exception types for bad files
+            raise LabelModelError(f"cannot load {path}: {exc}") from None
+        model_input = self._session.get_inputs()[0]
+        self._input = model_input.name
+        shape = model_input.shape
+        self.height = shape[2] if isinstance(shape[2], int) else DYNAMIC_SIDE
+        self.width = shape[3] if isinstance(shape[3], int) else DYNAMIC_SIDE
+        self.classes = _classes(path.with_name(CLASSES_FILE))
+
+    def detect(self, pixels: numpy.ndarray, min_confidence: float = 50.0) -> list[Detection]:
+        from PIL import Image
+
+        frame_h, frame_w = pixels.shape[:2]
+        resized = numpy.asarray(
+            Image.fromarray(pixels).resize((self.width, self.height)), dtype=numpy.float32
+        )
+        tensor = (resized / 255.0).transpose(2, 0, 1)[None]
+        output = numpy.asarray(self._session.run(None, {self._input: tensor})[0])[0]
+        boxes, scores = _rows(output)
+        found: list[Detection] = []
+        sx, sy = frame_w / self.width, frame_h / self.height
+        for index, label in self.classes.items():
+            if index >= scores.shape[1]:
+                continue
+            keep = numpy.flatnonzero(scores[:, index] * 100.0 >= min_confidence)
+            for k in _nms(boxes[keep], scores[keep, index]):
+                cx, cy, w, h = boxes[keep[k]]
+                found.append(
+                    Detection(label, float(scores[keep[k], index] * 100.0), float((cx - w / 2) * sx),
+                              float((cy - h / 2) * sy), float(w * sx), float(h * sy))
+                )  # fmt: skip
+        return sorted(found, key=lambda d: -d.confidence)
+
+
+def _rows(output: numpy.ndarray) -> tuple[numpy.ndarray, numpy.ndarray]:
+    """(boxes [N, 4] as cx, cy, w, h; class scores [N, C]) from either YOLO layout (N, the number of
+    candidate boxes, is always the longer side: thousands against 4 + C)."""
+    if output.ndim != 2 or min(output.shape) < 5:
+        raise LabelModelError(f"unexpected model output shape {output.shape}")
+    if output.shape[0] < output.shape[1]:  # YOLOv8: [4 + C, N]
+        rows = output.T
+        return rows[:, :4], rows[:, 4:]
+    return output[:, :4], output[:, 5:] * output[:, 4:5]  # YOLOv5: [N, 5 + C], objectness × class
+
+
+def _nms(boxes: numpy.ndarray, scores: numpy.ndarray) -> list[int]:
+    order = list(numpy.argsort(-scores))
+    kept: list[int] = []
+    while order:
+        best = order.pop(0)
+        kept.append(best)
+        order = [k for k in order if _iou(boxes[best], boxes[k]) <= NMS_IOU]
+    return kept
+
+
+def _iou(a: numpy.ndarray, b: numpy.ndarray) -> float:
+    ax0, ay0, ax1, ay1 = a[0] - a[2] / 2, a[1] - a[3] / 2, a[0] + a[2] / 2, a[1] + a[3] / 2
+    bx0, by0, bx1, by1 = b[0] - b[2] / 2, b[1] - b[3] / 2, b[0] + b[2] / 2, b[1] + b[3] / 2
+    w, h = min(ax1, bx1) - max(ax0, bx0), min(ay1, by1) - max(ay0, by0)
+    if w <= 0 or h <= 0:
+        return 0.0
+    inter = w * h
+    return float(inter / (a[2] * a[3] + b[2] * b[3] - inter))
+
+
+def _classes(path: Path) -> dict[int, str]:
+    if not path.exists():
+        return dict(COCO_CLASSES)
+    try:
+        data: Any = json.loads(path.read_text())
+        classes = {int(k): str(v).upper() for k, v in data["classes"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise LabelModelError(f'{path} must look like {{"classes": {{"0": "PERSON"}}}}: {exc}') from None
+    unknown = set(classes.values()) - set(LABELS)
+    if unknown:
+        raise LabelModelError(f"{path} maps to unknown labels {sorted(unknown)}; use {', '.join(LABELS)}")
+    return classes
