@@ -407,4 +407,20 @@ def test_connected_home_detects_a_person_stores_frames_notifies_and_ends_by_itse
     assert complete["inputInformation"]["kinesisVideo"]["processedVideoDurationMillis"] >= 2000
     results = json.loads((folder / "results.json").read_text())
     assert [item["name"] for item in results["labels"]] == ["PERSON"] and results["framesAnalysed"] >= 10
+
+    # Regions of interest that miss the block (a box on the right, a triangle at the bottom): no person.
+    regions = [
+        {"BoundingBox": {"Left": 0.6, "Top": 0.0, "Width": 0.4, "Height": 1.0}},
+        {"Polygon": [{"X": 0.0, "Y": 1.0}, {"X": 0.5, "Y": 0.6}, {"X": 1.0, "Y": 1.0}]},
+    ]
+    rek.update_stream_processor(Name=name, RegionsOfInterestForUpdate=regions)
+    messages.clear()
+    rek.start_stream_processor(Name=name, StopSelector={"MaxDurationInSeconds": 2})
+
+    def ended() -> bool:
+        received()
+        return status(rek, name) == "STOPPED" and len(messages) >= 1
+
+    wait_until(ended, timeout=60, what="the end of the second session")
+    assert [m["eventNamespace"]["type"] for m in messages] == ["STREAM_PROCESSING_COMPLETE"]
     rek.delete_stream_processor(Name=name)

@@ -304,6 +304,7 @@ class _ConnectedHomeSession:
         self.labels = set(LABELS) if "ALL" in settings["Labels"] else set(settings["Labels"])
         self.min_confidence = settings.get("MinConfidence", 50.0)
         self.duration = (row.session or {}).get("StopSelector", {}).get("MaxDurationInSeconds", 10)
+        self.regions = row.spec.get("RegionsOfInterest", [])
         stream, url = _video_url(row, payload)
         try:
             self.detector = detector(Path(payload["data_dir"]) / "models")
@@ -347,7 +348,11 @@ class _ConnectedHomeSession:
                 continue
             frames, last_frame = frames + 1, frame
             for found in self.detector.detect(frame.pixels, self.min_confidence):
-                if found.label in self.labels and found.label not in first_seen:
+                if (
+                    found.label in self.labels
+                    and found.label not in first_seen
+                    and _in_regions(found, frame.pixels.shape, self.regions)
+                ):
                     first_seen[found.label] = self._detected(frame, found)
             ctx.heartbeat({"frames": frames, "labels": sorted(first_seen)})
         with self.store.read() as conn:
@@ -433,6 +438,34 @@ class _ConnectedHomeSession:
 
         with self.store.read() as conn:
             return tags.get(conn, self.row.arn)
+
+
+def _in_regions(found: Any, shape: tuple[int, ...], regions: list[dict[str, Any]]) -> bool:
+    """Whether a detection's centre lies in one of the regions of interest (boxes or polygons, as ratios
+    of the frame); without regions the whole frame counts."""
+    if not regions:
+        return True
+    height, width = shape[:2]
+    x, y = (found.left + found.width / 2) / width, (found.top + found.height / 2) / height
+    for region in regions:
+        box = region.get("BoundingBox")
+        if box is not None:
+            left, top = box.get("Left", 0.0), box.get("Top", 0.0)
+            if left <= x <= left + box.get("Width", 1.0) and top <= y <= top + box.get("Height", 1.0):
+                return True
+        points = [(p.get("X", 0.0), p.get("Y", 0.0)) for p in region.get("Polygon", [])]
+        if len(points) >= 3 and _in_polygon(x, y, points):
+            return True
+    return False
+
+
+def _in_polygon(x: float, y: float, points: list[tuple[float, float]]) -> bool:
+    """Ray casting: an odd number of edge crossings to the right of the point means inside."""
+    inside = False
+    for (x1, y1), (x2, y2) in zip(points, points[1:] + points[:1], strict=True):
+        if (y1 > y) != (y2 > y) and x < x1 + (y - y1) * (x2 - x1) / (y2 - y1):
+            inside = not inside
+    return inside
 
 
 def _jpeg(pixels: Any) -> bytes:
