@@ -7,6 +7,8 @@ import json
 import os
 import re
 import signal
+import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -424,3 +426,47 @@ def test_connected_home_detects_a_person_stores_frames_notifies_and_ends_by_itse
     wait_until(ended, timeout=60, what="the end of the second session")
     assert [m["eventNamespace"]["type"] for m in messages] == ["STREAM_PROCESSING_COMPLETE"]
     rek.delete_stream_processor(Name=name)
+
+
+def test_a_camera_that_drops_is_reconnected_while_the_processor_keeps_running(
+    tmp_path, moto_endpoint, kinesis
+):
+    """An HTTP camera that sends a few seconds of MPEG-TS per connection, then hangs up."""
+    clip = write_video(tmp_path / "camera.ts", portrait_frames(30), fps=10).read_bytes()
+    listener = socket.create_server(("127.0.0.1", 0))
+    connections: list[int] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return  # closed
+            with connection:
+                connection.recv(65536)
+                connection.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: video/mp2t\r\n\r\n" + clip)
+                connections.append(1)
+
+    threading.Thread(target=serve, daemon=True).start()
+    camera = f"http://127.0.0.1:{listener.getsockname()[1]}/live.ts"
+    url, drop = _fresh_database(tmp_path)
+    server = start_server(
+        tmp_path, url, "--video-stream", f"gate={camera}", env=aws_env(moto_endpoint, tmp_path)
+    )
+    try:
+        rek = server.client("rekognition")
+        rek.create_collection(CollectionId="staff")
+        output = data_stream(kinesis)
+        name = processor(rek, "gate", output, "staff")
+        rek.start_stream_processor(Name=name)
+        records = Records(kinesis, output)
+        wait_until(lambda: len(connections) >= 3, timeout=90, what="two reconnections")
+        count = len(records.read())
+        wait_until(lambda: len(records.read()) > count, timeout=60, what="records after reconnecting")
+        assert status(rek, name) == "RUNNING"
+        rek.stop_stream_processor(Name=name)
+        wait_until(lambda: status(rek, name) == "STOPPED", timeout=60, what="STOPPED")
+    finally:
+        stop_server(server)
+        listener.close()
+        drop()

@@ -59,6 +59,7 @@ FRAGMENT_SECONDS = 2.0  # Kinesis Video's usual fragment length
 MIN_FACE_MATCH_THRESHOLD = 80.0  # AWS raises lower FaceMatchThreshold values to 80
 MATCHES_PER_FACE = 10
 ACTIVE = frozenset({"STARTING", "RUNNING"})
+RECONNECT_FIRST_S, RECONNECT_MAX_S = 1.0, 30.0  # a live source's reconnect backoff
 
 
 def stream_work_id(arn: str, session_id: str | None, attempt: int) -> str:
@@ -208,10 +209,30 @@ class _FaceSearchSession:
         self.tracks = _Tracks()
         step()
         self.source = _open(url, stream, payload["fps"])
+        self.stream, self.url, self.fps = stream, url, payload["fps"]
         self.fragment_base = _fragment_base()
 
     def close(self) -> None:
         self.source.close()
+
+    def _reconnect(self, ctx: WorkContext, stop: StopWatch, error: Exception) -> bool:
+        """A live source that failed (camera gone, network down) is opened again with backoff while the
+        processor stays RUNNING, its StatusMessage saying why; False if a stop came first."""
+        arn, delay = self.row.arn, RECONNECT_FIRST_S
+        message = f"Reconnecting to video stream {self.stream}: {error}"
+        log.warning("stream processor %s: %s", arn, message)
+        _move(self.store, arn, {"RUNNING": "RUNNING"}, self.attempt, status_message=message)
+        self.source.close()
+        while not stop():
+            try:
+                self.source = _open(self.url, self.stream, self.fps)
+            except _Unusable:
+                ctx.wait_stop(delay)
+                delay = min(RECONNECT_MAX_S, delay * 2)
+                continue
+            _move(self.store, arn, {"RUNNING": "RUNNING"}, self.attempt, status_message=None)
+            return True
+        return False
 
     def run(self, ctx: WorkContext) -> dict[str, Any]:
         from mlharbor.engines.video import VideoError
@@ -226,6 +247,10 @@ class _FaceSearchSession:
             try:
                 frame = self.source.next(timeout=0.1)
             except VideoError as exc:
+                if not self.source.is_file:  # a camera or network stream: wait for it to come back
+                    if self._reconnect(ctx, stop, exc):
+                        continue
+                    break
                 self.sink.flush()
                 _fail(self.store, arn, self.attempt, f"Unable to read video stream: {exc}")
                 return {"stopped": False}
