@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy
 
 from mlharbor.engines.faces import Box, Face
-from mlharbor.services.rekognition.streaming import _Tracks
+from mlharbor.services.rekognition.face_search import Tracks
 
 
 def frame(*boxes: Box) -> list[SimpleNamespace]:
@@ -21,7 +21,7 @@ def test_a_face_that_stays_keeps_its_descriptor_until_it_is_refreshed() -> None:
         described.append(len(faces))
         return [Face(f.box, f.confidence, f.landmarks, numpy.full(128, len(described), "f4")) for f in faces]
 
-    tracks = _Tracks()
+    tracks = Tracks()
     first = tracks.descriptors(frame(Box(100, 100, 200, 200)), describe)
     moved = tracks.descriptors(frame(Box(110, 105, 210, 205)), describe)  # the same face, slightly moved
     assert described == [1] and moved[0] is first[0]
@@ -30,7 +30,7 @@ def test_a_face_that_stays_keeps_its_descriptor_until_it_is_refreshed() -> None:
     both = tracks.descriptors(frame(Box(112, 104, 212, 204), Box(400, 100, 480, 180)), describe)
     assert described == [1, 1] and both[0] is first[0] and both[1] is not first[0]
 
-    for _ in range(_Tracks.REFRESH_FRAMES):  # described afresh once it is REFRESH_FRAMES frames old
+    for _ in range(Tracks.REFRESH_FRAMES):  # described afresh once it is REFRESH_FRAMES frames old
         tracks.descriptors(frame(Box(112, 104, 212, 204)), describe)
     assert len(described) == 3
 

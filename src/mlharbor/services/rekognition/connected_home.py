@@ -1,0 +1,210 @@
+"""Connected home sessions: label detection (PERSON, PET, PACKAGE) for a bounded session, frames to the S3
+destination and events to SNS."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Row, select
+
+from mlharbor.runtime import WorkContext
+from mlharbor.services.attempts import StopWatch
+from mlharbor.services.rekognition import sessions as ss
+from mlharbor.services.rekognition.sinks import NotificationUnavailable, Notifier
+from mlharbor.store.db import Store
+from mlharbor.store.tables import stream_processors as table
+
+
+class ConnectedHomeSession:
+    """Label detection (PERSON, PET, PACKAGE) for one session of ``StopSelector.MaxDurationInSeconds``
+    (default 10 s). AWS keeps the processor STARTING for the whole session and ends it STOPPED. The first
+    time a label is seen: the frame and the label's crop go to the S3 destination and one SNS notification
+    says so; at the end ``results.json`` goes to S3 and a final notification ends the session. S3 layout
+    (AWS leaves it open): ``<KeyPrefix>/<name>/<SessionId>/frames/<LABEL>-<offset ms>.jpg``,
+    ``.../crops/<LABEL>-<offset ms>.jpg`` and ``.../results.json``, through the server's object store."""
+
+    def __init__(self, ctx: WorkContext, store: Store, row: Row[Any], payload: dict[str, Any]) -> None:
+        from mlharbor.blobs.store import S3Uri, open_blob_store
+        from mlharbor.engines.labels import LABELS, LabelModelError, detector
+
+        stop = StopWatch(ctx, store, table, row.arn, payload["attempt"], ss.ACTIVE)
+        self.store, self.row, self.attempt = store, row, payload["attempt"]
+        settings = row.spec["Settings"]["ConnectedHome"]
+        self.labels = set(LABELS) if "ALL" in settings["Labels"] else set(settings["Labels"])
+        self.min_confidence = settings.get("MinConfidence", 50.0)
+        self.duration = (row.session or {}).get("StopSelector", {}).get("MaxDurationInSeconds", 10)
+        self.regions = row.spec.get("RegionsOfInterest", [])
+        stream, url = ss.video_url(row, payload)
+        try:
+            self.detector = detector(Path(payload["data_dir"]) / "models")
+        except LabelModelError as exc:
+            raise ss.Unusable(f"No label detection model: {exc}") from None
+        missing = self.labels - set(self.detector.classes.values())
+        if missing:
+            raise ss.Unusable(f"The label detection model cannot detect {', '.join(sorted(missing))}")
+        destination = row.spec["Output"]["S3Destination"]
+        prefix = "/".join(
+            p for p in (destination.get("KeyPrefix", "").strip("/"), row.name, row.session_id) if p
+        )
+        self.folder = S3Uri(destination["Bucket"], prefix)
+        self.blobs = open_blob_store(payload["object_store"], Path(payload["data_dir"]))
+        self.notifier = Notifier(row.spec["NotificationChannel"]["SNSTopicArn"])
+        try:
+            self.notifier.check()
+        except NotificationUnavailable as exc:
+            raise ss.Unusable(str(exc)) from None
+        if stop():
+            raise ss.StoppedWhileStarting
+        self.source = ss.open_source(url, stream, payload["fps"])
+        self.fragment_base = ss.fragment_base()
+        self.stop = stop
+
+    def close(self) -> None:
+        self.source.close()
+
+    def run(self, ctx: WorkContext) -> dict[str, Any]:
+        from mlharbor.engines.video import VideoError
+
+        started, frames, first_seen = time.monotonic(), 0, {}
+        last_frame = None
+        while not self.stop() and time.monotonic() - started < self.duration:
+            try:
+                frame = self.source.next(timeout=0.1)
+            except VideoError as exc:
+                ss.fail(self.store, self.row.arn, self.attempt, f"Unable to read video stream: {exc}")
+                return {"stopped": False}
+            if frame is None:
+                continue
+            frames, last_frame = frames + 1, frame
+            for found in self.detector.detect(frame.pixels, self.min_confidence):
+                if (
+                    found.label in self.labels
+                    and found.label not in first_seen
+                    and _in_regions(found, frame.pixels.shape, self.regions)
+                ):
+                    first_seen[found.label] = self._detected(frame, found)
+            ctx.heartbeat({"frames": frames, "labels": sorted(first_seen)})
+        with self.store.read() as conn:
+            status = conn.execute(select(table.c.status).where(table.c.arn == self.row.arn)).scalar()
+        if status == "STARTING" and time.monotonic() - started < self.duration:
+            return {"stopped": True}  # the server is shutting down: the session runs again after it
+        self._completed(first_seen, frames, last_frame)
+        ss.move(self.store, self.row.arn, {"STARTING": "STOPPED", "STOPPING": "STOPPED"}, self.attempt,
+              status_message=None)  # fmt: skip
+        return {"stopped": status == "STOPPING", "frames": frames}
+
+    def _detected(self, frame: Any, found: Any) -> dict[str, Any]:
+        """Store the frame and the crop, notify, and return the label's entry for the messages."""
+        at = ss.Position.of(frame, self.fragment_base)
+        millis = int(round(frame.stream_seconds * 1000))
+        height, width = frame.pixels.shape[:2]
+        left, top = max(0, int(found.left)), max(0, int(found.top))
+        crop = frame.pixels[top : int(found.top + found.height), left : int(found.left + found.width)]
+        frame_uri = self.folder.join("frames", f"{found.label}-{millis}.jpg")
+        crop_uri = self.folder.join("crops", f"{found.label}-{millis}.jpg")
+        self.blobs.put(frame_uri, _jpeg(frame.pixels))
+        self.blobs.put(crop_uri, _jpeg(crop if crop.size else frame.pixels))
+        label = {
+            "id": str(uuid.uuid4()),
+            "name": found.label,
+            "confidence": found.confidence,
+            "frameImageUri": str(frame_uri),
+            "croppedImageUri": str(crop_uri),
+            "videoMapping": {
+                "kinesisVideoMapping": {
+                    "fragmentNumber": at.fragment_number,
+                    "serverTimestamp": int(at.server_timestamp * 1000),
+                    "producerTimestamp": int(at.producer_timestamp * 1000),
+                    "frameOffsetMillis": int(at.offset * 1000),
+                }
+            },
+            "boundingBox": {
+                "left": found.left / width,
+                "top": found.top / height,
+                "height": found.height / height,
+                "width": found.width / width,
+            },
+        }
+        self.notifier.publish(self._message("LABEL_DETECTED", labels=[label]))
+        return label
+
+    def _completed(self, first_seen: dict[str, Any], frames: int, last_frame: Any) -> None:
+        processed = int(round(last_frame.stream_seconds * 1000)) if last_frame is not None else 0
+        results = {
+            "sessionId": self.row.session_id,
+            "streamProcessorName": self.row.name,
+            "framesAnalysed": frames,
+            "processedVideoDurationMillis": processed,
+            "labels": list(first_seen.values()),
+        }
+        self.blobs.put(self.folder.join("results.json"), json.dumps(results, indent=2).encode())
+        seen = ", ".join(sorted(first_seen)) or "no labels"
+        self.notifier.publish(
+            self._message(
+                "STREAM_PROCESSING_COMPLETE",
+                processed=processed,
+                streamProcessingResults={"message": f"Stream processing completed: {seen} detected."},
+            )
+        )
+
+    def _message(self, kind: str, processed: int | None = None, **body: Any) -> dict[str, Any]:
+        video: dict[str, Any] = {"streamArn": self.row.input_stream_arn}
+        if processed is not None:
+            video["processedVideoDurationMillis"] = processed
+        return {
+            "inputInformation": {"kinesisVideo": video},
+            "eventNamespace": {"type": kind},
+            **body,
+            "eventId": str(uuid.uuid4()),
+            "tags": self.tags,
+            "sessionId": self.row.session_id,
+            "startStreamProcessorRequest": {"name": self.row.name, **(self.row.session or {})},
+        }
+
+    @property
+    def tags(self) -> dict[str, str]:
+        from mlharbor.services import tags
+
+        with self.store.read() as conn:
+            return tags.get(conn, self.row.arn)
+
+
+def _in_regions(found: Any, shape: tuple[int, ...], regions: list[dict[str, Any]]) -> bool:
+    """Whether a detection's centre lies in one of the regions of interest (boxes or polygons, as ratios
+    of the frame); without regions the whole frame counts."""
+    if not regions:
+        return True
+    height, width = shape[:2]
+    x, y = (found.left + found.width / 2) / width, (found.top + found.height / 2) / height
+    for region in regions:
+        box = region.get("BoundingBox")
+        if box is not None:
+            left, top = box.get("Left", 0.0), box.get("Top", 0.0)
+            if left <= x <= left + box.get("Width", 1.0) and top <= y <= top + box.get("Height", 1.0):
+                return True
+        points = [(p.get("X", 0.0), p.get("Y", 0.0)) for p in region.get("Polygon", [])]
+        if len(points) >= 3 and _in_polygon(x, y, points):
+            return True
+    return False
+
+
+def _in_polygon(x: float, y: float, points: list[tuple[float, float]]) -> bool:
+    """Ray casting: an odd number of edge crossings to the right of the point means inside."""
+    inside = False
+    for (x1, y1), (x2, y2) in zip(points, points[1:] + points[:1], strict=True):
+        if (y1 > y) != (y2 > y) and x < x1 + (y - y1) * (x2 - x1) / (y2 - y1):
+            inside = not inside
+    return inside
+
+
+def _jpeg(pixels: Any) -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, "JPEG", quality=90)
+    return out.getvalue()

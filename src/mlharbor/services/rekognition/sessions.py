@@ -1,0 +1,93 @@
+"""What both kinds of stream processor session share: state changes guarded by the worker's attempt, the
+video source, and the stand-in for Kinesis Video fragment positions."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Row
+
+from mlharbor import arns
+from mlharbor.services import attempts
+from mlharbor.services.rekognition import stream_processors as sp
+from mlharbor.store.db import Store
+from mlharbor.store.tables import stream_processors as table
+
+log = logging.getLogger(__name__)
+
+ACTIVE = frozenset({"STARTING", "RUNNING"})
+HEARTBEAT_S = 1.0
+FRAGMENT_SECONDS = 2.0  # Kinesis Video's usual fragment length
+
+
+def move(store: Store, arn: str, targets: dict[str, str], attempt: int, **values: Any) -> str | None:
+    return attempts.move(store, table, sp.STATES, arn, targets, attempt=attempt, **values)
+
+
+def fail(store: Store, arn: str, attempt: int, message: str) -> None:
+    """FAILED with ``message``; a processor being stopped ends STOPPED, as its user asked."""
+    log.warning("stream processor %s failed: %s", arn, message)
+    targets = {"STARTING": "FAILED", "RUNNING": "FAILED", "STOPPING": "STOPPED"}
+    move(store, arn, targets, attempt, status_message=message)
+
+
+def finish_stop(store: Store, arn: str, attempt: int) -> None:
+    move(store, arn, {"STOPPING": "STOPPED"}, attempt, status_message=None)
+
+
+def video_url(row: Row[Any], payload: dict[str, Any]) -> tuple[str, str]:
+    """(stream name, URL) of the processor's Kinesis Video stream in the server's video-stream table."""
+    named = arns.named_stream(row.input_stream_arn)
+    stream = named[2] if named else row.input_stream_arn
+    url = payload["video_streams"].get(stream)
+    if url is None:
+        raise Unusable(f"Stream {stream} under account {row.account_id} not found")
+    return stream, url
+
+
+def open_source(url: str, stream: str, fps: float) -> Any:
+    from mlharbor.engines.video import VideoError, VideoSource
+
+    source = VideoSource(url, fps=fps, max_side=1280)
+    try:
+        source.open()
+    except VideoError as exc:
+        raise Unusable(f"Unable to read video stream {stream}: {exc}") from None
+    return source
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a frame sits in MLHarbor's stand-in for Kinesis Video fragments (``FRAGMENT_SECONDS``
+    slices of the session, numbered from a base that grows with the session's start time)."""
+
+    fragment_number: str
+    server_timestamp: float  # the slice's start, as decoded here
+    producer_timestamp: float  # the slice's start, as captured
+    offset: float  # seconds from the slice's start to the frame
+
+    @classmethod
+    def of(cls, frame: Any, base: int) -> Position:
+        fragment = int(frame.stream_seconds // FRAGMENT_SECONDS)
+        offset = frame.stream_seconds - fragment * FRAGMENT_SECONDS
+        return cls(
+            str(base + fragment),
+            round(frame.received_time - offset, 3),
+            round(frame.producer_time - offset, 3),
+            round(offset, 3),
+        )
+
+
+def fragment_base() -> int:
+    return int(time.time() * 1000) * 100_000
+
+
+class Unusable(Exception):
+    """The session cannot run; ``str()`` is the StatusMessage (AWS's wording where it documents one)."""
+
+
+class StoppedWhileStarting(Exception):
+    """A stop arrived before the session was RUNNING."""
