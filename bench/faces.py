@@ -126,24 +126,17 @@ def api_part(images: list[bytes], index_calls: int, search_calls: int) -> dict[s
             client = aws_client(server, "rekognition")
             client.create_collection(CollectionId="bench")
             client.detect_faces(Image={"Bytes": images[0]})  # warm up: the engine loads on first use
-            index = [
-                timed(
-                    lambda i=i: client.index_faces(
-                        CollectionId="bench", Image={"Bytes": images[i % len(images)]}
-                    ),
-                    1,
-                )[0]
-                for i in range(index_calls)
-            ]
-            search = [
-                timed(
-                    lambda i=i: client.search_faces_by_image(
-                        CollectionId="bench", Image={"Bytes": images[i % len(images)]}
-                    ),
-                    1,
-                )[0]
-                for i in range(search_calls)
-            ]
+
+            def each_frame(call: Callable[..., object], count: int) -> list[float]:
+                return [
+                    timed(
+                        lambda i=i: call(CollectionId="bench", Image={"Bytes": images[i % len(images)]}), 1
+                    )[0]
+                    for i in range(count)
+                ]
+
+            index = each_frame(client.index_faces, index_calls)
+            search = each_frame(client.search_faces_by_image, search_calls)
             faces = client.describe_collection(CollectionId="bench")["FaceCount"]
             print(f"(collection holds {faces} faces after {index_calls} IndexFaces calls)")
         finally:

@@ -49,6 +49,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 
+from tests.conftest import aws_env  # noqa: E402
 from tests.engines.video_files import portrait_frames, write_video  # noqa: E402
 
 from harness import aws_client, print_table, start_server, stop_process  # noqa: E402
@@ -240,13 +241,8 @@ def main() -> None:
         tmp = Path(tmp_name)
         video = write_video(tmp / "face.mp4", portrait_frames(args.video_fps * 6), fps=args.video_fps)
         moto_url, moto = start_moto(tmp)
-        env = {
-            "AWS_ENDPOINT_URL_KINESIS": moto_url,
-            "AWS_ACCESS_KEY_ID": "test",
-            "AWS_SECRET_ACCESS_KEY": "test",
-            "AWS_DEFAULT_REGION": REGION,
-            "AWS_CONFIG_FILE": str(tmp / "none"),
-            "AWS_SHARED_CREDENTIALS_FILE": str(tmp / "none"),
+        env = {  # moto as the Kinesis endpoint, nothing of the developer's AWS setup
+            **aws_env(moto_url, tmp),
             "MLHARBOR_VIDEO_STREAM": " ".join(f"cam{i}={video}" for i in range(args.max_processors)),
         }
         import boto3

@@ -11,7 +11,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import boto3
@@ -106,6 +106,46 @@ class Records:
         self.iterator = response["NextShardIterator"]
         self.items += [(r["PartitionKey"], json.loads(r["Data"])) for r in response["Records"]]
         return [data for _, data in self.items]
+
+
+class Alone:
+    """A server of its own whose camera "cam" plays ``camera``, running one face search processor on an
+    empty collection (for tests that kill processes or need their own video source)."""
+
+    def __init__(self, tmp_path: Path, moto_endpoint: str, kinesis, camera: str) -> None:  # type: ignore[no-untyped-def]
+        self.tmp, self.env = tmp_path, aws_env(moto_endpoint, tmp_path)
+        self.args = ("--video-stream", f"cam={camera}")
+        self.url, self.drop = _fresh_database(tmp_path)
+        self.server = start_server(tmp_path, self.url, *self.args, env=self.env)
+        self.rek = self.server.client("rekognition")
+        self.rek.create_collection(CollectionId="staff")
+        output = data_stream(kinesis)
+        self.name = processor(self.rek, "cam", output, "staff")
+        self.rek.start_stream_processor(Name=self.name)
+        self.records = Records(kinesis, output)
+
+    def crash_and_restart(self) -> None:
+        self.server.process.kill()  # kill -9: no shutdown of any kind
+        self.server.process.wait()
+        self.server = start_server(self.tmp, self.url, *self.args, env=self.env)
+        self.rek = self.server.client("rekognition")
+
+    def close(self) -> None:
+        stop_server(self.server)
+        self.drop()
+
+
+@pytest.fixture
+def alone(tmp_path, moto_endpoint, kinesis) -> Iterator[Callable[[str], Alone]]:  # type: ignore[no-untyped-def]
+    started: list[Alone] = []
+
+    def start(camera: str) -> Alone:
+        started.append(Alone(tmp_path, moto_endpoint, kinesis, camera))
+        return started[-1]
+
+    yield start
+    for one in started:
+        one.close()
 
 
 @pytest.fixture(scope="module")
@@ -257,41 +297,21 @@ def test_sessions_that_cannot_run_fail_with_aws_status_messages(streaming, kines
     assert "doesn't exist" in rek.describe_stream_processor(Name=name)["StatusMessage"]
 
 
-def test_a_crashed_server_brings_running_processors_back(tmp_path, moto_endpoint, kinesis):
-    video = write_video(tmp_path / "hopper.mp4", portrait_frames(20), fps=10)
-    url, drop = _fresh_database(tmp_path)
-    args = ("--video-stream", f"door={video}")
-    env = aws_env(moto_endpoint, tmp_path)
-    first = start_server(tmp_path, url, *args, env=env)
-    try:
-        rek = first.client("rekognition")
-        rek.create_collection(CollectionId="staff")
-        output = data_stream(kinesis)
-        name = processor(rek, "door", output, "staff")
-        rek.start_stream_processor(Name=name)
-        records = Records(kinesis, output)
-        wait_until(lambda: len(records.read()) >= 3, timeout=60, what="records before the crash")
-    finally:
-        first.process.kill()  # kill -9: no shutdown of any kind
-        first.process.wait()
+def test_a_crashed_server_brings_running_processors_back(tmp_path, alone):
+    one = alone(str(write_video(tmp_path / "hopper.mp4", portrait_frames(20), fps=10)))
+    wait_until(lambda: len(one.records.read()) >= 3, timeout=60, what="records before the crash")
+    one.crash_and_restart()
+    restarted = time.time()
+    wait_until(lambda: status(one.rek, one.name) == "RUNNING", what="RUNNING after the restart")
 
-    second = start_server(tmp_path, url, *args, env=env)
-    try:
-        rek = second.client("rekognition")
-        restarted = time.time()
-        wait_until(lambda: status(rek, name) == "RUNNING", what="RUNNING after the restart")
+    def resumed() -> bool:
+        return any(
+            r["InputInformation"]["KinesisVideo"]["ServerTimestamp"] > restarted for r in one.records.read()
+        )
 
-        def resumed() -> bool:
-            return any(
-                r["InputInformation"]["KinesisVideo"]["ServerTimestamp"] > restarted for r in records.read()
-            )
-
-        wait_until(resumed, timeout=60, what="records after the restart")
-        rek.stop_stream_processor(Name=name)
-        wait_until(lambda: status(rek, name) == "STOPPED", timeout=60, what="STOPPED")
-    finally:
-        stop_server(second)
-        drop()
+    wait_until(resumed, timeout=60, what="records after the restart")
+    one.rek.stop_stream_processor(Name=one.name)
+    wait_until(lambda: status(one.rek, one.name) == "STOPPED", timeout=60, what="STOPPED")
 
 
 def test_stop_while_starting_then_delete_and_create_again(streaming, kinesis, hopper_collection):
@@ -324,113 +344,26 @@ def test_stop_while_starting_then_delete_and_create_again(streaming, kinesis, ho
     rek.delete_stream_processor(Name=name)
 
 
-def test_a_killed_worker_is_restarted_and_repeated_deaths_fail_the_processor(
-    tmp_path, moto_endpoint, kinesis
-):
-    video = write_video(tmp_path / "hopper.mp4", portrait_frames(20), fps=10)
-    url, drop = _fresh_database(tmp_path)
-    server = start_server(
-        tmp_path, url, "--video-stream", f"door={video}", env=aws_env(moto_endpoint, tmp_path)
-    )
-    try:
-        rek = server.client("rekognition")
-        rek.create_collection(CollectionId="staff")
-        output = data_stream(kinesis)
-        name = processor(rek, "door", output, "staff")
-        rek.start_stream_processor(Name=name)
-        records = Records(kinesis, output)
-        wait_until(lambda: len(records.read()) >= 2, timeout=60, what="records")
-        for death in range(3):
-            [worker] = worker_pids(server.process.pid)
-            os.kill(worker, signal.SIGKILL)
-            if death < 2:  # restarted (after 1 s, then 4 s): still RUNNING, and records keep coming
-                wait_until(lambda worker=worker: worker_pids(server.process.pid) not in ([], [worker]),
-                           timeout=60, what="a new worker")  # fmt: skip
-                count = len(records.read())
-                wait_until(lambda count=count: len(records.read()) > count, timeout=60, what="records again")
-                assert status(rek, name) == "RUNNING"
-        wait_until(lambda: status(rek, name) == "FAILED", timeout=60, what="FAILED after three deaths")
-        message = rek.describe_stream_processor(Name=name)["StatusMessage"]
-        assert message.startswith("The stream processor stopped unexpectedly 3 times")
-    finally:
-        stop_server(server)
-        drop()
+def test_a_killed_worker_is_restarted_and_repeated_deaths_fail_the_processor(tmp_path, alone):
+    one = alone(str(write_video(tmp_path / "hopper.mp4", portrait_frames(20), fps=10)))
+    wait_until(lambda: len(one.records.read()) >= 2, timeout=60, what="records")
+    pid = one.server.process.pid
+    for death in range(3):
+        [worker] = worker_pids(pid)
+        os.kill(worker, signal.SIGKILL)
+        if death < 2:  # restarted (after 1 s, then 4 s): still RUNNING, and records keep coming
+            wait_until(
+                lambda worker=worker: worker_pids(pid) not in ([], [worker]), timeout=60, what="a new worker"
+            )
+            count = len(one.records.read())
+            wait_until(lambda count=count: len(one.records.read()) > count, timeout=60, what="records again")
+            assert status(one.rek, one.name) == "RUNNING"
+    wait_until(lambda: status(one.rek, one.name) == "FAILED", timeout=60, what="FAILED after three deaths")
+    message = one.rek.describe_stream_processor(Name=one.name)["StatusMessage"]
+    assert message.startswith("The stream processor stopped unexpectedly 3 times")
 
 
-def test_connected_home_detects_a_person_stores_frames_notifies_and_ends_by_itself(streaming, moto_endpoint):
-    aws = {"endpoint_url": moto_endpoint, "region_name": REGION,
-           "aws_access_key_id": "test", "aws_secret_access_key": "test"}  # fmt: skip
-    sns, sqs = boto3.client("sns", **aws), boto3.client("sqs", **aws)
-    topic = sns.create_topic(Name=unique("events"))["TopicArn"]
-    queue = sqs.create_queue(QueueName=unique("inbox"))["QueueUrl"]
-    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"][
-        "QueueArn"
-    ]
-    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
-
-    rek = streaming.client("rekognition")
-    name = unique("porch")
-    rek.create_stream_processor(
-        Name=name,
-        Input={"KinesisVideoStream": {"Arn": f"arn:aws:kinesisvideo:{REGION}:{ACCOUNT}:stream/porch/1"}},
-        Output={"S3Destination": {"Bucket": "home-results", "KeyPrefix": "porch"}},
-        Settings={"ConnectedHome": {"Labels": ["PERSON"], "MinConfidence": 80.0}},
-        NotificationChannel={"SNSTopicArn": topic},
-        RoleArn=f"arn:aws:iam::{ACCOUNT}:role/rekognition",
-    )
-    session = rek.start_stream_processor(Name=name, StopSelector={"MaxDurationInSeconds": 3})["SessionId"]
-    assert status(rek, name) == "STARTING"  # AWS keeps connected home sessions STARTING throughout
-
-    messages: list[dict] = []
-
-    def received() -> bool:
-        for message in sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", []):
-            body = json.loads(message["Body"])
-            assert body["Subject"] == "Rekognition Stream Processing Event"
-            messages.append(json.loads(body["Message"]))
-        return len(messages) >= 2
-
-    wait_until(received, timeout=60, what="two notifications")
-    wait_until(lambda: status(rek, name) == "STOPPED", timeout=30, what="STOPPED by itself")
-
-    detected, complete = messages
-    assert detected["eventNamespace"]["type"] == "LABEL_DETECTED"
-    assert detected["sessionId"] == session and detected["startStreamProcessorRequest"]["name"] == name
-    [label] = detected["labels"]
-    assert label["name"] == "PERSON"
-    box = label["boundingBox"]  # the red block spans x 0.2-0.4, y 0.2-0.4 of the frame
-    assert 0.15 <= box["left"] <= 0.4 and 0.15 <= box["top"] <= 0.4 and box["width"] > 0
-    folder = streaming.data_dir / "s3" / "home-results" / "porch" / name / session
-    for uri in (label["frameImageUri"], label["croppedImageUri"]):
-        assert uri.startswith(f"s3://home-results/porch/{name}/{session}/")
-        path = streaming.data_dir / "s3" / uri.removeprefix("s3://")
-        assert path.read_bytes()[:2] == b"\xff\xd8"  # a JPEG
-    assert complete["eventNamespace"]["type"] == "STREAM_PROCESSING_COMPLETE"
-    assert complete["inputInformation"]["kinesisVideo"]["processedVideoDurationMillis"] >= 2000
-    results = json.loads((folder / "results.json").read_text())
-    assert [item["name"] for item in results["labels"]] == ["PERSON"] and results["framesAnalysed"] >= 10
-
-    # Regions of interest that miss the block (a box on the right, a triangle at the bottom): no person.
-    regions = [
-        {"BoundingBox": {"Left": 0.6, "Top": 0.0, "Width": 0.4, "Height": 1.0}},
-        {"Polygon": [{"X": 0.0, "Y": 1.0}, {"X": 0.5, "Y": 0.6}, {"X": 1.0, "Y": 1.0}]},
-    ]
-    rek.update_stream_processor(Name=name, RegionsOfInterestForUpdate=regions)
-    messages.clear()
-    rek.start_stream_processor(Name=name, StopSelector={"MaxDurationInSeconds": 2})
-
-    def ended() -> bool:
-        received()
-        return status(rek, name) == "STOPPED" and len(messages) >= 1
-
-    wait_until(ended, timeout=60, what="the end of the second session")
-    assert [m["eventNamespace"]["type"] for m in messages] == ["STREAM_PROCESSING_COMPLETE"]
-    rek.delete_stream_processor(Name=name)
-
-
-def test_a_camera_that_drops_is_reconnected_while_the_processor_keeps_running(
-    tmp_path, moto_endpoint, kinesis
-):
+def test_a_camera_that_drops_is_reconnected_while_the_processor_keeps_running(tmp_path, alone):
     """An HTTP camera that sends a few seconds of MPEG-TS per connection, then hangs up."""
     clip = write_video(tmp_path / "camera.ts", portrait_frames(30), fps=10).read_bytes()
     listener = socket.create_server(("127.0.0.1", 0))
@@ -448,25 +381,13 @@ def test_a_camera_that_drops_is_reconnected_while_the_processor_keeps_running(
                 connections.append(1)
 
     threading.Thread(target=serve, daemon=True).start()
-    camera = f"http://127.0.0.1:{listener.getsockname()[1]}/live.ts"
-    url, drop = _fresh_database(tmp_path)
-    server = start_server(
-        tmp_path, url, "--video-stream", f"gate={camera}", env=aws_env(moto_endpoint, tmp_path)
-    )
     try:
-        rek = server.client("rekognition")
-        rek.create_collection(CollectionId="staff")
-        output = data_stream(kinesis)
-        name = processor(rek, "gate", output, "staff")
-        rek.start_stream_processor(Name=name)
-        records = Records(kinesis, output)
+        one = alone(f"http://127.0.0.1:{listener.getsockname()[1]}/live.ts")
         wait_until(lambda: len(connections) >= 3, timeout=90, what="two reconnections")
-        count = len(records.read())
-        wait_until(lambda: len(records.read()) > count, timeout=60, what="records after reconnecting")
-        assert status(rek, name) == "RUNNING"
-        rek.stop_stream_processor(Name=name)
-        wait_until(lambda: status(rek, name) == "STOPPED", timeout=60, what="STOPPED")
+        count = len(one.records.read())
+        wait_until(lambda: len(one.records.read()) > count, timeout=60, what="records after reconnecting")
+        assert status(one.rek, one.name) == "RUNNING"
+        one.rek.stop_stream_processor(Name=one.name)
+        wait_until(lambda: status(one.rek, one.name) == "STOPPED", timeout=60, what="STOPPED")
     finally:
-        stop_server(server)
         listener.close()
-        drop()

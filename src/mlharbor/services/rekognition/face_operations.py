@@ -26,10 +26,9 @@ from mlharbor.errors import (
 )
 from mlharbor.services import tags
 from mlharbor.services.rekognition import collections as coll
-from mlharbor.services.rekognition import face_details, images
+from mlharbor.services.rekognition import face_details, images, tag_limits
 from mlharbor.store.tables import face_collections as collections_table
 
-TAG_LIMIT = 50  # per resource, as for stream processors (research §6 #11)
 MAX_FACES_CONSIDERED = 100  # AWS: IndexFaces and DetectFaces look at the 100 largest faces
 MAX_MATCHES = 4096  # the model's MaxFaces limit; also the default (every match above the threshold)
 DEFAULT_THRESHOLD = 80.0
@@ -116,8 +115,7 @@ def _matches(
 def create_collection(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     collection_id = params["CollectionId"]
     new_tags = params.get("Tags", {})
-    if len(new_tags) > TAG_LIMIT:
-        raise ServiceQuotaExceededException(f"A resource can have at most {TAG_LIMIT} tags.")
+    tag_limits.check(len(new_tags))
     arn = arns.collection(call.region, call.account_id, collection_id)
     exists = ResourceAlreadyExistsException(f"The collection id: {collection_id} already exists")
     try:

@@ -18,16 +18,14 @@ from mlharbor.errors import (
     LimitExceededException,
     ResourceInUseException,
     ResourceNotFoundException,
-    ServiceQuotaExceededException,
 )
 from mlharbor.services import attempts, tags
-from mlharbor.services.rekognition import face_operations
+from mlharbor.services.rekognition import face_operations, tag_limits
 from mlharbor.services.rekognition import stream_processors as sp
 from mlharbor.services.rekognition.streaming import stream_work_id
 from mlharbor.store.tables import stream_processors as sp_table
 from mlharbor.store.transitions import transition
 
-TAG_LIMIT = 50  # per resource; AWS does not publish Rekognition's number (research §6 #11)
 NAME_IN_USE = "Stream processor name already in use."
 
 
@@ -67,8 +65,7 @@ def create_stream_processor(call: Call, params: dict[str, Any]) -> dict[str, Any
     input_arn = params["Input"]["KinesisVideoStream"]["Arn"]
     output_arn = params["Output"].get("KinesisDataStream", {}).get("Arn")
     new_tags = params.get("Tags", {})
-    if len(new_tags) > TAG_LIMIT:
-        raise ServiceQuotaExceededException(f"A resource can have at most {TAG_LIMIT} tags.")
+    tag_limits.check(len(new_tags))
     limit = call.server.settings.stream_processor_limit
     now = round(time.time(), 3)  # what clients see on the wire, so time filters match exactly
     try:
@@ -222,8 +219,7 @@ def _taggable(call: Call, arn: str) -> str:
 def tag_resource(call: Call, params: dict[str, Any]) -> None:
     arn = _taggable(call, params["ResourceArn"])
     with call.store.begin() as conn:
-        if tags.count_after(conn, arn, params["Tags"]) > TAG_LIMIT:
-            raise ServiceQuotaExceededException(f"A resource can have at most {TAG_LIMIT} tags.")
+        tag_limits.check(tags.count_after(conn, arn, params["Tags"]))
         tags.put(conn, arn, params["Tags"])
 
 
