@@ -363,6 +363,77 @@ def test_a_killed_worker_is_restarted_and_repeated_deaths_fail_the_processor(tmp
     assert message.startswith("The stream processor stopped unexpectedly 3 times")
 
 
+def test_connected_home_detects_a_person_stores_frames_notifies_and_ends_by_itself(streaming, moto_endpoint):
+    aws = {"endpoint_url": moto_endpoint, "region_name": REGION,
+           "aws_access_key_id": "test", "aws_secret_access_key": "test"}  # fmt: skip
+    sns, sqs = boto3.client("sns", **aws), boto3.client("sqs", **aws)
+    topic = sns.create_topic(Name=unique("events"))["TopicArn"]
+    queue = sqs.create_queue(QueueName=unique("inbox"))["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
+
+    rek = streaming.client("rekognition")
+    name = unique("porch")
+    rek.create_stream_processor(
+        Name=name,
+        Input={"KinesisVideoStream": {"Arn": f"arn:aws:kinesisvideo:{REGION}:{ACCOUNT}:stream/porch/1"}},
+        Output={"S3Destination": {"Bucket": "home-results", "KeyPrefix": "porch"}},
+        Settings={"ConnectedHome": {"Labels": ["PERSON"], "MinConfidence": 80.0}},
+        NotificationChannel={"SNSTopicArn": topic},
+        RoleArn=f"arn:aws:iam::{ACCOUNT}:role/rekognition",
+    )
+    session = rek.start_stream_processor(Name=name, StopSelector={"MaxDurationInSeconds": 3})["SessionId"]
+    assert status(rek, name) == "STARTING"  # AWS keeps connected home sessions STARTING throughout
+
+    messages: list[dict] = []
+
+    def received() -> bool:
+        for message in sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", []):
+            body = json.loads(message["Body"])
+            assert body["Subject"] == "Rekognition Stream Processing Event"
+            messages.append(json.loads(body["Message"]))
+        return len(messages) >= 2
+
+    wait_until(received, timeout=60, what="two notifications")
+    wait_until(lambda: status(rek, name) == "STOPPED", timeout=30, what="STOPPED by itself")
+
+    detected, complete = messages
+    assert detected["eventNamespace"]["type"] == "LABEL_DETECTED"
+    assert detected["sessionId"] == session and detected["startStreamProcessorRequest"]["name"] == name
+    [label] = detected["labels"]
+    assert label["name"] == "PERSON"
+    box = label["boundingBox"]  # the red block spans x 0.2-0.4, y 0.2-0.4 of the frame
+    assert 0.15 <= box["left"] <= 0.4 and 0.15 <= box["top"] <= 0.4 and box["width"] > 0
+    folder = streaming.data_dir / "s3" / "home-results" / "porch" / name / session
+    for uri in (label["frameImageUri"], label["croppedImageUri"]):
+        assert uri.startswith(f"s3://home-results/porch/{name}/{session}/")
+        path = streaming.data_dir / "s3" / uri.removeprefix("s3://")
+        assert path.read_bytes()[:2] == b"\xff\xd8"  # a JPEG
+    assert complete["eventNamespace"]["type"] == "STREAM_PROCESSING_COMPLETE"
+    assert complete["inputInformation"]["kinesisVideo"]["processedVideoDurationMillis"] >= 2000
+    results = json.loads((folder / "results.json").read_text())
+    assert [item["name"] for item in results["labels"]] == ["PERSON"] and results["framesAnalysed"] >= 10
+
+    # Regions of interest that miss the block (a box on the right, a triangle at the bottom): no person.
+    regions = [
+        {"BoundingBox": {"Left": 0.6, "Top": 0.0, "Width": 0.4, "Height": 1.0}},
+        {"Polygon": [{"X": 0.0, "Y": 1.0}, {"X": 0.5, "Y": 0.6}, {"X": 1.0, "Y": 1.0}]},
+    ]
+    rek.update_stream_processor(Name=name, RegionsOfInterestForUpdate=regions)
+    messages.clear()
+    rek.start_stream_processor(Name=name, StopSelector={"MaxDurationInSeconds": 2})
+
+    def ended() -> bool:
+        received()
+        return status(rek, name) == "STOPPED" and len(messages) >= 1
+
+    wait_until(ended, timeout=60, what="the end of the second session")
+    assert [m["eventNamespace"]["type"] for m in messages] == ["STREAM_PROCESSING_COMPLETE"]
+    rek.delete_stream_processor(Name=name)
+
+
 def test_a_camera_that_drops_is_reconnected_while_the_processor_keeps_running(tmp_path, alone):
     """An HTTP camera that sends a few seconds of MPEG-TS per connection, then hangs up."""
     clip = write_video(tmp_path / "camera.ts", portrait_frames(30), fps=10).read_bytes()
