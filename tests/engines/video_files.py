@@ -6,7 +6,9 @@ FFmpeg binary. ``portrait_frames(count, size=(640, 480))`` makes frames with the
 ``tests/data/grace_hopper.jpg`` (one frontal face) on a uniform grey background, moving slowly from left
 to right and back, e.g. ``write_video(tmp_path / "face.mp4", portrait_frames(20))`` is a 2 s clip of one
 face. The grey is ``BACKGROUND`` and survives H.264 compression within a few levels, so tests can check
-pixel values in the corners; the photo never covers the 16-pixel border.
+pixel values in the corners; the photo never covers the 16-pixel border. ``walker_frames(count)`` draws
+standing people (a dark figure: head, torso, arms, legs, ``FIGURE_HEIGHT`` px tall) walking on a light,
+slightly noisy ground, like a camera's view of a driveway; ``WALKERS`` says where they start.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import av
 import numpy
-from PIL import Image
+from PIL import Image, ImageDraw
 
 DATA = Path(__file__).parent.parent / "data"
 PORTRAIT = DATA / "grace_hopper.jpg"
@@ -81,3 +83,41 @@ def portrait_frames(count: int, size: tuple[int, int] = (640, 480)) -> list[nump
         canvas.paste(photo, (left, top))
         frames.append(numpy.asarray(canvas))
     return frames
+
+
+FIGURE_HEIGHT = 200
+WALKERS = ((120, 60), (400, 100))  # (left, top) of each figure's box (width FIGURE_HEIGHT // 3) in frame 0
+
+
+def walker_frames(
+    count: int, size: tuple[int, int] = (640, 480), walkers: Sequence[tuple[int, int]] = WALKERS
+) -> list[numpy.ndarray]:
+    """``count`` frames of figures (one per ``walkers`` entry) walking right by 2 px a frame, on ground
+    with some noise: real cameras are never flat, and a flat image starves gradient-based detectors."""
+    width, height = size
+    noise = numpy.random.default_rng(7).normal(0.0, 6.0, (height, width, 3))
+    frames = []
+    for i in range(count):
+        canvas = Image.new("RGB", (width, height), (200, 200, 200))
+        draw = ImageDraw.Draw(canvas)
+        for k, (left, top) in enumerate(walkers):
+            _figure(draw, left + 2 * i, top, FIGURE_HEIGHT - 20 * k, (40, 40, 40) if k == 0 else (90, 60, 50))
+        frames.append(numpy.clip(numpy.asarray(canvas) + noise, 0, 255).astype(numpy.uint8))
+    return frames
+
+
+def _figure(draw: ImageDraw.ImageDraw, left: float, top: float, tall: float, colour: tuple[int, ...]) -> None:
+    """A standing person's silhouette in a box ``tall / 3`` wide (8 head-heights tall, arms at the sides)."""
+    u, x = tall / 8.0, left + tall / 6.0  # head unit, centre line
+
+    def poly(*points: tuple[float, float]) -> None:
+        draw.polygon([(x + dx * u, top + dy * u) for dx, dy in points], fill=colour)
+
+    draw.ellipse([x - 0.45 * u, top - 0.05 * u, x + 0.45 * u, top + 1.15 * u], fill=colour)  # head
+    poly((-0.25, 1.0), (0.25, 1.0), (0.25, 1.3), (-0.25, 1.3))  # neck
+    poly((-1.0, 1.3), (1.0, 1.3), (0.8, 4.2), (-0.8, 4.2))  # torso
+    for side in (-1, 1):
+        poly((side * 1.0, 1.3), (side * 1.35, 1.5), (side * 1.3, 4.3), (side * 1.0, 4.3))  # arm
+        poly((side * 0.05, 4.1), (side * 0.8, 4.1), (side * 0.75, 7.7), (side * 0.15, 7.7))  # leg
+        foot = x + side * 0.5 * u
+        draw.ellipse([foot - 0.4 * u, top + 7.65 * u, foot + 0.4 * u, top + 7.95 * u], fill=colour)

@@ -117,7 +117,7 @@ class LocalBlobStore(BlobStore):
         return found
 
     # --- writing -------------------------------------------------------------------------------------
-    def put(self, uri: S3Uri | str, data: bytes) -> None:
+    def put(self, uri: S3Uri | str, data: bytes, *, kms_key_id: str | None = None) -> None:
         self._write(uri, lambda fh: fh.write(data))
 
     def put_file(self, uri: S3Uri | str, path: Path | str) -> None:

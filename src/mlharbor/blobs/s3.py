@@ -99,9 +99,10 @@ class S3BlobStore(BlobStore):
         return found
 
     # --- writing -------------------------------------------------------------------------------------
-    def put(self, uri: S3Uri | str, data: bytes) -> None:
+    def put(self, uri: S3Uri | str, data: bytes, *, kms_key_id: str | None = None) -> None:
         parsed = require_object_key(S3Uri.of(uri))
-        self.client.put_object(Bucket=parsed.bucket, Key=parsed.key, Body=data)
+        encryption = {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": kms_key_id} if kms_key_id else {}
+        self.client.put_object(Bucket=parsed.bucket, Key=parsed.key, Body=data, **encryption)
 
     def put_file(self, uri: S3Uri | str, path: Path | str) -> None:
         parsed = require_object_key(S3Uri.of(uri))

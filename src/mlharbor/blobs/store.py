@@ -119,8 +119,9 @@ class BlobStore(ABC):
         """A readable binary stream (``read(n)``, context manager). Raises :class:`BlobNotFound`."""
 
     @abstractmethod
-    def put(self, uri: S3Uri | str, data: bytes) -> None:
-        """Create or replace the object; readers never see a partial object."""
+    def put(self, uri: S3Uri | str, data: bytes, *, kms_key_id: str | None = None) -> None:
+        """Create or replace the object; readers never see a partial object. ``kms_key_id`` asks S3 for
+        server-side encryption with that KMS key (the local store keeps plain files on the server's disk)."""
 
     @abstractmethod
     def put_file(self, uri: S3Uri | str, path: Path | str) -> None:

@@ -160,7 +160,7 @@ class DlibEngine:
                 continue
             shape = self._shapes(image, rect)
             points = tuple((float(shape.part(i).x), float(shape.part(i).y)) for i in range(shape.num_parts))
-            faces.append(Face(box, _confidence(score), points))
+            faces.append(Face(box, detection_confidence(score), points))
         return sorted(faces, key=lambda f: -f.confidence)
 
     def embed(self, image: numpy.ndarray, faces: list[Face]) -> list[Face]:
@@ -179,7 +179,7 @@ class DlibEngine:
         ]
 
 
-def _confidence(score: float) -> float:
+def detection_confidence(score: float) -> float:
     """The HOG detector's SVM margin (0 at its default threshold, ~2-3 for clear faces) on AWS's 0-100
     scale: a logistic curve that puts the detector's threshold at 90 (AWS indexes faces it is at least
     ~90% sure of) and clear faces above 99."""

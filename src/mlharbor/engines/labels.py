@@ -1,7 +1,10 @@
 """Label detection for connected home stream processors: PERSON, PET, PACKAGE in video frames.
 
-No PyPI package ships object-detection weights, so detections come from a YOLO-style ONNX model the user
-puts in the models folder (``<data-dir>/models/labels.onnx``), run with onnxruntime:
+PERSON works out of the box (``people.PersonDetector``: OpenCV's HOG people detector and dlib's face
+detector, whose weights ship in their wheels). No PyPI package ships weights for pets or packages (or a
+better person detector), so those come from a YOLO-style ONNX model the user puts in the models folder
+(``<data-dir>/models/labels.onnx``), run with onnxruntime; a model that maps PERSON replaces the built-in
+detector for it:
 
 * input: one float32 tensor ``[1, 3, H, W]``, RGB scaled to 0-1 (the frame is resized to H×W; a dynamic
   size is given 640×640);
@@ -12,7 +15,7 @@ puts in the models folder (``<data-dir>/models/labels.onnx``), run with onnxrunt
   (0 person → PERSON, 15 cat and 16 dog → PET; COCO has no package class).
 
 Boxes of one label that overlap by more than ``NMS_IOU`` are merged (greedy non-maximum suppression).
-A label the model does not map cannot be detected: ``available_labels`` tells CreateStreamProcessor.
+A label no detector covers cannot be detected: ``available_labels`` tells CreateStreamProcessor.
 """
 
 from __future__ import annotations
@@ -21,11 +24,12 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy
 
 LABELS = ("PERSON", "PET", "PACKAGE")
+BUILT_IN = frozenset({"PERSON"})
 MODEL_FILE = "labels.onnx"
 CLASSES_FILE = "labels.json"
 COCO_CLASSES = {0: "PERSON", 15: "PET", 16: "PET"}
@@ -47,25 +51,40 @@ class LabelModelError(Exception):
     """The model folder holds no usable label model; ``str()`` says what is wrong."""
 
 
+class LabelDetector(Protocol):
+    labels: frozenset[str]
+
+    def detect(
+        self, pixels: numpy.ndarray, labels: frozenset[str] | set[str], min_confidence: float = 50.0
+    ) -> list[Detection]: ...
+
+
 def available_labels(models_dir: Path) -> frozenset[str]:
-    """The labels the installed model can detect (empty without a model)."""
-    path = models_dir / MODEL_FILE
+    """The labels a session could detect: the built-in ones and those of a usable installed model."""
     try:
-        stamp = path.stat().st_mtime_ns
-    except FileNotFoundError:
-        return frozenset()
-    try:
-        return frozenset(_load(str(path), stamp).classes.values())
+        model = _model(models_dir)
     except LabelModelError:
-        return frozenset()
+        return BUILT_IN
+    return BUILT_IN | (model.labels if model else frozenset())
 
 
-def detector(models_dir: Path) -> OnnxLabelDetector:
+def detectors(models_dir: Path) -> list[LabelDetector]:
+    """The installed model, and the built-in person detector unless the model detects people itself.
+    A model file that cannot be used raises ``LabelModelError``: the user meant it to be used."""
+    from mlharbor.engines.people import PersonDetector
+
+    model = _model(models_dir)
+    if model is None:
+        return [PersonDetector()]
+    return [model] if model.labels >= BUILT_IN else [model, PersonDetector()]
+
+
+def _model(models_dir: Path) -> OnnxLabelDetector | None:
     path = models_dir / MODEL_FILE
     try:
         stamp = path.stat().st_mtime_ns
     except FileNotFoundError:
-        raise LabelModelError(f"no label model at {path}") from None
+        return None
     return _load(str(path), stamp)
 
 
@@ -92,8 +111,11 @@ class OnnxLabelDetector:
         self.height = shape[2] if isinstance(shape[2], int) else DYNAMIC_SIDE
         self.width = shape[3] if isinstance(shape[3], int) else DYNAMIC_SIDE
         self.classes = _classes(path.with_name(CLASSES_FILE))
+        self.labels = frozenset(self.classes.values())
 
-    def detect(self, pixels: numpy.ndarray, min_confidence: float = 50.0) -> list[Detection]:
+    def detect(
+        self, pixels: numpy.ndarray, labels: frozenset[str] | set[str], min_confidence: float = 50.0
+    ) -> list[Detection]:
         from PIL import Image
 
         frame_h, frame_w = pixels.shape[:2]
@@ -106,7 +128,7 @@ class OnnxLabelDetector:
         found: list[Detection] = []
         sx, sy = frame_w / self.width, frame_h / self.height
         for index, label in self.classes.items():
-            if index >= scores.shape[1]:
+            if index >= scores.shape[1] or label not in labels:
                 continue
             keep = numpy.flatnonzero(scores[:, index] * 100.0 >= min_confidence)
             for k in _nms(boxes[keep], scores[keep, index]):

@@ -189,22 +189,39 @@ def test_tags(rekognition):
 
 
 def test_connected_home_labels_need_an_installed_detector(make_server):
-    bare = make_server()  # no model in its models folder
+    bare = make_server()  # no model in its models folder: PERSON only, with the built-in detector
     rekognition = bare.client("rekognition")
     with pytest.raises(ClientError) as excinfo:
-        rekognition.create_stream_processor(**connected_home(unique("cam")))
+        rekognition.create_stream_processor(**connected_home(unique("cam")))  # PERSON and PET
     error = excinfo.value.response["Error"]
     assert error["Code"] == "InvalidParameterException"
-    assert (
-        "No detector is installed for PERSON, PET" in error["Message"] and "labels.onnx" in error["Message"]
-    )
+    assert "No detector is installed for PET:" in error["Message"] and "labels.onnx" in error["Message"]
     assert rekognition.list_stream_processors()["StreamProcessors"] == []
-    label_model.install(bare.data_dir / "models", {0: "PERSON"})  # a model for people only
     rekognition.create_stream_processor(
         **connected_home(unique("cam"), Settings={"ConnectedHome": {"Labels": ["PERSON"]}})
     )
+    label_model.install(bare.data_dir / "models", {0: "PERSON", 1: "PET"})  # no packages
+    rekognition.create_stream_processor(**connected_home(unique("cam")))
     with pytest.raises(ClientError) as excinfo:
         rekognition.create_stream_processor(
             **connected_home(unique("cam"), Settings={"ConnectedHome": {"Labels": ["ALL"]}})
         )
-    assert "PACKAGE, PET" in excinfo.value.response["Error"]["Message"]
+    assert "No detector is installed for PACKAGE:" in excinfo.value.response["Error"]["Message"]
+
+
+@pytest.mark.parametrize(
+    "selector",
+    [
+        {},
+        {"KVSStreamStartSelector": {}},
+        {"KVSStreamStartSelector": {"ProducerTimestamp": 1, "FragmentNumber": "1"}},
+    ],
+    ids=["empty", "no-position", "both-positions"],
+)
+def test_start_selector_needs_exactly_one_position(rekognition, selector):
+    name = unique("home")
+    rekognition.create_stream_processor(**connected_home(name))
+    with pytest.raises(ClientError) as excinfo:
+        rekognition.start_stream_processor(Name=name, StartSelector=selector)
+    assert excinfo.value.response["Error"]["Code"] == "InvalidParameterException"
+    assert rekognition.describe_stream_processor(Name=name)["Status"] == "STOPPED"

@@ -29,7 +29,7 @@ from tests.conftest import (
     wait_until,
     worker_pids,
 )
-from tests.engines.video_files import portrait_frames, write_video
+from tests.engines.video_files import FIGURE_HEIGHT, WALKERS, portrait_frames, walker_frames, write_video
 from tests.services.rekognition import label_model
 
 pytestmark = pytest.mark.storage
@@ -59,12 +59,14 @@ def streaming(tmp_path_factory, moto_endpoint) -> Iterator[RunningServer]:  # ty
     drop()
 
 
+def moto(service: str, endpoint: str):  # type: ignore[no-untyped-def]
+    return boto3.client(service, endpoint_url=endpoint, region_name=REGION,
+                        aws_access_key_id="test", aws_secret_access_key="test")  # fmt: skip
+
+
 @pytest.fixture
 def kinesis(moto_endpoint):  # type: ignore[no-untyped-def]
-    return boto3.client(
-        "kinesis", endpoint_url=moto_endpoint, region_name=REGION,
-        aws_access_key_id="test", aws_secret_access_key="test",
-    )  # fmt: skip
+    return moto("kinesis", moto_endpoint)
 
 
 def data_stream(kinesis) -> str:  # type: ignore[no-untyped-def]
@@ -363,43 +365,53 @@ def test_a_killed_worker_is_restarted_and_repeated_deaths_fail_the_processor(tmp
     assert message.startswith("The stream processor stopped unexpectedly 3 times")
 
 
-def test_connected_home_detects_a_person_stores_frames_notifies_and_ends_by_itself(streaming, moto_endpoint):
-    aws = {"endpoint_url": moto_endpoint, "region_name": REGION,
-           "aws_access_key_id": "test", "aws_secret_access_key": "test"}  # fmt: skip
-    sns, sqs = boto3.client("sns", **aws), boto3.client("sqs", **aws)
-    topic = sns.create_topic(Name=unique("events"))["TopicArn"]
-    queue = sqs.create_queue(QueueName=unique("inbox"))["QueueUrl"]
-    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"][
-        "QueueArn"
-    ]
-    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
+class Inbox:
+    """An SNS topic with an SQS queue subscribed: the notifications connected home sessions publish."""
 
-    rek = streaming.client("rekognition")
-    name = unique("porch")
+    def __init__(self, endpoint: str) -> None:
+        sns, self.sqs = moto("sns", endpoint), moto("sqs", endpoint)
+        self.topic = sns.create_topic(Name=unique("events"))["TopicArn"]
+        self.queue = self.sqs.create_queue(QueueName=unique("inbox"))["QueueUrl"]
+        attributes = self.sqs.get_queue_attributes(QueueUrl=self.queue, AttributeNames=["QueueArn"])
+        sns.subscribe(TopicArn=self.topic, Protocol="sqs", Endpoint=attributes["Attributes"]["QueueArn"])
+        self.messages: list[dict] = []
+
+    def of(self, name: str) -> list[dict]:
+        """The messages received so far from processor ``name`` (in order)."""
+        for message in self.sqs.receive_message(QueueUrl=self.queue, MaxNumberOfMessages=10).get(
+            "Messages", []
+        ):
+            body = json.loads(message["Body"])
+            assert body["Subject"] == "Rekognition Stream Processing Event"
+            self.messages.append(json.loads(body["Message"]))
+        return [m for m in self.messages if m["startStreamProcessorRequest"]["name"] == name]
+
+
+def home_processor(rek, camera: str, topic: str, bucket: str, **extra) -> str:  # type: ignore[no-untyped-def]
+    name = unique(camera)
     rek.create_stream_processor(
         Name=name,
-        Input={"KinesisVideoStream": {"Arn": f"arn:aws:kinesisvideo:{REGION}:{ACCOUNT}:stream/porch/1"}},
-        Output={"S3Destination": {"Bucket": "home-results", "KeyPrefix": "porch"}},
+        Input={"KinesisVideoStream": {"Arn": f"arn:aws:kinesisvideo:{REGION}:{ACCOUNT}:stream/{camera}/1"}},
+        Output={"S3Destination": {"Bucket": bucket, "KeyPrefix": camera}},
         Settings={"ConnectedHome": {"Labels": ["PERSON"], "MinConfidence": 80.0}},
         NotificationChannel={"SNSTopicArn": topic},
         RoleArn=f"arn:aws:iam::{ACCOUNT}:role/rekognition",
+        **extra,
     )
+    return name
+
+
+def test_connected_home_detects_a_person_stores_frames_notifies_and_ends_by_itself(streaming, moto_endpoint):
+    inbox = Inbox(moto_endpoint)
+    rek = streaming.client("rekognition")
+    name = home_processor(rek, "porch", inbox.topic, "home-results")
     session = rek.start_stream_processor(Name=name, StopSelector={"MaxDurationInSeconds": 3})["SessionId"]
     assert status(rek, name) == "STARTING"  # AWS keeps connected home sessions STARTING throughout
 
-    messages: list[dict] = []
-
-    def received() -> bool:
-        for message in sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", []):
-            body = json.loads(message["Body"])
-            assert body["Subject"] == "Rekognition Stream Processing Event"
-            messages.append(json.loads(body["Message"]))
-        return len(messages) >= 2
-
-    wait_until(received, timeout=60, what="two notifications")
+    wait_until(lambda: len(inbox.of(name)) >= 2, timeout=60, what="two notifications")
     wait_until(lambda: status(rek, name) == "STOPPED", timeout=30, what="STOPPED by itself")
 
-    detected, complete = messages
+    detected, complete = inbox.of(name)
     assert detected["eventNamespace"]["type"] == "LABEL_DETECTED"
     assert detected["sessionId"] == session and detected["startStreamProcessorRequest"]["name"] == name
     [label] = detected["labels"]
@@ -422,15 +434,15 @@ def test_connected_home_detects_a_person_stores_frames_notifies_and_ends_by_itse
         {"Polygon": [{"X": 0.0, "Y": 1.0}, {"X": 0.5, "Y": 0.6}, {"X": 1.0, "Y": 1.0}]},
     ]
     rek.update_stream_processor(Name=name, RegionsOfInterestForUpdate=regions)
-    messages.clear()
-    rek.start_stream_processor(Name=name, StopSelector={"MaxDurationInSeconds": 2})
+    second = rek.start_stream_processor(Name=name, StopSelector={"MaxDurationInSeconds": 2})["SessionId"]
 
     def ended() -> bool:
-        received()
-        return status(rek, name) == "STOPPED" and len(messages) >= 1
+        return status(rek, name) == "STOPPED" and len(inbox.of(name)) >= 3
 
     wait_until(ended, timeout=60, what="the end of the second session")
-    assert [m["eventNamespace"]["type"] for m in messages] == ["STREAM_PROCESSING_COMPLETE"]
+    assert [(m["sessionId"], m["eventNamespace"]["type"]) for m in inbox.of(name)[2:]] == [
+        (second, "STREAM_PROCESSING_COMPLETE")
+    ]
     rek.delete_stream_processor(Name=name)
 
 
@@ -462,3 +474,94 @@ def test_a_camera_that_drops_is_reconnected_while_the_processor_keeps_running(tm
         wait_until(lambda: status(one.rek, one.name) == "STOPPED", timeout=60, what="STOPPED")
     finally:
         listener.close()
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory, moto_endpoint) -> Iterator[RunningServer]:  # type: ignore[no-untyped-def]
+    """A server with no label model (PERSON only, built in) whose object store is moto's S3, with cameras:
+    people walking on a driveway (and at the gate), a face at the door, an empty yard."""
+    tmp = tmp_path_factory.mktemp("home")
+    cameras = {
+        "driveway": walker_frames(40),
+        "doorbell": portrait_frames(40),
+        "yard": walker_frames(40, walkers=()),
+    }
+    cameras["gate"] = cameras["driveway"]
+    streams = []
+    for camera, frames in cameras.items():
+        streams += ["--video-stream", f"{camera}={write_video(tmp / f'{camera}.mp4', frames, fps=10)}"]
+    url, drop = _fresh_database(tmp)
+    server = start_server(
+        tmp, url, *streams, env={**aws_env(moto_endpoint, tmp), "MLHARBOR_OBJECT_STORE": "s3"}
+    )
+    yield server
+    stop_server(server)
+    drop()
+
+
+def test_people_are_detected_without_a_model_and_results_go_to_s3_encrypted(home, moto_endpoint):
+    inbox, s3, rek = Inbox(moto_endpoint), moto("s3", moto_endpoint), home.client("rekognition")
+    bucket = unique("home").lower()
+    s3.create_bucket(Bucket=bucket)
+    driveway = home_processor(rek, "driveway", inbox.topic, bucket, KmsKeyId="alias/home-video")
+    doorbell = home_processor(rek, "doorbell", inbox.topic, bucket)
+    yard = home_processor(rek, "yard", inbox.topic, bucket)
+    # The driveway's session starts 2 s from now (a live source has no past to start from).
+    start_ms = int(time.time() * 1000) + 2000
+    rek.start_stream_processor(
+        Name=driveway, StopSelector={"MaxDurationInSeconds": 2},
+        StartSelector={"KVSStreamStartSelector": {"ProducerTimestamp": start_ms}},
+    )  # fmt: skip
+    for name in (doorbell, yard):
+        rek.start_stream_processor(Name=name, StopSelector={"MaxDurationInSeconds": 2})
+    for name in (driveway, doorbell, yard):
+        wait_until(lambda n=name: status(rek, n) == "STOPPED", timeout=90, what=f"{name} STOPPED")
+    wait_until(lambda: len(inbox.of(driveway) + inbox.of(doorbell) + inbox.of(yard)) >= 5, timeout=30,
+               what="five notifications")  # fmt: skip
+
+    # The yard is empty: the session ends with nothing detected.
+    [complete] = inbox.of(yard)
+    assert complete["eventNamespace"]["type"] == "STREAM_PROCESSING_COMPLETE"
+    results = json.loads(
+        s3.get_object(Bucket=bucket, Key=f"yard/{yard}/{complete['sessionId']}/results.json")["Body"].read()
+    )
+    assert results["labels"] == [] and results["framesAnalysed"] > 0
+
+    # The driveway: a walking figure, found by the people detector, after the start selector's time.
+    detected, _ = inbox.of(driveway)
+    [person] = detected["labels"]
+    assert person["name"] == "PERSON" and person["confidence"] >= 80.0
+    mapping = person["videoMapping"]["kinesisVideoMapping"]
+    assert mapping["producerTimestamp"] + mapping["frameOffsetMillis"] >= start_ms
+    box = person["boundingBox"]
+    figures = [(left / 640, top / 480, FIGURE_HEIGHT / 3 / 640, FIGURE_HEIGHT / 480) for left, top in WALKERS]
+    centre = (box["left"] + box["width"] / 2, box["top"] + box["height"] / 2)
+    assert any(
+        left <= centre[0] <= left + width + 0.2 and top <= centre[1] <= top + height
+        for left, top, width, height in figures
+    ), (box, figures)  # within a figure (which walks right: up to 0.2 of the frame in 6 s)
+    assert 0.3 <= box["height"] <= 0.7  # the figure, not the frame
+    for uri in (person["frameImageUri"], person["croppedImageUri"]):
+        key = uri.removeprefix(f"s3://{bucket}/")
+        head = s3.head_object(Bucket=bucket, Key=key)
+        assert head["ServerSideEncryption"] == "aws:kms" and head["SSEKMSKeyId"] == "alias/home-video"
+        assert s3.get_object(Bucket=bucket, Key=key)["Body"].read()[:2] == b"\xff\xd8"  # a JPEG
+
+    # The doorbell sees a face, not a whole body: the person is found by the face, and boxed below it.
+    detected, _ = inbox.of(doorbell)
+    [person] = detected["labels"]
+    box = person["boundingBox"]
+    assert person["name"] == "PERSON" and box["width"] >= 0.3 and box["top"] + box["height"] >= 0.8
+    assert "ServerSideEncryption" not in s3.head_object(
+        Bucket=bucket, Key=person["frameImageUri"].removeprefix(f"s3://{bucket}/")
+    )
+
+
+def test_a_missing_s3_bucket_fails_the_session(home, moto_endpoint):
+    inbox, rek = Inbox(moto_endpoint), home.client("rekognition")
+    name = home_processor(rek, "gate", inbox.topic, unique("nowhere").lower())
+    rek.start_stream_processor(Name=name, StopSelector={"MaxDurationInSeconds": 5})
+    wait_until(lambda: status(rek, name) == "FAILED", timeout=60, what="FAILED")
+    assert rek.describe_stream_processor(Name=name)["StatusMessage"].startswith(
+        "Unable to write to S3 bucket"
+    )

@@ -30,29 +30,32 @@ class ConnectedHomeSession:
 
     def __init__(self, ctx: WorkContext, store: Store, row: Row[Any], payload: dict[str, Any]) -> None:
         from mlharbor.blobs.store import S3Uri, open_blob_store
-        from mlharbor.engines.labels import LABELS, LabelModelError, detector
+        from mlharbor.engines.labels import LABELS, LabelModelError, detectors
 
         stop = StopWatch(ctx, store, table, row.arn, payload["attempt"], ss.ACTIVE)
         self.store, self.row, self.attempt = store, row, payload["attempt"]
         settings = row.spec["Settings"]["ConnectedHome"]
         self.labels = set(LABELS) if "ALL" in settings["Labels"] else set(settings["Labels"])
         self.min_confidence = settings.get("MinConfidence", 50.0)
-        self.duration = (row.session or {}).get("StopSelector", {}).get("MaxDurationInSeconds", 10)
+        session = row.session or {}
+        self.duration = session.get("StopSelector", {}).get("MaxDurationInSeconds", 10)
+        self.start_at = session.get("StartSelector", {}).get("KVSStreamStartSelector", {})
         self.regions = row.spec.get("RegionsOfInterest", [])
         stream, url = ss.video_url(row, payload)
         try:
-            self.detector = detector(Path(payload["data_dir"]) / "models")
+            self.detectors = detectors(Path(payload["data_dir"]) / "models")
         except LabelModelError as exc:
-            raise ss.Unusable(f"No label detection model: {exc}") from None
-        missing = self.labels - set(self.detector.classes.values())
-        if missing:
-            raise ss.Unusable(f"The label detection model cannot detect {', '.join(sorted(missing))}")
+            raise ss.Unusable(f"Unable to load the label detection model: {exc}") from None
+        missing = self.labels - set().union(*(d.labels for d in self.detectors))
+        if missing:  # the model was replaced since the processor was created
+            raise ss.Unusable(f"No installed detector can detect {', '.join(sorted(missing))}")
         destination = row.spec["Output"]["S3Destination"]
         prefix = "/".join(
             p for p in (destination.get("KeyPrefix", "").strip("/"), row.name, row.session_id) if p
         )
         self.folder = S3Uri(destination["Bucket"], prefix)
         self.blobs = open_blob_store(payload["object_store"], Path(payload["data_dir"]))
+        self.kms_key_id = row.spec.get("KmsKeyId")
         self.notifier = Notifier(row.spec["NotificationChannel"]["SNSTopicArn"])
         try:
             self.notifier.check()
@@ -70,33 +73,44 @@ class ConnectedHomeSession:
     def run(self, ctx: WorkContext) -> dict[str, Any]:
         from mlharbor.engines.video import VideoError
 
-        started, frames, first_seen = time.monotonic(), 0, {}
+        deadline, frames, first_seen = None, 0, {}
         last_frame = None
-        while not self.stop() and time.monotonic() - started < self.duration:
+        while not self.stop() and (deadline is None or time.monotonic() < deadline):
             try:
                 frame = self.source.next(timeout=0.1)
             except VideoError as exc:
                 ss.fail(self.store, self.row.arn, self.attempt, f"Unable to read video stream: {exc}")
                 return {"stopped": False}
-            if frame is None:
+            if frame is None or not self._selected(frame):
                 continue
+            if deadline is None:  # MaxDurationInSeconds counts from the first frame analysed
+                deadline = time.monotonic() + self.duration
             frames, last_frame = frames + 1, frame
-            for found in self.detector.detect(frame.pixels, self.min_confidence):
-                if (
-                    found.label in self.labels
-                    and found.label not in first_seen
-                    and _in_regions(found, frame.pixels.shape, self.regions)
-                ):
-                    first_seen[found.label] = self._detected(frame, found)
+            wanted = self.labels - first_seen.keys()  # only each label's first sighting is reported
+            for detector in (d for d in self.detectors if d.labels & wanted):
+                for found in detector.detect(frame.pixels, wanted, self.min_confidence):
+                    if found.label in wanted and _in_regions(found, frame.pixels.shape, self.regions):
+                        first_seen[found.label] = self._detected(frame, found)
+                        wanted = wanted - {found.label}
             ctx.heartbeat({"frames": frames, "labels": sorted(first_seen)})
         with self.store.read() as conn:
             status = conn.execute(select(table.c.status).where(table.c.arn == self.row.arn)).scalar()
-        if status == "STARTING" and time.monotonic() - started < self.duration:
+        if status == "STARTING" and (deadline is None or time.monotonic() < deadline):
             return {"stopped": True}  # the server is shutting down: the session runs again after it
         self._completed(first_seen, frames, last_frame)
         ss.move(self.store, self.row.arn, {"STARTING": "STOPPED", "STOPPING": "STOPPED"}, self.attempt,
               status_message=None)  # fmt: skip
         return {"stopped": status == "STOPPING", "frames": frames}
+
+    def _selected(self, frame: Any) -> bool:
+        """Whether the frame is at or after the StartSelector's position. Sources are live: a position
+        in the past starts at the live edge (there is no archive), one in the future waits for it."""
+        if "ProducerTimestamp" in self.start_at:
+            return frame.producer_time * 1000.0 >= self.start_at["ProducerTimestamp"]
+        if "FragmentNumber" in self.start_at:
+            at = ss.Position.of(frame, self.fragment_base)
+            return int(at.fragment_number) >= int(self.start_at["FragmentNumber"])
+        return True
 
     def _detected(self, frame: Any, found: Any) -> dict[str, Any]:
         """Store the frame and the crop, notify, and return the label's entry for the messages."""
@@ -107,8 +121,8 @@ class ConnectedHomeSession:
         crop = frame.pixels[top : int(found.top + found.height), left : int(found.left + found.width)]
         frame_uri = self.folder.join("frames", f"{found.label}-{millis}.jpg")
         crop_uri = self.folder.join("crops", f"{found.label}-{millis}.jpg")
-        self.blobs.put(frame_uri, _jpeg(frame.pixels))
-        self.blobs.put(crop_uri, _jpeg(crop if crop.size else frame.pixels))
+        self._put(frame_uri, _jpeg(frame.pixels))
+        self._put(crop_uri, _jpeg(crop if crop.size else frame.pixels))
         label = {
             "id": str(uuid.uuid4()),
             "name": found.label,
@@ -133,6 +147,14 @@ class ConnectedHomeSession:
         self.notifier.publish(self._message("LABEL_DETECTED", labels=[label]))
         return label
 
+    def _put(self, uri: Any, data: bytes) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.blobs.put(uri, data, kms_key_id=self.kms_key_id)  # encrypted with KmsKeyId, as AWS does
+        except (BotoCoreError, ClientError, OSError, ValueError) as exc:
+            raise ss.Unusable(f"Unable to write to S3 bucket {self.folder.bucket}: {exc}") from None
+
     def _completed(self, first_seen: dict[str, Any], frames: int, last_frame: Any) -> None:
         processed = int(round(last_frame.stream_seconds * 1000)) if last_frame is not None else 0
         results = {
@@ -142,7 +164,7 @@ class ConnectedHomeSession:
             "processedVideoDurationMillis": processed,
             "labels": list(first_seen.values()),
         }
-        self.blobs.put(self.folder.join("results.json"), json.dumps(results, indent=2).encode())
+        self._put(self.folder.join("results.json"), json.dumps(results, indent=2).encode())
         seen = ", ".join(sorted(first_seen)) or "no labels"
         self.notifier.publish(
             self._message(

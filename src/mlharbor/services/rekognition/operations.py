@@ -156,6 +156,11 @@ def start_stream_processor(call: Call, params: dict[str, Any]) -> dict[str, Any]
         raise InvalidParameterException(
             "StartSelector and StopSelector are for connected home (label detection) stream processors only."
         )
+    selector = params.get("StartSelector", {}).get("KVSStreamStartSelector", {})
+    if "StartSelector" in params and len(selector.keys() & {"ProducerTimestamp", "FragmentNumber"}) != 1:
+        raise InvalidParameterException(
+            "StartSelector.KVSStreamStartSelector needs exactly one of ProducerTimestamp and FragmentNumber."
+        )
     if row.status not in ("STOPPED", "FAILED"):
         raise ResourceInUseException(f"Stream processor {row.name} is {row.status} and cannot be started.")
     session_id = str(uuid.uuid4())

@@ -122,7 +122,7 @@ def check_labels(labels: list[str], models_dir: Path) -> None:
     if missing:
         raise InvalidParameterException(
             f"No detector is installed for {', '.join(sorted(missing))}: put a YOLO-style ONNX detection "
-            f"model at {models_dir / MODEL_FILE} (see docs/COMPATIBILITY.md, connected home)."
+            f"model that maps it at {models_dir / MODEL_FILE} (see docs/COMPATIBILITY.md, connected home)."
         )
 
 

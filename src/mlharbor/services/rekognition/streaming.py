@@ -73,6 +73,9 @@ def _session(ctx: WorkContext, store: Store, payload: dict[str, Any]) -> dict[st
         return {"stopped": True}
     try:
         return session.run(ctx)
+    except ss.Unusable as exc:  # e.g. the S3 destination refuses the results
+        ss.fail(store, arn, attempt, str(exc))
+        return {"stopped": False}
     finally:
         session.close()
 
