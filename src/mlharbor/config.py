@@ -83,6 +83,12 @@ class Settings(BaseSettings):
     stream_analysis_fps: float = Field(
         default=5.0, gt=0, le=60, description="frames per second a stream processor analyses (AWS: 5)"
     )
+    stream_stable_run_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="a stream worker that ran this long before dying counts as a first death (a processor "
+        "is FAILED after 3 deaths in a row, not 3 in its lifetime)",
+    )
     face_snapshot_min_faces: int = Field(
         default=10_000,
         ge=1,

@@ -114,8 +114,8 @@ class Alone:
     """A server of its own whose camera "cam" plays ``camera``, running one face search processor on an
     empty collection (for tests that kill processes or need their own video source)."""
 
-    def __init__(self, tmp_path: Path, moto_endpoint: str, kinesis, camera: str) -> None:  # type: ignore[no-untyped-def]
-        self.tmp, self.env = tmp_path, aws_env(moto_endpoint, tmp_path)
+    def __init__(self, tmp_path: Path, moto_endpoint: str, kinesis, camera: str, **env: str) -> None:  # type: ignore[no-untyped-def]
+        self.tmp, self.env = tmp_path, {**aws_env(moto_endpoint, tmp_path), **env}
         self.args = ("--video-stream", f"cam={camera}")
         self.url, self.drop = _fresh_database(tmp_path)
         self.server = start_server(tmp_path, self.url, *self.args, env=self.env)
@@ -141,8 +141,8 @@ class Alone:
 def alone(tmp_path, moto_endpoint, kinesis) -> Iterator[Callable[[str], Alone]]:  # type: ignore[no-untyped-def]
     started: list[Alone] = []
 
-    def start(camera: str) -> Alone:
-        started.append(Alone(tmp_path, moto_endpoint, kinesis, camera))
+    def start(camera: str, **env: str) -> Alone:
+        started.append(Alone(tmp_path, moto_endpoint, kinesis, camera, **env))
         return started[-1]
 
     yield start
@@ -346,23 +346,36 @@ def test_stop_while_starting_then_delete_and_create_again(streaming, kinesis, ho
     rek.delete_stream_processor(Name=name)
 
 
+def kill_worker_and_see_it_back(one: Alone, records_after: int) -> None:
+    """SIGKILL the processor's worker, then wait for a new one and ``records_after`` new records."""
+    pid = one.server.process.pid
+    [worker] = worker_pids(pid)
+    os.kill(worker, signal.SIGKILL)
+    wait_until(lambda: worker_pids(pid) not in ([], [worker]), timeout=60, what="a new worker")
+    count = len(one.records.read())
+    wait_until(lambda: len(one.records.read()) >= count + records_after, timeout=60, what="records again")
+    assert status(one.rek, one.name) == "RUNNING"
+
+
 def test_a_killed_worker_is_restarted_and_repeated_deaths_fail_the_processor(tmp_path, alone):
     one = alone(str(write_video(tmp_path / "hopper.mp4", portrait_frames(20), fps=10)))
     wait_until(lambda: len(one.records.read()) >= 2, timeout=60, what="records")
-    pid = one.server.process.pid
-    for death in range(3):
-        [worker] = worker_pids(pid)
-        os.kill(worker, signal.SIGKILL)
-        if death < 2:  # restarted (after 1 s, then 4 s): still RUNNING, and records keep coming
-            wait_until(
-                lambda worker=worker: worker_pids(pid) not in ([], [worker]), timeout=60, what="a new worker"
-            )
-            count = len(one.records.read())
-            wait_until(lambda count=count: len(one.records.read()) > count, timeout=60, what="records again")
-            assert status(one.rek, one.name) == "RUNNING"
+    for _ in range(2):  # restarted (after 1 s, then 4 s): still RUNNING, and records keep coming
+        kill_worker_and_see_it_back(one, records_after=1)
+    [worker] = worker_pids(one.server.process.pid)
+    os.kill(worker, signal.SIGKILL)
     wait_until(lambda: status(one.rek, one.name) == "FAILED", timeout=60, what="FAILED after three deaths")
     message = one.rek.describe_stream_processor(Name=one.name)["StatusMessage"]
     assert message.startswith("The stream processor stopped unexpectedly 3 times")
+
+
+def test_deaths_after_healthy_runs_do_not_add_up(tmp_path, alone):
+    video = write_video(tmp_path / "hopper.mp4", portrait_frames(20), fps=10)
+    one = alone(str(video), MLHARBOR_STREAM_STABLE_RUN_SECONDS="2")
+    wait_until(lambda: len(one.records.read()) >= 15, timeout=60, what="3 s of records")
+    for _ in range(3):  # each death after more than 2 s of records (5 a second): never FAILED
+        kill_worker_and_see_it_back(one, records_after=15)
+    assert one.rek.describe_stream_processor(Name=one.name).get("StatusMessage") is None
 
 
 class Inbox:
@@ -446,34 +459,44 @@ def test_connected_home_detects_a_person_stores_frames_notifies_and_ends_by_itse
     rek.delete_stream_processor(Name=name)
 
 
-def test_a_camera_that_drops_is_reconnected_while_the_processor_keeps_running(tmp_path, alone):
-    """An HTTP camera that sends a few seconds of MPEG-TS per connection, then hangs up."""
-    clip = write_video(tmp_path / "camera.ts", portrait_frames(30), fps=10).read_bytes()
-    listener = socket.create_server(("127.0.0.1", 0))
-    connections: list[int] = []
+class HangingUpCamera:
+    """An HTTP camera that sends one MPEG-TS clip per connection, then hangs up: ``clips[k]`` on the k-th
+    connection (the last one again after that)."""
 
-    def serve() -> None:
+    def __init__(self, clips: list[bytes]) -> None:
+        self.clips, self.connections = clips, 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/live.ts"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
         while True:
             try:
-                connection, _ = listener.accept()
+                connection, _ = self.listener.accept()
             except OSError:
                 return  # closed
             with connection:
                 connection.recv(65536)
+                clip = self.clips[min(self.connections, len(self.clips) - 1)]
                 connection.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: video/mp2t\r\n\r\n" + clip)
-                connections.append(1)
+                self.connections += 1
 
-    threading.Thread(target=serve, daemon=True).start()
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_camera_that_drops_is_reconnected_while_the_processor_keeps_running(tmp_path, alone):
+    camera = HangingUpCamera([write_video(tmp_path / "camera.ts", portrait_frames(30), fps=10).read_bytes()])
     try:
-        one = alone(f"http://127.0.0.1:{listener.getsockname()[1]}/live.ts")
-        wait_until(lambda: len(connections) >= 3, timeout=90, what="two reconnections")
+        one = alone(camera.url)
+        wait_until(lambda: camera.connections >= 3, timeout=90, what="two reconnections")
         count = len(one.records.read())
         wait_until(lambda: len(one.records.read()) > count, timeout=60, what="records after reconnecting")
         assert status(one.rek, one.name) == "RUNNING"
         one.rek.stop_stream_processor(Name=one.name)
         wait_until(lambda: status(one.rek, one.name) == "STOPPED", timeout=60, what="STOPPED")
     finally:
-        listener.close()
+        camera.close()
 
 
 @pytest.fixture(scope="module")
@@ -490,12 +513,18 @@ def home(tmp_path_factory, moto_endpoint) -> Iterator[RunningServer]:  # type: i
     streams = []
     for camera, frames in cameras.items():
         streams += ["--video-stream", f"{camera}={write_video(tmp / f'{camera}.mp4', frames, fps=10)}"]
+    # A live camera that hangs up after each 1 s clip: an empty porch at first, then people walking.
+    clips = [write_video(tmp / f"{n}.ts", cameras[n][:10], fps=10).read_bytes() for n in ("yard", "gate")]
+    porch = HangingUpCamera(clips)
+    streams += ["--video-stream", f"porch={porch.url}"]
     url, drop = _fresh_database(tmp)
     server = start_server(
         tmp, url, *streams, env={**aws_env(moto_endpoint, tmp), "MLHARBOR_OBJECT_STORE": "s3"}
     )
+    server.porch = porch  # type: ignore[attr-defined]
     yield server
     stop_server(server)
+    porch.close()
     drop()
 
 
@@ -565,3 +594,17 @@ def test_a_missing_s3_bucket_fails_the_session(home, moto_endpoint):
     assert rek.describe_stream_processor(Name=name)["StatusMessage"].startswith(
         "Unable to write to S3 bucket"
     )
+
+
+def test_a_live_camera_that_drops_is_reconnected_during_a_connected_home_session(home, moto_endpoint):
+    inbox, s3, rek = Inbox(moto_endpoint), moto("s3", moto_endpoint), home.client("rekognition")
+    bucket = unique("porch").lower()
+    s3.create_bucket(Bucket=bucket)
+    name = home_processor(rek, "porch", inbox.topic, bucket)
+    rek.start_stream_processor(Name=name, StopSelector={"MaxDurationInSeconds": 8})
+    # The first connection shows an empty porch; a person only appears after the camera is reopened.
+    wait_until(lambda: len(inbox.of(name)) >= 2, timeout=90, what="two notifications")
+    detected, complete = inbox.of(name)
+    assert detected["labels"][0]["name"] == "PERSON" and home.porch.connections >= 2
+    assert complete["eventNamespace"]["type"] == "STREAM_PROCESSING_COMPLETE"
+    wait_until(lambda: status(rek, name) == "STOPPED", timeout=30, what="STOPPED by itself")

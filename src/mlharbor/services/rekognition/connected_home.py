@@ -64,6 +64,7 @@ class ConnectedHomeSession:
         if stop():
             raise ss.StoppedWhileStarting
         self.source = ss.open_source(url, stream, payload["fps"])
+        self.stream = stream
         self.fragment_base = ss.fragment_base()
         self.stop = stop
 
@@ -79,8 +80,16 @@ class ConnectedHomeSession:
             try:
                 frame = self.source.next(timeout=0.1)
             except VideoError as exc:
-                ss.fail(self.store, self.row.arn, self.attempt, f"Unable to read video stream: {exc}")
-                return {"stopped": False}
+                if self.source.is_file:
+                    ss.fail(self.store, self.row.arn, self.attempt, f"Unable to read video stream: {exc}")
+                    return {"stopped": False}
+                # A camera or network stream: wait for it to come back, within the session's time.
+                reopened = ss.reopen(ctx, self.store, self.row.arn, self.attempt, self.stop, self.source,
+                                     self.stream, exc, until=deadline)  # fmt: skip
+                if reopened is None:
+                    break
+                self.source = reopened
+                continue
             if frame is None or not self._selected(frame):
                 continue
             if deadline is None:  # MaxDurationInSeconds counts from the first frame analysed

@@ -9,7 +9,6 @@ and the timestamps are the slice's start.
 
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -26,11 +25,8 @@ from mlharbor.services.rekognition.sinks import KinesisSink, SinkUnavailable
 from mlharbor.store.db import Store
 from mlharbor.store.tables import stream_processors as table
 
-log = logging.getLogger(__name__)
-
 MIN_FACE_MATCH_THRESHOLD = 80.0  # AWS raises lower FaceMatchThreshold values to 80
 MATCHES_PER_FACE = 10
-RECONNECT_FIRST_S, RECONNECT_MAX_S = 1.0, 30.0  # a live source's reconnect backoff
 
 
 class FaceSearchSession:
@@ -73,30 +69,11 @@ class FaceSearchSession:
         self.tracks = Tracks()
         step()
         self.source = ss.open_source(url, stream, payload["fps"])
-        self.stream, self.url, self.fps = stream, url, payload["fps"]
+        self.stream = stream
         self.fragment_base = ss.fragment_base()
 
     def close(self) -> None:
         self.source.close()
-
-    def _reconnect(self, ctx: WorkContext, stop: StopWatch, error: Exception) -> bool:
-        """A live source that failed (camera gone, network down) is opened again with backoff while the
-        processor stays RUNNING, its StatusMessage saying why; False if a stop came first."""
-        arn, delay = self.row.arn, RECONNECT_FIRST_S
-        message = f"Reconnecting to video stream {self.stream}: {error}"
-        log.warning("stream processor %s: %s", arn, message)
-        ss.move(self.store, arn, {"RUNNING": "RUNNING"}, self.attempt, status_message=message)
-        self.source.close()
-        while not stop():
-            try:
-                self.source = ss.open_source(self.url, self.stream, self.fps)
-            except ss.Unusable:
-                ctx.wait_stop(delay)
-                delay = min(RECONNECT_MAX_S, delay * 2)
-                continue
-            ss.move(self.store, arn, {"RUNNING": "RUNNING"}, self.attempt, status_message=None)
-            return True
-        return False
 
     def run(self, ctx: WorkContext) -> dict[str, Any]:
         from mlharbor.engines.video import VideoError
@@ -112,9 +89,13 @@ class FaceSearchSession:
                 frame = self.source.next(timeout=0.1)
             except VideoError as exc:
                 if not self.source.is_file:  # a camera or network stream: wait for it to come back
-                    if self._reconnect(ctx, stop, exc):
-                        continue
-                    break
+                    reopened = ss.reopen(
+                        ctx, self.store, arn, self.attempt, stop, self.source, self.stream, exc
+                    )
+                    if reopened is None:
+                        break
+                    self.source = reopened
+                    continue
                 self.sink.flush()
                 ss.fail(self.store, arn, self.attempt, f"Unable to read video stream: {exc}")
                 return {"stopped": False}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 ACTIVE = frozenset({"STARTING", "RUNNING"})
 HEARTBEAT_S = 1.0
 FRAGMENT_SECONDS = 2.0  # Kinesis Video's usual fragment length
+RECONNECT_FIRST_S, RECONNECT_MAX_S = 1.0, 30.0  # a live source's reconnect backoff
 
 
 def move(store: Store, arn: str, targets: dict[str, str], attempt: int, **values: Any) -> str | None:
@@ -57,6 +59,31 @@ def open_source(url: str, stream: str, fps: float) -> Any:
     except VideoError as exc:
         raise Unusable(f"Unable to read video stream {stream}: {exc}") from None
     return source
+
+
+def reopen(
+    ctx: Any, store: Store, arn: str, attempt: int, stop: Callable[[], bool], source: Any, stream: str,
+    error: Exception, until: float | None = None,
+) -> Any | None:  # fmt: skip
+    """``source`` (of video stream ``stream``), a live source that failed (camera gone, network down),
+    closed and opened again with backoff while the processor keeps its status, its StatusMessage saying
+    why. None if a stop came first (or ``until``, a monotonic time, passed)."""
+    delay = RECONNECT_FIRST_S
+    message = f"Reconnecting to video stream {stream}: {error}"
+    log.warning("stream processor %s: %s", arn, message)
+    same = {"STARTING": "STARTING", "RUNNING": "RUNNING"}
+    move(store, arn, same, attempt, status_message=message)
+    source.close()
+    while not stop() and (until is None or time.monotonic() < until):
+        try:
+            reopened = open_source(source.url, stream, source.fps)
+        except Unusable:
+            ctx.wait_stop(delay if until is None else max(0.0, min(delay, until - time.monotonic())))
+            delay = min(RECONNECT_MAX_S, delay * 2)
+            continue
+        move(store, arn, same, attempt, status_message=None)
+        return reopened
+    return None
 
 
 @dataclass(frozen=True)

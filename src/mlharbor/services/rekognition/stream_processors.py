@@ -13,14 +13,15 @@ from mlharbor.store.tables import stream_processors as table
 from mlharbor.store.transitions import machine
 
 # §2.4 of the research: Start only from STOPPED/FAILED; Update only from STOPPED/FAILED through UPDATING.
-# RUNNING → RUNNING records a restarted worker or a StatusMessage change (an output outage) while running.
+# RUNNING → RUNNING records a restarted worker or a StatusMessage change (an output outage) while running;
+# STARTING → STARTING the same for a connected home session, which stays STARTING (a camera reconnecting).
 STATES = machine(
     "stream processor",
     initial="STOPPED",
     table={
         "STOPPED": ("STARTING", "UPDATING"),
         "FAILED": ("STARTING", "UPDATING"),
-        "STARTING": ("RUNNING", "STOPPING", "STOPPED", "FAILED"),
+        "STARTING": ("STARTING", "RUNNING", "STOPPING", "STOPPED", "FAILED"),
         "RUNNING": ("RUNNING", "STOPPING", "FAILED"),
         "STOPPING": ("STOPPED", "FAILED"),
         "UPDATING": ("STOPPED", "FAILED"),

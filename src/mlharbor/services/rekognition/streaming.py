@@ -99,6 +99,7 @@ class StreamSupervisor:
 
     def reconcile(self) -> None:
         store, executor = self.server.store, self.server.executor
+        stable_s = self.server.settings.stream_stable_run_seconds
         with store.read() as conn:
             rows = conn.execute(
                 select(table).where(table.c.status.in_(["STARTING", "RUNNING", "STOPPING"]))
@@ -117,22 +118,27 @@ class StreamSupervisor:
                 self._submit(row.arn, row.session_id, row.attempt)  # started by this server: first worker
             elif status is None:  # RUNNING when the server went down: a new attempt
                 self._restart(row, "the server restarted", count=False)
-            elif self._due(wid, status.ended_at or time.time(), row.restarts):
-                self._restart(row, status.error or status.state, count=True)
+            else:
+                ended = status.ended_at or time.time()
+                # Deaths count in a row: one after a long healthy run starts the count again.
+                earlier = 0 if ended - (status.started_at or ended) >= stable_s else row.restarts
+                if self._due(wid, ended, earlier):
+                    self._restart(row, status.error or status.state, count=True, earlier=earlier)
 
-    def _due(self, wid: str, ended_at: float, restarts: int) -> bool:
+    def _due(self, wid: str, ended_at: float, earlier: int) -> bool:
         died = self._died_at.setdefault(wid, ended_at)
-        return time.time() >= died + RESTART_BACKOFF_S[min(restarts, len(RESTART_BACKOFF_S) - 1)]
+        return time.time() >= died + RESTART_BACKOFF_S[min(earlier, len(RESTART_BACKOFF_S) - 1)]
 
-    def _restart(self, row: Row[Any], reason: str, *, count: bool) -> None:
+    def _restart(self, row: Row[Any], reason: str, *, count: bool, earlier: int = 0) -> None:
+        """A new attempt for the session; ``earlier``: the deaths just before this one (when counted)."""
         store = self.server.store
         self._died_at.pop(stream_work_id(row.arn, row.session_id, row.attempt), None)
-        if count and row.restarts + 1 >= MAX_RESTARTS:
+        if count and earlier + 1 >= MAX_RESTARTS:
             message = f"The stream processor stopped unexpectedly {MAX_RESTARTS} times (last: {reason})."
             ss.fail(store, row.arn, row.attempt, message)
             return
         log.warning("stream processor %s: worker gone (%s); restarting", row.arn, reason)
-        values = {"restarts": row.restarts + 1} if count else {}
+        values = {"restarts": earlier + 1} if count else {}
         if attempts.next_attempt(store, table, row, **values):
             self._submit(row.arn, row.session_id, row.attempt + 1)
 
