@@ -30,7 +30,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.conftest import aws_env  # noqa: E402
 from tests.engines.video_files import walker_frames, write_video  # noqa: E402
+from tests.services.rekognition.aws_peers import Inbox, moto  # noqa: E402
 
 from harness import aws_client, start_server, stop_process  # noqa: E402
 from stream import ACCOUNT, REGION, children, cpu_seconds, start_moto, wait_status  # noqa: E402
@@ -63,43 +63,27 @@ def peer_ms_per_frame(video: Path, frames: int = 30) -> float:
     return (time.perf_counter() - start) / len(pixels) * 1000
 
 
-class Home:
-    """An S3 bucket, an SNS topic and an SQS queue subscribed to it, in moto."""
+def create(rek: Any, name: str, camera: str, bucket: str, topic: str) -> None:
+    rek.create_stream_processor(
+        Name=name,
+        Input={"KinesisVideoStream": {"Arn": f"arn:aws:kinesisvideo:{REGION}:{ACCOUNT}:stream/{camera}/1"}},
+        Output={"S3Destination": {"Bucket": bucket, "KeyPrefix": "bench"}},
+        Settings={"ConnectedHome": {"Labels": ["PERSON"], "MinConfidence": 80.0}},
+        NotificationChannel={"SNSTopicArn": topic},
+        RoleArn=f"arn:aws:iam::{ACCOUNT}:role/bench",
+    )
 
-    def __init__(self, moto_url: str) -> None:
-        import boto3
 
-        aws = {"endpoint_url": moto_url, "region_name": REGION,
-               "aws_access_key_id": "test", "aws_secret_access_key": "test"}  # fmt: skip
-        self.s3, sns, self.sqs = (boto3.client(s, **aws) for s in ("s3", "sns", "sqs"))
-        self.bucket = f"bench-{uuid.uuid4().hex[:8]}"
-        self.s3.create_bucket(Bucket=self.bucket)
-        self.topic = sns.create_topic(Name="bench")["TopicArn"]
-        self.queue = self.sqs.create_queue(QueueName="bench")["QueueUrl"]
-        arn = self.sqs.get_queue_attributes(QueueUrl=self.queue, AttributeNames=["QueueArn"])["Attributes"]
-        sns.subscribe(TopicArn=self.topic, Protocol="sqs", Endpoint=arn["QueueArn"])
-
-    def next_message(self, timeout: float = 60.0) -> tuple[float, dict[str, Any]]:
-        """(time received, message) of the next notification."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for m in self.sqs.receive_message(QueueUrl=self.queue, MaxNumberOfMessages=1).get("Messages", []):
-                self.sqs.delete_message(QueueUrl=self.queue, ReceiptHandle=m["ReceiptHandle"])
-                return time.time(), json.loads(json.loads(m["Body"])["Message"])
-            time.sleep(0.01)
-        raise RuntimeError("no notification")
-
-    def create(self, rek: Any, name: str, camera: str) -> None:
-        rek.create_stream_processor(
-            Name=name,
-            Input={
-                "KinesisVideoStream": {"Arn": f"arn:aws:kinesisvideo:{REGION}:{ACCOUNT}:stream/{camera}/1"}
-            },
-            Output={"S3Destination": {"Bucket": self.bucket, "KeyPrefix": "bench"}},
-            Settings={"ConnectedHome": {"Labels": ["PERSON"], "MinConfidence": 80.0}},
-            NotificationChannel={"SNSTopicArn": self.topic},
-            RoleArn=f"arn:aws:iam::{ACCOUNT}:role/bench",
-        )
+def messages(
+    inbox: Inbox, name: str, count: int, timeout: float = 60.0
+) -> list[tuple[float, dict[str, Any]]]:
+    """The first ``count`` notifications of processor ``name``, with the time each was read."""
+    deadline = time.monotonic() + timeout
+    while len(received := inbox.timed(name)) < count:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name}: {len(received)} of {count} notifications")
+        time.sleep(0.01)
+    return received[:count]
 
 
 def main() -> None:
@@ -119,15 +103,17 @@ def main() -> None:
         peer_ms = peer_ms_per_frame(yard)
         print(f"peer (detector alone, one thread): {peer_ms:.1f} ms per 640×480 frame "
               f"→ {1000 / peer_ms:.1f} frames/s per core", flush=True)  # fmt: skip
-        moto_url, moto = start_moto(tmp)
+        moto_url, moto_server = start_moto(tmp)
         try:
-            home = Home(moto_url)
+            inbox, s3, bucket = Inbox(moto_url), moto("s3", moto_url), "bench-results"
+            s3.create_bucket(Bucket=bucket)
             env = {**aws_env(moto_url, tmp), "MLHARBOR_OBJECT_STORE": "s3",
                    "MLHARBOR_VIDEO_STREAM": f"yard={yard} driveway={driveway}"}  # fmt: skip
-            server = start_server(tmp, {**env, "MLHARBOR_STREAM_ANALYSIS_FPS": str(fps)})
+            (tmp / "fast").mkdir()
+            server = start_server(tmp / "fast", {**env, "MLHARBOR_STREAM_ANALYSIS_FPS": str(fps)})
             try:
                 rek = aws_client(server, "rekognition")
-                home.create(rek, "yard", "yard")
+                create(rek, "yard", "yard", bucket, inbox.topic)
                 session = rek.start_stream_processor(
                     Name="yard", StopSelector={"MaxDurationInSeconds": args.seconds}
                 )["SessionId"]
@@ -138,12 +124,11 @@ def main() -> None:
                 cores = sum(cpu_seconds(p) - before[p] for p in workers) / (time.monotonic() - start)
                 wait_status(rek, "yard", "STOPPED", timeout=args.seconds + 60)
                 key = f"bench/yard/{session}/results.json"
-                results = json.loads(home.s3.get_object(Bucket=home.bucket, Key=key)["Body"].read())
+                results = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
                 rate = results["framesAnalysed"] / args.seconds
                 share = rate / cores * peer_ms / 10  # per core, as a percentage of the peer's 1000 / ms
                 print(f"empty yard, unthrottled: {rate:.1f} frames/s on {cores:.2f} cores → "
                       f"{rate / cores:.1f} frames/s per core ({share:.0f}% of the peer)")  # fmt: skip
-                home.next_message()  # the yard's end-of-session message
             finally:
                 stop_process(server.proc)
 
@@ -151,23 +136,23 @@ def main() -> None:
             server = start_server(tmp / "real", env)
             try:
                 rek = aws_client(server, "rekognition")
-                home.create(rek, "driveway", "driveway")
+                create(rek, "driveway", "driveway", bucket, inbox.topic)
                 captured, started = [], []
-                for _ in range(args.sessions):
+                for k in range(args.sessions):
                     start = time.time()
                     rek.start_stream_processor(Name="driveway", StopSelector={"MaxDurationInSeconds": 2})
-                    received, message = home.next_message()
+                    received, message = messages(inbox, "driveway", 2 * k + 1)[2 * k]
                     assert message["eventNamespace"]["type"] == "LABEL_DETECTED", message
                     mapping = message["labels"][0]["videoMapping"]["kinesisVideoMapping"]
                     frame_ms = mapping["producerTimestamp"] + mapping["frameOffsetMillis"]
                     captured.append(received * 1000 - frame_ms)
                     started.append((received - start) * 1000)
-                    home.next_message()  # STREAM_PROCESSING_COMPLETE
+                    messages(inbox, "driveway", 2 * k + 2)  # STREAM_PROCESSING_COMPLETE
                     wait_status(rek, "driveway", "STOPPED")
             finally:
                 stop_process(server.proc)
         finally:
-            stop_process(moto)
+            stop_process(moto_server)
 
     print(f"person on camera → LABEL_DETECTED received: p50 {statistics.median(captured):.0f} ms, "
           f"max {max(captured):.0f} ms over {len(captured)} sessions")  # fmt: skip

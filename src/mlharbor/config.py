@@ -89,6 +89,12 @@ class Settings(BaseSettings):
         description="a stream worker that ran this long before dying counts as a first death (a processor "
         "is FAILED after 3 deaths in a row, not 3 in its lifetime)",
     )
+    stream_start_grace_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        description="how long past MaxDurationInSeconds a connected home session waits for its first frame "
+        "(camera down, StartSelector in the future) before it ends FAILED",
+    )
     face_snapshot_min_faces: int = Field(
         default=10_000,
         ge=1,

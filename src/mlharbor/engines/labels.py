@@ -60,11 +60,9 @@ class LabelDetector(Protocol):
 
 
 def available_labels(models_dir: Path) -> frozenset[str]:
-    """The labels a session could detect: the built-in ones and those of a usable installed model."""
-    try:
-        model = _model(models_dir)
-    except LabelModelError:
-        return BUILT_IN
+    """The labels a session could detect: the built-in ones and those of the installed model. A model
+    file that cannot be used raises ``LabelModelError`` (every session would fail)."""
+    model = _model(models_dir)
     return BUILT_IN | (model.labels if model else frozenset())
 
 

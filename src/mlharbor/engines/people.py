@@ -26,6 +26,7 @@ import numpy
 from mlharbor.engines.labels import Detection
 
 ANALYSIS_SIDE = 640
+_WINDOW = (64, 128)  # the people detector's window, width x height
 # The detector's window (64x128) includes a margin around the person it was trained on: shrink the box.
 _MARGIN_X, _MARGIN_Y = 0.15, 0.05
 
@@ -54,7 +55,9 @@ class PersonDetector:
         if scale < 1.0:
             size = (round(width * scale), round(height * scale))
             small = self._cv2.resize(pixels, size, interpolation=self._cv2.INTER_AREA)
-        pedestrians = self._pedestrians(small)
+        # OpenCV's HOG crashes the process on images smaller than its 64x128 window (segfault, abort).
+        fits = small.shape[0] >= _WINDOW[1] and small.shape[1] >= _WINDOW[0]
+        pedestrians = self._pedestrians(small) if fits else []
         people = pedestrians + [p for p in self._from_faces(small) if not _claimed(p, pedestrians)]
         found = [
             Detection("PERSON", p.confidence, *(v / scale for v in (p.left, p.top, p.width, p.height)))

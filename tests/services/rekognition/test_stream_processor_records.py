@@ -207,6 +207,12 @@ def test_connected_home_labels_need_an_installed_detector(make_server):
             **connected_home(unique("cam"), Settings={"ConnectedHome": {"Labels": ["ALL"]}})
         )
     assert "No detector is installed for PACKAGE:" in excinfo.value.response["Error"]["Message"]
+    (bare.data_dir / "models" / "labels.onnx").write_bytes(b"not a model")  # a broken model: refused
+    with pytest.raises(ClientError) as excinfo:
+        rekognition.create_stream_processor(
+            **connected_home(unique("cam"), Settings={"ConnectedHome": {"Labels": ["PERSON"]}})
+        )
+    assert excinfo.value.response["Error"]["Message"].startswith("The label detection model cannot be used")
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,6 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import boto3
 import pytest
 from botocore.exceptions import ClientError
 
@@ -31,6 +30,7 @@ from tests.conftest import (
 )
 from tests.engines.video_files import FIGURE_HEIGHT, WALKERS, portrait_frames, walker_frames, write_video
 from tests.services.rekognition import label_model
+from tests.services.rekognition.aws_peers import Inbox, moto
 
 pytestmark = pytest.mark.storage
 ACCOUNT = "000000000000"
@@ -57,11 +57,6 @@ def streaming(tmp_path_factory, moto_endpoint) -> Iterator[RunningServer]:  # ty
     yield server
     stop_server(server)
     drop()
-
-
-def moto(service: str, endpoint: str):  # type: ignore[no-untyped-def]
-    return boto3.client(service, endpoint_url=endpoint, region_name=REGION,
-                        aws_access_key_id="test", aws_secret_access_key="test")  # fmt: skip
 
 
 @pytest.fixture
@@ -358,7 +353,8 @@ def kill_worker_and_see_it_back(one: Alone, records_after: int) -> None:
 
 
 def test_a_killed_worker_is_restarted_and_repeated_deaths_fail_the_processor(tmp_path, alone):
-    one = alone(str(write_video(tmp_path / "hopper.mp4", portrait_frames(20), fps=10)))
+    video = write_video(tmp_path / "hopper.mp4", portrait_frames(20), fps=10)
+    one = alone(str(video), MLHARBOR_STREAM_STABLE_RUN_SECONDS="3600")  # every death counts, however slow
     wait_until(lambda: len(one.records.read()) >= 2, timeout=60, what="records")
     for _ in range(2):  # restarted (after 1 s, then 4 s): still RUNNING, and records keep coming
         kill_worker_and_see_it_back(one, records_after=1)
@@ -376,28 +372,6 @@ def test_deaths_after_healthy_runs_do_not_add_up(tmp_path, alone):
     for _ in range(3):  # each death after more than 2 s of records (5 a second): never FAILED
         kill_worker_and_see_it_back(one, records_after=15)
     assert one.rek.describe_stream_processor(Name=one.name).get("StatusMessage") is None
-
-
-class Inbox:
-    """An SNS topic with an SQS queue subscribed: the notifications connected home sessions publish."""
-
-    def __init__(self, endpoint: str) -> None:
-        sns, self.sqs = moto("sns", endpoint), moto("sqs", endpoint)
-        self.topic = sns.create_topic(Name=unique("events"))["TopicArn"]
-        self.queue = self.sqs.create_queue(QueueName=unique("inbox"))["QueueUrl"]
-        attributes = self.sqs.get_queue_attributes(QueueUrl=self.queue, AttributeNames=["QueueArn"])
-        sns.subscribe(TopicArn=self.topic, Protocol="sqs", Endpoint=attributes["Attributes"]["QueueArn"])
-        self.messages: list[dict] = []
-
-    def of(self, name: str) -> list[dict]:
-        """The messages received so far from processor ``name`` (in order)."""
-        for message in self.sqs.receive_message(QueueUrl=self.queue, MaxNumberOfMessages=10).get(
-            "Messages", []
-        ):
-            body = json.loads(message["Body"])
-            assert body["Subject"] == "Rekognition Stream Processing Event"
-            self.messages.append(json.loads(body["Message"]))
-        return [m for m in self.messages if m["startStreamProcessorRequest"]["name"] == name]
 
 
 def home_processor(rek, camera: str, topic: str, bucket: str, **extra) -> str:  # type: ignore[no-untyped-def]
@@ -493,6 +467,12 @@ def test_a_camera_that_drops_is_reconnected_while_the_processor_keeps_running(tm
         count = len(one.records.read())
         wait_until(lambda: len(one.records.read()) > count, timeout=60, what="records after reconnecting")
         assert status(one.rek, one.name) == "RUNNING"
+        # Positions keep growing across reconnections (each connection's video starts at 0 again).
+        positions = [
+            (int(video["FragmentNumber"]), video["FrameOffsetInSeconds"])
+            for video in (r["InputInformation"]["KinesisVideo"] for r in one.records.read())
+        ]
+        assert positions == sorted(positions) and len(set(positions)) == len(positions)
         one.rek.stop_stream_processor(Name=one.name)
         wait_until(lambda: status(one.rek, one.name) == "STOPPED", timeout=60, what="STOPPED")
     finally:
@@ -518,9 +498,9 @@ def home(tmp_path_factory, moto_endpoint) -> Iterator[RunningServer]:  # type: i
     porch = HangingUpCamera(clips)
     streams += ["--video-stream", f"porch={porch.url}"]
     url, drop = _fresh_database(tmp)
-    server = start_server(
-        tmp, url, *streams, env={**aws_env(moto_endpoint, tmp), "MLHARBOR_OBJECT_STORE": "s3"}
-    )
+    env = {**aws_env(moto_endpoint, tmp), "MLHARBOR_OBJECT_STORE": "s3",
+           "MLHARBOR_STREAM_START_GRACE_SECONDS": "10"}  # fmt: skip
+    server = start_server(tmp, url, *streams, env=env)
     server.porch = porch  # type: ignore[attr-defined]
     yield server
     stop_server(server)
@@ -535,8 +515,9 @@ def test_people_are_detected_without_a_model_and_results_go_to_s3_encrypted(home
     driveway = home_processor(rek, "driveway", inbox.topic, bucket, KmsKeyId="alias/home-video")
     doorbell = home_processor(rek, "doorbell", inbox.topic, bucket)
     yard = home_processor(rek, "yard", inbox.topic, bucket)
-    # The driveway's session starts 2 s from now (a live source has no past to start from).
-    start_ms = int(time.time() * 1000) + 2000
+    # The driveway's session starts 8 s from now (a live source has no past to start from), well after its
+    # worker has started reading the camera.
+    start_ms = int(time.time() * 1000) + 8000
     rek.start_stream_processor(
         Name=driveway, StopSelector={"MaxDurationInSeconds": 2},
         StartSelector={"KVSStreamStartSelector": {"ProducerTimestamp": start_ms}},
@@ -561,7 +542,7 @@ def test_people_are_detected_without_a_model_and_results_go_to_s3_encrypted(home
     [person] = detected["labels"]
     assert person["name"] == "PERSON" and person["confidence"] >= 80.0
     mapping = person["videoMapping"]["kinesisVideoMapping"]
-    assert mapping["producerTimestamp"] + mapping["frameOffsetMillis"] >= start_ms
+    assert mapping["producerTimestamp"] + mapping["frameOffsetMillis"] >= start_ms - 2  # two values in ms
     box = person["boundingBox"]
     figures = [(left / 640, top / 480, FIGURE_HEIGHT / 3 / 640, FIGURE_HEIGHT / 480) for left, top in WALKERS]
     centre = (box["left"] + box["width"] / 2, box["top"] + box["height"] / 2)
@@ -594,6 +575,7 @@ def test_a_missing_s3_bucket_fails_the_session(home, moto_endpoint):
     assert rek.describe_stream_processor(Name=name)["StatusMessage"].startswith(
         "Unable to write to S3 bucket"
     )
+    rek.delete_stream_processor(Name=name)  # frees the camera for the next test
 
 
 def test_a_live_camera_that_drops_is_reconnected_during_a_connected_home_session(home, moto_endpoint):
@@ -608,3 +590,21 @@ def test_a_live_camera_that_drops_is_reconnected_during_a_connected_home_session
     assert detected["labels"][0]["name"] == "PERSON" and home.porch.connections >= 2
     assert complete["eventNamespace"]["type"] == "STREAM_PROCESSING_COMPLETE"
     wait_until(lambda: status(rek, name) == "STOPPED", timeout=30, what="STOPPED by itself")
+
+
+def test_a_session_whose_start_position_never_comes_fails_instead_of_starting_forever(home, moto_endpoint):
+    inbox, s3, rek = Inbox(moto_endpoint), moto("s3", moto_endpoint), home.client("rekognition")
+    bucket = unique("later").lower()
+    s3.create_bucket(Bucket=bucket)
+    name = home_processor(rek, "gate", inbox.topic, bucket)
+    an_hour_from_now = int(time.time() * 1000) + 3_600_000
+    rek.start_stream_processor(
+        Name=name, StopSelector={"MaxDurationInSeconds": 1},
+        StartSelector={"KVSStreamStartSelector": {"ProducerTimestamp": an_hour_from_now}},
+    )  # fmt: skip
+    # The home server waits 10 s (stream_start_grace_seconds) past MaxDurationInSeconds for a first frame.
+    wait_until(lambda: status(rek, name) == "FAILED", timeout=60, what="FAILED")
+    message = rek.describe_stream_processor(Name=name)["StatusMessage"]
+    assert message == "Stream gate: the StartSelector position was not reached within 11 s."
+    assert s3.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
+    rek.delete_stream_processor(Name=name)

@@ -40,6 +40,7 @@ class ConnectedHomeSession:
         session = row.session or {}
         self.duration = session.get("StopSelector", {}).get("MaxDurationInSeconds", 10)
         self.start_at = session.get("StartSelector", {}).get("KVSStreamStartSelector", {})
+        self.start_grace = payload["start_grace"]
         self.regions = row.spec.get("RegionsOfInterest", [])
         stream, url = ss.video_url(row, payload)
         try:
@@ -63,7 +64,7 @@ class ConnectedHomeSession:
             raise ss.Unusable(str(exc)) from None
         if stop():
             raise ss.StoppedWhileStarting
-        self.source = ss.open_source(url, stream, payload["fps"])
+        self.source = ss.Camera(url, stream, payload["fps"])
         self.stream = stream
         self.fragment_base = ss.fragment_base()
         self.stop = stop
@@ -74,9 +75,12 @@ class ConnectedHomeSession:
     def run(self, ctx: WorkContext) -> dict[str, Any]:
         from mlharbor.engines.video import VideoError
 
-        deadline, frames, first_seen = None, 0, {}
-        last_frame = None
-        while not self.stop() and (deadline is None or time.monotonic() < deadline):
+        # MaxDurationInSeconds counts from the first frame analysed (at or after the StartSelector); a
+        # session that gets none within the start grace (stream_start_grace_seconds, default 120 s: AWS's
+        # guide treats 2 minutes in STARTING as stuck) more than that ends FAILED, never STARTING forever.
+        deadline, give_up = None, time.monotonic() + self.duration + self.start_grace
+        frames, first_seen, last_frame = 0, {}, None
+        while not self.stop() and time.monotonic() < (deadline or give_up):
             try:
                 frame = self.source.next(timeout=0.1)
             except VideoError as exc:
@@ -84,15 +88,13 @@ class ConnectedHomeSession:
                     ss.fail(self.store, self.row.arn, self.attempt, f"Unable to read video stream: {exc}")
                     return {"stopped": False}
                 # A camera or network stream: wait for it to come back, within the session's time.
-                reopened = ss.reopen(ctx, self.store, self.row.arn, self.attempt, self.stop, self.source,
-                                     self.stream, exc, until=deadline)  # fmt: skip
-                if reopened is None:
+                if not self.source.reopen(ctx, self.store, self.row.arn, self.attempt, self.stop, exc,
+                                          until=deadline or give_up):  # fmt: skip
                     break
-                self.source = reopened
                 continue
             if frame is None or not self._selected(frame):
                 continue
-            if deadline is None:  # MaxDurationInSeconds counts from the first frame analysed
+            if deadline is None:
                 deadline = time.monotonic() + self.duration
             frames, last_frame = frames + 1, frame
             wanted = self.labels - first_seen.keys()  # only each label's first sighting is reported
@@ -104,8 +106,13 @@ class ConnectedHomeSession:
             ctx.heartbeat({"frames": frames, "labels": sorted(first_seen)})
         with self.store.read() as conn:
             status = conn.execute(select(table.c.status).where(table.c.arn == self.row.arn)).scalar()
-        if status == "STARTING" and (deadline is None or time.monotonic() < deadline):
+        if status == "STARTING" and time.monotonic() < (deadline or give_up):
             return {"stopped": True}  # the server is shutting down: the session runs again after it
+        if status == "STARTING" and deadline is None:
+            reason = "the StartSelector position was not reached" if self.start_at else "no video arrived"
+            message = f"Stream {self.stream}: {reason} within {self.duration + self.start_grace:g} s."
+            ss.fail(self.store, self.row.arn, self.attempt, message)
+            return {"stopped": False}
         self._completed(first_seen, frames, last_frame)
         ss.move(self.store, self.row.arn, {"STARTING": "STOPPED", "STOPPING": "STOPPED"}, self.attempt,
               status_message=None)  # fmt: skip

@@ -68,8 +68,7 @@ class FaceSearchSession:
         self.engine = DlibEngine()
         self.tracks = Tracks()
         step()
-        self.source = ss.open_source(url, stream, payload["fps"])
-        self.stream = stream
+        self.source = ss.Camera(url, stream, payload["fps"])
         self.fragment_base = ss.fragment_base()
 
     def close(self) -> None:
@@ -89,12 +88,9 @@ class FaceSearchSession:
                 frame = self.source.next(timeout=0.1)
             except VideoError as exc:
                 if not self.source.is_file:  # a camera or network stream: wait for it to come back
-                    reopened = ss.reopen(
-                        ctx, self.store, arn, self.attempt, stop, self.source, self.stream, exc
-                    )
-                    if reopened is None:
+                    if not self.source.reopen(ctx, self.store, arn, self.attempt, stop, exc):
                         break
-                    self.source = reopened
+                    reported_error = None  # reopening cleared StatusMessage: report a Kinesis outage again
                     continue
                 self.sink.flush()
                 ss.fail(self.store, arn, self.attempt, f"Unable to read video stream: {exc}")

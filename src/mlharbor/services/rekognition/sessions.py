@@ -3,10 +3,11 @@ video source, and the stand-in for Kinesis Video fragment positions."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Row
@@ -23,6 +24,7 @@ ACTIVE = frozenset({"STARTING", "RUNNING"})
 HEARTBEAT_S = 1.0
 FRAGMENT_SECONDS = 2.0  # Kinesis Video's usual fragment length
 RECONNECT_FIRST_S, RECONNECT_MAX_S = 1.0, 30.0  # a live source's reconnect backoff
+OPEN_TIMEOUT_S, MIN_OPEN_TIMEOUT_S = 10.0, 2.0  # opening a source (and, after that, each read)
 
 
 def move(store: Store, arn: str, targets: dict[str, str], attempt: int, **values: Any) -> str | None:
@@ -50,43 +52,76 @@ def video_url(row: Row[Any], payload: dict[str, Any]) -> tuple[str, str]:
     return stream, url
 
 
-def open_source(url: str, stream: str, fps: float) -> Any:
-    from mlharbor.engines.video import VideoError, VideoSource
+class Camera:
+    """A processor's video source (``engines.video.VideoSource``), reopened when a live one drops. Frame
+    positions (``stream_seconds``) keep growing across reopenings, so fragment numbers, offsets and
+    durations never go back. Opening raises ``Unusable`` with AWS's "Unable to read video stream" text."""
 
-    source = VideoSource(url, fps=fps, max_side=1280)
-    try:
-        source.open()
-    except VideoError as exc:
-        raise Unusable(f"Unable to read video stream {stream}: {exc}") from None
-    return source
+    def __init__(self, url: str, stream: str, fps: float) -> None:
+        self.url, self.stream, self.fps = url, stream, fps
+        self.source = self._open(OPEN_TIMEOUT_S)
+        self._offset = self._last = 0.0  # seconds added to the current source's positions; last returned
 
+    def _open(self, timeout: float) -> Any:
+        from mlharbor.engines.video import VideoError, VideoSource
 
-def reopen(
-    ctx: Any, store: Store, arn: str, attempt: int, stop: Callable[[], bool], source: Any, stream: str,
-    error: Exception, until: float | None = None,
-) -> Any | None:  # fmt: skip
-    """``source`` (of video stream ``stream``), a live source that failed (camera gone, network down),
-    closed and opened again with backoff while the processor keeps its status, its StatusMessage saying
-    why. None if a stop came first (or ``until``, a monotonic time, passed)."""
-    delay = RECONNECT_FIRST_S
-    message = f"Reconnecting to video stream {stream}: {error}"
-    log.warning("stream processor %s: %s", arn, message)
-    same = {"STARTING": "STARTING", "RUNNING": "RUNNING"}
-    move(store, arn, same, attempt, status_message=message)
-    source.close()
-    while not stop() and (until is None or time.monotonic() < until):
+        source = VideoSource(self.url, fps=self.fps, max_side=1280)
         try:
-            reopened = open_source(source.url, stream, source.fps)
-        except Unusable:
-            ctx.wait_stop(delay if until is None else max(0.0, min(delay, until - time.monotonic())))
-            delay = min(RECONNECT_MAX_S, delay * 2)
-            continue
-        move(store, arn, same, attempt, status_message=None)
-        return reopened
-    return None
+            source.open(timeout=timeout)
+        except VideoError as exc:
+            raise Unusable(f"Unable to read video stream {self.stream}: {exc}") from None
+        return source
+
+    @property
+    def is_file(self) -> bool:
+        return bool(self.source.is_file)
+
+    @property
+    def dropped(self) -> int:
+        return int(self.source.dropped)
+
+    def next(self, timeout: float) -> Any:
+        """The newest frame (None after ``timeout``); raises ``engines.video.VideoError`` when it ends."""
+        frame = self.source.next(timeout=timeout)
+        if frame is None:
+            return None
+        if self._offset:
+            frame = dataclasses.replace(frame, stream_seconds=frame.stream_seconds + self._offset)
+        self._last = frame.stream_seconds
+        return frame
+
+    def reopen(
+        self, ctx: Any, store: Store, arn: str, attempt: int, stop: Callable[[], bool], error: Exception,
+        until: float | None = None,
+    ) -> bool:  # fmt: skip
+        """After ``error`` ended a live source (camera gone, network down): open it again with backoff while
+        the processor keeps its status, its StatusMessage saying why. False if a stop came first (or
+        ``until``, a monotonic time, passed)."""
+        delay = RECONNECT_FIRST_S
+        message = f"Reconnecting to video stream {self.stream}: {error}"
+        log.warning("stream processor %s: %s", arn, message)
+        same = {"STARTING": "STARTING", "RUNNING": "RUNNING"}
+        move(store, arn, same, attempt, status_message=message)
+        self.source.close()
+        while not stop() and (until is None or time.monotonic() < until):
+            left = math.inf if until is None else until - time.monotonic()
+            try:
+                # The open timeout is also the source's read timeout: never below MIN_OPEN_TIMEOUT_S.
+                source = self._open(max(MIN_OPEN_TIMEOUT_S, min(OPEN_TIMEOUT_S, left)))
+            except Unusable:
+                ctx.wait_stop(max(0.0, min(delay, left)))
+                delay = min(RECONNECT_MAX_S, delay * 2)
+                continue
+            self.source, self._offset = source, self._last + 1.0 / self.fps
+            move(store, arn, same, attempt, status_message=None)
+            return True
+        return False
+
+    def close(self) -> None:
+        self.source.close()
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Position:
     """Where a frame sits in MLHarbor's stand-in for Kinesis Video fragments (``FRAGMENT_SECONDS``
     slices of the session, numbered from a base that grows with the session's start time)."""

@@ -111,7 +111,7 @@ def describe(row: Row[Any]) -> dict[str, Any]:
 def check_labels(labels: list[str], models_dir: Path) -> None:
     """Known labels, each with an installed detector (never a session that cannot detect what it was
     asked for)."""
-    from mlharbor.engines.labels import LABELS, MODEL_FILE, available_labels
+    from mlharbor.engines.labels import LABELS, MODEL_FILE, LabelModelError, available_labels
 
     unknown = set(labels) - CONNECTED_HOME_LABELS
     if unknown:
@@ -119,7 +119,10 @@ def check_labels(labels: list[str], models_dir: Path) -> None:
             f"Unsupported label(s) {sorted(unknown)}; valid values are PERSON, PET, PACKAGE, ALL."
         )
     wanted = set(LABELS) if "ALL" in labels else set(labels)
-    missing = wanted - available_labels(models_dir)
+    try:
+        missing = wanted - available_labels(models_dir)
+    except LabelModelError as exc:
+        raise InvalidParameterException(f"The label detection model cannot be used: {exc}") from None
     if missing:
         raise InvalidParameterException(
             f"No detector is installed for {', '.join(sorted(missing))}: put a YOLO-style ONNX detection "

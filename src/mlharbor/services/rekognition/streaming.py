@@ -94,7 +94,12 @@ class StreamSupervisor:
     def payload(self, arn: str, attempt: int) -> dict[str, Any]:
         settings = self.server.settings
         return attempts.payload(
-            settings, arn, attempt, video_streams=settings.video_streams, fps=settings.stream_analysis_fps
+            settings,
+            arn,
+            attempt,
+            video_streams=settings.video_streams,
+            fps=settings.stream_analysis_fps,
+            start_grace=settings.stream_start_grace_seconds,
         )
 
     def reconcile(self) -> None:
