@@ -479,6 +479,13 @@ def test_a_camera_that_drops_is_reconnected_while_the_processor_keeps_running(tm
         camera.close()
 
 
+def outputs(moto_endpoint: str):  # type: ignore[no-untyped-def]
+    """A connected home processor's outputs in moto: an SNS inbox, the S3 client and a new bucket."""
+    inbox, s3, bucket = Inbox(moto_endpoint), moto("s3", moto_endpoint), unique("home").lower()
+    s3.create_bucket(Bucket=bucket)
+    return inbox, s3, bucket
+
+
 @pytest.fixture(scope="module")
 def home(tmp_path_factory, moto_endpoint) -> Iterator[RunningServer]:  # type: ignore[no-untyped-def]
     """A server with no label model (PERSON only, built in) whose object store is moto's S3, with cameras:
@@ -509,9 +516,8 @@ def home(tmp_path_factory, moto_endpoint) -> Iterator[RunningServer]:  # type: i
 
 
 def test_people_are_detected_without_a_model_and_results_go_to_s3_encrypted(home, moto_endpoint):
-    inbox, s3, rek = Inbox(moto_endpoint), moto("s3", moto_endpoint), home.client("rekognition")
-    bucket = unique("home").lower()
-    s3.create_bucket(Bucket=bucket)
+    inbox, s3, bucket = outputs(moto_endpoint)
+    rek = home.client("rekognition")
     driveway = home_processor(rek, "driveway", inbox.topic, bucket, KmsKeyId="alias/home-video")
     doorbell = home_processor(rek, "doorbell", inbox.topic, bucket)
     yard = home_processor(rek, "yard", inbox.topic, bucket)
@@ -579,9 +585,8 @@ def test_a_missing_s3_bucket_fails_the_session(home, moto_endpoint):
 
 
 def test_a_live_camera_that_drops_is_reconnected_during_a_connected_home_session(home, moto_endpoint):
-    inbox, s3, rek = Inbox(moto_endpoint), moto("s3", moto_endpoint), home.client("rekognition")
-    bucket = unique("porch").lower()
-    s3.create_bucket(Bucket=bucket)
+    inbox, s3, bucket = outputs(moto_endpoint)
+    rek = home.client("rekognition")
     name = home_processor(rek, "porch", inbox.topic, bucket)
     rek.start_stream_processor(Name=name, StopSelector={"MaxDurationInSeconds": 8})
     # The first connection shows an empty porch; a person only appears after the camera is reopened.
@@ -593,9 +598,8 @@ def test_a_live_camera_that_drops_is_reconnected_during_a_connected_home_session
 
 
 def test_a_session_whose_start_position_never_comes_fails_instead_of_starting_forever(home, moto_endpoint):
-    inbox, s3, rek = Inbox(moto_endpoint), moto("s3", moto_endpoint), home.client("rekognition")
-    bucket = unique("later").lower()
-    s3.create_bucket(Bucket=bucket)
+    inbox, s3, bucket = outputs(moto_endpoint)
+    rek = home.client("rekognition")
     name = home_processor(rek, "gate", inbox.topic, bucket)
     an_hour_from_now = int(time.time() * 1000) + 3_600_000
     rek.start_stream_processor(
