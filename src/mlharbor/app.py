@@ -15,7 +15,7 @@ from mlharbor.api.metrics import Metrics
 from mlharbor.api.pagination import Pager
 from mlharbor.api.protocol import Gateway, Receive, Scope, Send
 from mlharbor.api.services import build_services
-from mlharbor.api.throttle import Throttle
+from mlharbor.api.throttle import Receiving, Throttle
 from mlharbor.blobs.store import open_blob_store
 from mlharbor.config import Settings
 from mlharbor.context import Server
@@ -65,6 +65,12 @@ def create_app(settings: Settings, server: Server | None = None) -> Application:
         build_services(),
         Authenticator(settings.load_credentials(), settings.clock_skew_seconds),
         Throttle(settings.throttle),
+        Receiving(
+            settings.throttle.max_receiving,
+            settings.request_body_timeout_seconds,
+            settings.request_body_idle_seconds,
+            settings.request_body_min_rate,
+        ),
         metrics,
     )
 

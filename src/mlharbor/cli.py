@@ -7,6 +7,7 @@ import contextlib
 import gc
 import ipaddress
 import logging
+import resource
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,6 +84,18 @@ class _AnnouncingServer(uvicorn.Server):
         print(f"MLHarbor listening on http://{shown}:{port}", flush=True)
 
 
+def _lift_open_files_limit() -> None:
+    """Every client connection is a file descriptor. uvicorn closes an idle connection only after it has
+    answered a request on it (keep-alive timeout), so at the soft limit (often 1,024) a thousand sockets
+    that never send a request make it refuse everyone else. Lift the soft limit to the hard one, as Go's
+    runtime does."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20  # Linux refuses an infinite soft limit
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
 def serve(settings: Settings) -> int:
     setup_logging(settings.log_format)
     if settings.credentials is None and not _is_loopback(settings.host) and not settings.insecure_open_bind:
@@ -94,6 +107,7 @@ def serve(settings: Settings) -> int:
         return 2
     from mlharbor.app import create_app
 
+    _lift_open_files_limit()
     app = create_app(settings)
     logging.getLogger("mlharbor").info(
         "MLHarbor %s: database %s, data folder %s, object store %s",

@@ -41,7 +41,17 @@ class ThrottleSettings(BaseModel):
         default_factory=dict,
         description="per-operation rate overrides, keyed 'Service.Operation' or 'Operation'",
     )
-    max_in_flight: int = Field(default=256, gt=0, description="requests in flight before load is shed")
+    max_in_flight: int = Field(
+        default=256,
+        gt=0,
+        description="requests the server works on at once (bodies received) before load is shed",
+    )
+    max_receiving: int = Field(
+        default=256,
+        gt=0,
+        description="request bodies being received at once; one more cuts off the one waiting longest "
+        "(400 RequestTimeout), so slow uploads can never lock other clients out",
+    )
 
 
 class Settings(BaseSettings):
@@ -59,6 +69,19 @@ class Settings(BaseSettings):
     insecure_open_bind: bool = False
     object_store: Literal["local", "s3"] = "local"
     max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    request_body_timeout_seconds: float = Field(
+        default=20.0,
+        gt=0,
+        description="a request body must arrive within this time after its headers, plus one second per "
+        "request_body_min_rate bytes received (a slow but steady upload of a large body still fits); "
+        "then 400 RequestTimeout and the connection is closed",
+    )
+    request_body_min_rate: float = Field(
+        default=64 * 1024, gt=0, description="bytes per second that earn a body one more second"
+    )
+    request_body_idle_seconds: float = Field(
+        default=10.0, gt=0, description="the longest pause between two pieces of a request body"
+    )
     clock_skew_seconds: int = Field(default=300, ge=0)
     throttle: ThrottleSettings = Field(default_factory=ThrottleSettings)
     stream_processor_limit: int = Field(default=20, ge=0)

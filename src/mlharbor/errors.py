@@ -40,6 +40,15 @@ class RequestEntityTooLargeException(AwsError):
     default_message = "Request body is too large"
 
 
+class RequestTimeout(AwsError):
+    """The request body did not arrive in time. S3's code and message; the SDKs retry it as transient."""
+
+    default_message = (
+        "Your socket connection to the server was not read from or written to within the timeout period. "
+        "Idle connections will be closed."
+    )
+
+
 class NotImplementedException(AwsError):
     """An operation of the service that MLHarbor does not implement yet (never a fake success)."""
 

@@ -40,6 +40,7 @@ def _add(store: Store, name: str) -> str:
                 name=name,
                 status="STOPPED",
                 version=0,
+                incarnation=name,
                 created_at=now,
                 updated_at=now,
                 input_stream_arn=f"in-{name}",

@@ -28,6 +28,9 @@ class Metrics:
         self.in_flight = Gauge(
             "mlharbor_requests_in_flight", "API requests in flight", registry=self.registry
         )
+        self.receiving = Gauge(
+            "mlharbor_requests_receiving", "API request bodies being received", registry=self.registry
+        )
 
         # Label lookups cost more than the increments: keep the children (operations are a closed set).
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}

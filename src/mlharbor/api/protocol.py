@@ -4,12 +4,19 @@
 Order of checks, as AWS does: load shedding, body size, signature, operation, account rate,
 decoding, model validation, then the handler. Whatever fails, nothing has been changed.
 
+Receiving the body sits between body size and signature, under its own budget (``throttle.Receiving``:
+a deadline, an idle timeout, a count whose overflow cuts off the upload waiting longest; 400
+RequestTimeout, connection closed). A request takes its in-flight slot only once its body has arrived,
+so clients that send their bodies slowly can never fill the slots; a full server still sheds a new
+request before reading its body.
+
 This is a plain ASGI app rather than a framework route: on the hot path the framework's request and
 response objects cost more than the rest of the gateway together.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 import logging
@@ -27,7 +34,7 @@ from mlharbor.api.auth import Authenticator
 from mlharbor.api.metrics import Metrics
 from mlharbor.api.services import Service, is_blocking
 from mlharbor.api.shapes import Wire, parse_input, serialize_output
-from mlharbor.api.throttle import Throttle
+from mlharbor.api.throttle import Receiving, Throttle, Upload
 from mlharbor.context import Call, Server
 
 log = logging.getLogger("mlharbor.api")
@@ -77,14 +84,17 @@ class Gateway:
         services: dict[str, Service],
         authenticator: Authenticator,
         throttle: Throttle,
+        receiving: Receiving,
         metrics: Metrics,
     ) -> None:
         self.server = server
         self.services = services
         self.authenticator = authenticator
         self.throttle = throttle
+        self.receiving = receiving
         self.metrics = metrics
         self.max_body = server.settings.max_body_bytes
+        metrics.receiving.set_function(lambda: receiving.count)  # read at scrape time: free per request
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -95,12 +105,18 @@ class Gateway:
         operation = route.operation if service and route.operation in service.operations else None
         entered = False
         try:
+            self.throttle.check()
+            if scope["method"] != "POST":
+                raise errors.UnknownOperationException("Only POST is supported")
+            body = await self._read_body(receive, headers)
             self.throttle.enter()
             entered = True
             self.metrics.in_flight.inc()
-            if scope["method"] != "POST":
-                raise errors.UnknownOperationException("Only POST is supported")
-            reply = await self._handle(scope, receive, headers, request_id, route, service, operation)
+            reply = await self._handle(scope, body, headers, request_id, route, service, operation)
+        except errors.RequestTimeout as exc:
+            # What is left of the body may never come, and would hold the connection: answer and close.
+            reply = self._error(exc, request_id, service, route.wire)
+            reply.headers.append((b"connection", b"close"))
         except errors.AwsError as exc:
             reply = self._error(exc, request_id, service, route.wire)
         except errors.Neutral as exc:
@@ -128,14 +144,13 @@ class Gateway:
     async def _handle(
         self,
         scope: Scope,
-        receive: Receive,
+        body: bytes,
         headers: dict[str, list[str]],
         request_id: str,
         route: Route,
         service: Service | None,
         operation: str | None,
     ) -> Reply:
-        body = await self._read_body(receive, headers)
         raw_path = scope.get("raw_path")
         identity = self.authenticator.verify(
             method=scope["method"],
@@ -177,10 +192,25 @@ class Gateway:
         declared = headers.get("content-length", [""])[0]
         if declared.isdigit() and int(declared) > self.max_body:
             raise errors.RequestEntityTooLargeException(f"Request body exceeds {self.max_body} bytes")
+        upload = self.receiving.start()
+        try:
+            return await self._receive_pieces(receive, upload)
+        finally:
+            self.receiving.finish(upload)
+
+    async def _receive_pieces(self, receive: Receive, upload: Upload) -> bytes:
+        # Between receiving.start and finish, ``await receive()`` must stay the only suspension point:
+        # that is where a cut-off upload's cancellation has to land.
         chunks: list[bytes] = []
         size = 0
         while True:
-            message = await receive()
+            try:
+                message = await receive()
+            except asyncio.CancelledError:
+                if not upload.cut:
+                    raise  # not ours (server shutdown)
+                upload.task.uncancel()  # the request goes on, to answer with an error
+                raise errors.RequestTimeout() from None
             if message["type"] == "http.disconnect":
                 raise ClientGone()
             chunk = message.get("body", b"")
@@ -190,6 +220,7 @@ class Gateway:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
+            self.receiving.progress(upload, size)
 
     def _error(self, exc: errors.AwsError, request_id: str, service: Service | None, wire: Wire) -> Reply:
         code = exc.code
@@ -225,7 +256,8 @@ def _header_lists(scope: Scope) -> dict[str, list[str]]:
 
 
 def _decode(body: bytes, wire: Wire) -> Any:
-    if not body.strip():
+    # Only JSON has whitespace: in CBOR, b" " is the integer -1 and b"\n" the integer 10, not an empty body.
+    if not (body.strip() if wire is Wire.JSON else body):
         return {}
     try:
         return json.loads(body) if wire is Wire.JSON else cbor2.loads(body)

@@ -1,18 +1,24 @@
 """What long-running work shares (recognizer training, detection jobs, stream processors): work that runs
 in attempts, and stops on request.
 
-A row carries an attempt number; a crashed worker is retried with the next one, and every write a worker
-makes is guarded by its attempt, so a worker that outlived a crash cannot overwrite its replacement's work.
-Desired state lives in the row: a stop request moves it out of its running state, which the worker sees.
+A row carries an incarnation (its creation identity: a resource deleted and created again under the same
+name has the same ARN but another incarnation) and an attempt number; a crashed worker is retried with the
+next attempt. Every write a worker makes, and every look it takes for a stop, is guarded by both (its
+``Fence``), so a worker that outlived a crash, a stop or its resource's deletion can neither overwrite its
+replacement's work nor adopt a re-created resource. Desired state lives in the row: a stop request moves it
+out of its running state, which the worker sees.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Row, Table, select, update
+from sqlalchemy.sql import ColumnElement
 
 from mlharbor.logs import setup_logging
 from mlharbor.runtime import WorkContext
@@ -23,8 +29,36 @@ from mlharbor.store.transitions import StateMachine, transition
 STOP_POLL_SECONDS = 0.25  # how often a worker looks at the database for a stop request
 
 
-def work_id(arn: str, attempt: int) -> str:
-    return f"{arn}#attempt-{attempt}"
+def new_incarnation() -> str:
+    """A resource's creation identity, given once at its creation."""
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class Fence:
+    """Which worker may act for a row: the resource's incarnation and the attempt it was started for."""
+
+    incarnation: str
+    attempt: int
+
+    @classmethod
+    def of(cls, row: Row[Any]) -> Fence:
+        return cls(row.incarnation, row.attempt)
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> Fence:
+        return cls(payload["incarnation"], payload["attempt"])
+
+    def holds(self, row: Row[Any] | None) -> bool:
+        return row is not None and row.incarnation == self.incarnation and row.attempt == self.attempt
+
+    def clause(self, table: Table) -> ColumnElement[bool]:
+        return (table.c.incarnation == self.incarnation) & (table.c.attempt == self.attempt)
+
+
+def work_id(arn: str, fence: Fence) -> str:
+    """Unique per resource incarnation and attempt: a re-created resource never reuses a work id."""
+    return f"{arn}#{fence.incarnation}#attempt-{fence.attempt}"
 
 
 def run_worker(
@@ -42,11 +76,13 @@ def run_worker(
         store.dispose()
 
 
-def payload(settings: Any, arn: str, attempt: int, **extra: Any) -> dict[str, Any]:
-    """What a worker needs to reach the store and the object store, and which attempt it is."""
+def payload(settings: Any, arn: str, fence: Fence, **extra: Any) -> dict[str, Any]:
+    """What a worker needs to reach the store and the object store, and which incarnation and attempt
+    it works for (``Fence.from_payload``)."""
     return {
         "arn": arn,
-        "attempt": attempt,
+        "incarnation": fence.incarnation,
+        "attempt": fence.attempt,
         "database_url": settings.resolved_database_url,
         "object_store": settings.object_store,
         "data_dir": str(settings.data_dir.resolve()),
@@ -67,17 +103,17 @@ def move(
     arn: str,
     targets: dict[str, str],
     *,
-    attempt: int | None = None,
+    fence: Fence | None = None,
     **values: Any,
 ) -> str | None:
     """Move the row along ``targets`` ({from_state: to_state}) whatever it currently is, retrying the
     compare-and-set when another writer got in first. Returns the state it ended in, or None if the row
-    is gone, in a state ``targets`` does not name, or (with ``attempt``) owned by another attempt. A
-    callable value is given the current row."""
+    is gone, in a state ``targets`` does not name, or (with ``fence``) not the fenced worker's any more.
+    A callable value is given the current row."""
     for _ in range(20):
         with store.begin() as conn:
             row = conn.execute(select(table).where(table.c.arn == arn)).first()
-            if row is None or row.status not in targets or attempt not in (None, row.attempt):
+            if row is None or row.status not in targets or (fence is not None and not fence.holds(row)):
                 return None
             target = targets[row.status]
             extra = {k: (v(row) if callable(v) else v) for k, v in values.items()}
@@ -104,7 +140,8 @@ def next_attempt(store: Store, table: Table, row: Row[Any], **values: Any) -> bo
 class StopWatch:
     """True once a stop was requested, through the executor or in the database (after a restart, or
     from another server process, the database is the only channel); also once the row left
-    ``running_state`` (one state or a set) for any reason or a newer attempt replaced this one."""
+    ``running_state`` (one state or a set) for any reason, or the fence no longer holds (a newer attempt
+    replaced this one, or the resource was deleted and perhaps created again)."""
 
     def __init__(
         self,
@@ -112,13 +149,16 @@ class StopWatch:
         store: Store,
         table: Table,
         arn: str,
-        attempt: int,
+        fence: Fence,
         running_state: str | frozenset[str],
     ) -> None:
-        self.ctx, self.store, self.table, self.arn, self.attempt = ctx, store, table, arn, attempt
+        self.ctx, self.store, self.table, self.arn, self.fence = ctx, store, table, arn, fence
         self.running_states = {running_state} if isinstance(running_state, str) else running_state
         self._next_check = 0.0
         self._seen = False
+        # Another incarnation or attempt holds the row: this worker must not write anything more. (A row
+        # that is simply gone, a processor deleted while stopping, is a stop: what is buffered still goes.)
+        self.superseded = False
 
     def __call__(self) -> bool:
         if self._seen or self.ctx.stop_requested():
@@ -129,7 +169,10 @@ class StopWatch:
             self._next_check = now + STOP_POLL_SECONDS
             with self.store.read() as conn:
                 row = conn.execute(
-                    select(self.table.c.status, self.table.c.attempt).where(self.table.c.arn == self.arn)
+                    select(self.table.c.status, self.table.c.attempt, self.table.c.incarnation).where(
+                        self.table.c.arn == self.arn
+                    )
                 ).first()
-            self._seen = row is None or row.status not in self.running_states or row.attempt != self.attempt
+            self.superseded = row is not None and not self.fence.holds(row)
+            self._seen = row is None or self.superseded or row.status not in self.running_states
         return self._seen

@@ -48,6 +48,9 @@ stream_processors = Table(
     Column("name", String(128), nullable=False),
     Column("status", String(16), nullable=False),
     Column("status_message", Text),
+    # Creation identity: a resource deleted and created again under the same name (same ARN) is another
+    # incarnation; every worker fence compares it (services/attempts.py).
+    Column("incarnation", String(32), nullable=False),
     Column("version", Integer, nullable=False, default=0),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
@@ -75,6 +78,9 @@ entity_recognizers = Table(
     Column("name", String(63), nullable=False),
     # "" for a recognizer created without VersionName (keeps the uniqueness constraint simple).
     Column("version_name", String(63), nullable=False, default=""),
+    # Creation identity: a resource deleted and created again under the same name (same ARN) is another
+    # incarnation; every worker fence compares it (services/attempts.py).
+    Column("incarnation", String(32), nullable=False),
     Column("status", String(24), nullable=False),
     Column("message", Text),
     Column("version", Integer, nullable=False, default=0),
@@ -98,6 +104,9 @@ comprehend_endpoints = Table(
     Column("account_id", String(12), nullable=False),
     Column("region", String(32), nullable=False),
     Column("name", String(40), nullable=False),
+    # Creation identity: a resource deleted and created again under the same name (same ARN) is another
+    # incarnation; every worker fence compares it (services/attempts.py).
+    Column("incarnation", String(32), nullable=False),
     Column("status", String(16), nullable=False),
     Column("message", Text),
     Column("version", Integer, nullable=False, default=0),
@@ -127,6 +136,9 @@ entities_detection_jobs = Table(
     Column("account_id", String(12), nullable=False),
     Column("region", String(32), nullable=False),
     Column("name", String(256)),
+    # Creation identity: a resource deleted and created again under the same name (same ARN) is another
+    # incarnation; every worker fence compares it (services/attempts.py).
+    Column("incarnation", String(32), nullable=False),
     Column("status", String(16), nullable=False),
     Column("message", Text),
     Column("version", Integer, nullable=False, default=0),

@@ -5,7 +5,9 @@ ends the recognizer IN_ERROR with a Message naming the file, the line and the pr
 is that check: :func:`load_dataset` either returns a :class:`Dataset` or raises :class:`DataError`,
 whose text is the Message. Malformed input never escapes as any other exception.
 
-Formats (see ``aws-behaviour.md`` §4.2-4.3):
+Formats, as the Comprehend Developer Guide documents them ("Preparing entity recognizer training data",
+https://docs.aws.amazon.com/comprehend/latest/dg/prep-training-data-cer.html); when the data is checked and
+what bad data does: docs/COMPATIBILITY.md, decision 23.
 
 * ``COMPREHEND_CSV`` with ``Documents`` and ``Annotations`` (or an ``EntityList``).
 * ``AUGMENTED_MANIFEST``: SageMaker Ground Truth named-entity output, JSON Lines, one document a line::

@@ -50,7 +50,7 @@ from mlharbor.blobs.store import (
 from mlharbor.context import Server
 from mlharbor.runtime import WorkContext
 from mlharbor.services import attempts
-from mlharbor.services.attempts import with_details, work_id
+from mlharbor.services.attempts import Fence, with_details, work_id
 from mlharbor.services.comprehend import jobs
 from mlharbor.services.comprehend import recognizers as er
 from mlharbor.store.db import Store
@@ -83,14 +83,14 @@ class InputError(Exception):
 
 
 # --- State changes shared by the worker and the reconcile pass ------------------------------------
-def _fail(store: Store, arn: str, message: str, attempt: int | None = None) -> None:
+def _fail(store: Store, arn: str, message: str, fence: Fence | None = None) -> None:
     jobs.move(
         store, arn, {"SUBMITTED": "FAILED", "IN_PROGRESS": "FAILED", "STOP_REQUESTED": "FAILED"},
-        attempt=attempt, message=message, end_time=round(time.time(), 3),
+        fence=fence, message=message, end_time=round(time.time(), 3),
     )  # fmt: skip
 
 
-def _finish_stopped(store: Store, arn: str, attempt: int | None = None, documents: int | None = None) -> None:
+def _finish_stopped(store: Store, arn: str, fence: Fence | None = None, documents: int | None = None) -> None:
     message = "The job was stopped by StopEntitiesDetectionJob before it started."
     if documents is not None:
         message = (
@@ -98,7 +98,7 @@ def _finish_stopped(store: Store, arn: str, attempt: int | None = None, document
             "document(s) processed before the stop."
         )
     jobs.move(
-        store, arn, {"STOP_REQUESTED": "STOPPED"}, attempt=attempt, message=message,
+        store, arn, {"STOP_REQUESTED": "STOPPED"}, fence=fence, message=message,
         end_time=round(time.time(), 3),
         details=with_details(**({"DocumentsProcessed": documents} if documents is not None else {})),
     )  # fmt: skip
@@ -110,21 +110,21 @@ def detect_worker(ctx: WorkContext, payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def _detect(ctx: WorkContext, store: Store, payload: dict[str, Any]) -> dict[str, Any]:
-    arn, attempt = payload["arn"], payload["attempt"]
+    arn, fence = payload["arn"], Fence.from_payload(payload)
     with store.read() as conn:
         row = jobs.row(conn, arn)
-    if row is None or row.attempt != attempt:
+    if not fence.holds(row):
         return {"stopped": False, "skipped": True}
     if row.status == "SUBMITTED":
-        state = jobs.move(store, arn, {"SUBMITTED": "IN_PROGRESS"}, attempt=attempt)
+        state = jobs.move(store, arn, {"SUBMITTED": "IN_PROGRESS"}, fence=fence)
     else:
         state = row.status  # IN_PROGRESS again after a crash: the row already says so
     if state != "IN_PROGRESS":
-        _finish_stopped(store, arn, attempt)  # stopped before it started
+        _finish_stopped(store, arn, fence)  # stopped before it started
         return {"stopped": True}
 
     started, cpu_started = time.monotonic(), time.process_time()
-    stop = attempts.StopWatch(ctx, store, table, arn, attempt, "IN_PROGRESS")
+    stop = attempts.StopWatch(ctx, store, table, arn, fence, "IN_PROGRESS")
     blobs = open_blob_store(payload["object_store"], Path(payload["data_dir"]))
     spec = row.spec
     input_config = spec["InputDataConfig"]
@@ -133,10 +133,10 @@ def _detect(ctx: WorkContext, store: Store, payload: dict[str, Any]) -> dict[str
         recognizer = _recognizer(store, row)
         objects = _input_objects(blobs, input_config["S3Uri"])
     except InputError as exc:
-        _fail(store, arn, str(exc), attempt)
+        _fail(store, arn, str(exc), fence)
         return {"stopped": False}
     if stop():
-        return _stopped(store, blobs, row, attempt)
+        return _stopped(store, blobs, row, fence)
 
     from mlharbor.services.comprehend.training import load_model
 
@@ -144,24 +144,24 @@ def _detect(ctx: WorkContext, store: Store, payload: dict[str, Any]) -> dict[str
     try:
         model = load_model(blobs, recognizer.artifact_uri)
     except (BlobNotFound, OSError, ValueError, tarfile.TarError) as exc:
-        _fail(store, arn, f"The recognizer's model could not be loaded: {exc}", attempt)
+        _fail(store, arn, f"The recognizer's model could not be loaded: {exc}", fence)
         return {"stopped": False}
     loaded = time.monotonic()
     if stop():
-        return _stopped(store, blobs, row, attempt)
+        return _stopped(store, blobs, row, fence)
 
     with tempfile.TemporaryDirectory(prefix="mlharbor-job-") as tmp:
         results = Path(tmp) / "output"
         try:
             with results.open("wb", buffering=READ_CHUNK) as out:
                 documents_in = _documents(blobs, input_config["S3Uri"], objects, per_line)
-                counts = _run(model, documents_in, out, stop, _Progress(ctx, store, arn, attempt))
+                counts = _run(model, documents_in, out, stop, _Progress(ctx, store, arn, fence))
         except InputError as exc:
-            _fail(store, arn, str(exc), attempt)
+            _fail(store, arn, str(exc), fence)
             return {"stopped": False}
         documents, errors, stopped = counts
         if stopped:
-            return _stopped(store, blobs, row, attempt, results, documents)
+            return _stopped(store, blobs, row, fence, results, documents)
         _write_archive(blobs, results, _output(row), Path(tmp) / "output.tar.gz")
     seconds = time.monotonic() - started
     log.info(
@@ -176,7 +176,7 @@ def _detect(ctx: WorkContext, store: Store, payload: dict[str, Any]) -> dict[str
     )
     # Completion wins over a stop that arrived after the last batch, as AWS documents.
     jobs.move(
-        store, arn, {"IN_PROGRESS": "COMPLETED", "STOP_REQUESTED": "COMPLETED"}, attempt=attempt,
+        store, arn, {"IN_PROGRESS": "COMPLETED", "STOP_REQUESTED": "COMPLETED"}, fence=fence,
         message=message, end_time=round(time.time(), 3),
         details=with_details(DocumentsProcessed=documents, DocumentErrors=errors),
     )  # fmt: skip
@@ -187,7 +187,7 @@ def _stopped(
     store: Store,
     blobs: BlobStore,
     row: Row[Any],
-    attempt: int,
+    fence: Fence,
     results: Path | None = None,
     documents: int = 0,
 ) -> dict[str, Any]:
@@ -197,14 +197,14 @@ def _stopped(
     pass."""
     with store.read() as conn:
         current = jobs.row(conn, row.arn)
-    if current is None or current.attempt != attempt or current.status != "STOP_REQUESTED":
+    if not fence.holds(current) or current.status != "STOP_REQUESTED":
         return {"stopped": True}
     with tempfile.TemporaryDirectory(prefix="mlharbor-job-") as tmp:
         if results is None:
             results = Path(tmp) / "output"
             results.write_bytes(b"")
         _write_archive(blobs, results, _output(row), Path(tmp) / "output.tar.gz")
-    _finish_stopped(store, row.arn, attempt, documents)
+    _finish_stopped(store, row.arn, fence, documents)
     return {"stopped": True}
 
 
@@ -363,8 +363,8 @@ class _Progress:
     """Every half second: a heartbeat to the executor, and "Processed N documents" in the job's Message
     (not a state change, so the version is left alone)."""
 
-    def __init__(self, ctx: WorkContext, store: Store, arn: str, attempt: int) -> None:
-        self.ctx, self.store, self.arn, self.attempt = ctx, store, arn, attempt
+    def __init__(self, ctx: WorkContext, store: Store, arn: str, fence: Fence) -> None:
+        self.ctx, self.store, self.arn, self.fence = ctx, store, arn, fence
         self._next = time.monotonic() + HEARTBEAT_SECONDS
 
     def __call__(self, documents: int) -> None:
@@ -377,7 +377,7 @@ class _Progress:
             conn.execute(
                 update(table)
                 .where(
-                    table.c.arn == self.arn, table.c.status == "IN_PROGRESS", table.c.attempt == self.attempt
+                    table.c.arn == self.arn, table.c.status == "IN_PROGRESS", self.fence.clause(table)
                 )
                 .values(message=f"Processed {documents} document(s)")
             )
@@ -458,8 +458,8 @@ class JobSupervisor:
     def __init__(self, server: Server) -> None:
         self.server = server
 
-    def _payload(self, row: Row[Any], attempt: int) -> dict[str, Any]:
-        return attempts.payload(self.server.settings, row.arn, attempt)
+    def _payload(self, row: Row[Any], fence: Fence) -> dict[str, Any]:
+        return attempts.payload(self.server.settings, row.arn, fence)
 
     def reconcile(self) -> None:
         executor = self.server.executor
@@ -474,11 +474,11 @@ class JobSupervisor:
         # AWS runs at most 10 jobs of a kind per account at a time; the others wait in SUBMITTED.
         active: dict[tuple[str, str], int] = {}
         for row in rows:
-            if work_id(row.arn, row.attempt) in running or row.status == "IN_PROGRESS":
+            if work_id(row.arn, Fence.of(row)) in running or row.status == "IN_PROGRESS":
                 owner = (row.account_id, row.region)
                 active[owner] = active.get(owner, 0) + 1
         for row in rows:
-            wid = work_id(row.arn, row.attempt)
+            wid = work_id(row.arn, Fence.of(row))
             if wid in running:
                 continue
             status = executor.status(wid)
@@ -493,7 +493,7 @@ class JobSupervisor:
                         owner = (row.account_id, row.region)
                         active[owner] = active.get(owner, 0) + 1
             elif slots > 0 and active.get((row.account_id, row.region), 0) < MAX_ACTIVE_PER_ACCOUNT:
-                executor.submit(wid, TARGET, self._payload(row, row.attempt))
+                executor.submit(wid, TARGET, self._payload(row, Fence.of(row)))
                 slots -= 1
                 owner = (row.account_id, row.region)
                 active[owner] = active.get(owner, 0) + 1
@@ -511,6 +511,6 @@ class JobSupervisor:
         if bumped:
             # Started at once, slot or not: it held a slot before the interruption. Waiting for a free
             # slot would leave an IN_PROGRESS row with no worker, which the next pass would count again.
-            attempt = row.attempt + 1
-            self.server.executor.submit(work_id(row.arn, attempt), TARGET, self._payload(row, attempt))
+            fence = Fence(row.incarnation, row.attempt + 1)
+            self.server.executor.submit(work_id(row.arn, fence), TARGET, self._payload(row, fence))
         return bool(bumped)

@@ -25,7 +25,7 @@ from mlharbor.errors import (
     TooManyTagsException,
     UnsupportedLanguageException,
 )
-from mlharbor.services import tags
+from mlharbor.services import attempts, tags
 from mlharbor.services.comprehend import endpoints as ep
 from mlharbor.services.comprehend import recognizers as er
 from mlharbor.services.comprehend.serving import WorkerGone, WorkerPool
@@ -36,7 +36,8 @@ TAG_LIMIT = 50
 MAX_ENDPOINTS = 10
 MAX_UNITS = 100
 MAX_UNITS_PER_ENDPOINT = 10
-# Custom recognizers take at most 10 KB of UTF-8 text per real-time request (research §6 #19).
+# Custom recognizers take at most 10 KB of UTF-8 text per real-time request
+# (docs/COMPATIBILITY.md, decision 19).
 MAX_TEXT_BYTES = 10_000
 # One inference unit: 100 characters and 2 documents per second.
 CHARACTERS_PER_UNIT = 100.0
@@ -124,7 +125,7 @@ def create_endpoint(call: Call, params: dict[str, Any]) -> dict[str, Any]:
                     model_arn=None, current_units=0, data_access_role_arn=None,
                     desired_model_arn=model_arn, desired_units=units,
                     desired_data_access_role_arn=params.get("DataAccessRoleArn"), generation=0,
-                    client_token=token, request_hash=fingerprint,
+                    client_token=token, request_hash=fingerprint, incarnation=attempts.new_incarnation(),
                 )
             )  # fmt: skip
             tags.put(conn, arn, new_tags)

@@ -3,9 +3,10 @@
 An endpoint is served by ``min(units, endpoint_max_workers)`` worker processes (serving.py), all of
 one *generation*. Every deployment gets a new generation: Create deploys generation G; Update deploys
 G' next to the serving G (blue/green) and switches when all of G' report ready, so the endpoint
-answers throughout an update, then the old workers are stopped. Worker ids name their generation,
-``<endpoint-arn>#gen-<G>#unit-<k>``, so the reconcile pass can tell the generations apart, also after a
-restart: the database says which generation serves, and the pass starts whatever is missing.
+answers throughout an update, then the old workers are stopped. Worker ids name the endpoint's
+incarnation and their generation, ``<endpoint-arn>#<incarnation>#gen-<G>#unit-<k>``, so the reconcile
+pass can tell the generations apart, also after a restart: the database says which generation serves,
+and the pass starts whatever is missing.
 """
 
 from __future__ import annotations
@@ -116,8 +117,10 @@ def workers_for(settings: Any, units: int) -> int:
     return max(1, min(units, settings.endpoint_max_workers))
 
 
-def worker_id(arn: str, generation: int, unit: int) -> str:
-    return f"{arn}#gen-{generation}#unit-{unit}"
+def worker_id(row: Row[Any], generation: int, unit: int) -> str:
+    """A serving unit's work id: an endpoint deleted and created again under the same name (its
+    generations start again) never adopts a worker of the old one that is still exiting."""
+    return f"{row.arn}#{row.incarnation}#gen-{generation}#unit-{unit}"
 
 
 def serving_generation(row: Row[Any]) -> tuple[int, int] | None:
@@ -143,7 +146,7 @@ def ready_addresses(server: Server, row: Row[Any]) -> list[str]:
     generation, units = serving_now
     addresses = []
     for unit in range(workers_for(server.settings, units)):
-        status = server.executor.status(worker_id(row.arn, generation, unit))
+        status = server.executor.status(worker_id(row, generation, unit))
         if status is not None and status.state == "running" and status.progress:
             address = status.progress.get("address")
             if address and status.progress.get("ready"):
@@ -195,7 +198,7 @@ class EndpointSupervisor:
     def _ensure(self, row: Row[Any], generation: int, units: int, artifact: str) -> set[str]:
         """Start the generation's workers that are not running; return their ids."""
         ids = {
-            worker_id(row.arn, generation, unit) for unit in range(workers_for(self.server.settings, units))
+            worker_id(row, generation, unit) for unit in range(workers_for(self.server.settings, units))
         }
         executor = self.server.executor
         for work_id in sorted(ids):
@@ -210,7 +213,7 @@ class EndpointSupervisor:
         executor = self.server.executor
         artifact = _artifact(self.server, row.desired_model_arn)
         ids = [
-            worker_id(row.arn, generation, unit) for unit in range(workers_for(self.server.settings, units))
+            worker_id(row, generation, unit) for unit in range(workers_for(self.server.settings, units))
         ]
         failure = None if artifact else "the model's artifact is missing"
         statuses: list[WorkStatus | None] = [executor.status(w) for w in ids]

@@ -19,7 +19,7 @@ from mlharbor.errors import (
     TooManyTagsException,
     UnsupportedLanguageException,
 )
-from mlharbor.services import tags
+from mlharbor.services import attempts, tags
 from mlharbor.services.comprehend import jobs
 from mlharbor.services.comprehend import recognizers as er
 from mlharbor.store.tables import entities_detection_jobs as table
@@ -101,6 +101,7 @@ def start_entities_detection_job(call: Call, params: dict[str, Any]) -> dict[str
                 name=params.get("JobName"), status=jobs.STATES.initial, message=None, version=0,
                 submitted_at=now, updated_at=now, end_time=None, recognizer_arn=recognizer.arn, spec=spec,
                 details={}, client_token=token, request_hash=fingerprint, attempt=0,
+                incarnation=attempts.new_incarnation(),
             )
         )  # fmt: skip
         tags.put(conn, arn, new_tags)

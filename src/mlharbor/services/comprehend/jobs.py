@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, bindparam, select
 
 from mlharbor.services import attempts
+from mlharbor.services.attempts import Fence
 from mlharbor.services.comprehend.listing import Listing
 from mlharbor.store.db import Store
 from mlharbor.store.tables import entities_detection_jobs as table
@@ -126,7 +127,7 @@ def describe(row: Row[Any]) -> dict[str, Any]:
 
 # --- State changes shared by the operations, the worker and the reconcile pass ---------------------
 def move(
-    store: Store, arn: str, targets: dict[str, str], *, attempt: int | None = None, **values: Any
+    store: Store, arn: str, targets: dict[str, str], *, fence: Fence | None = None, **values: Any
 ) -> str | None:
     """``attempts.move`` for jobs."""
-    return attempts.move(store, table, STATES, arn, targets, attempt=attempt, **values)
+    return attempts.move(store, table, STATES, arn, targets, fence=fence, **values)

@@ -1,19 +1,22 @@
 """The List* operations of Comprehend resources: one filter member, keyset pages, signed tokens.
 
-Every list (recognizers, endpoints, detection jobs) pages on (time, arn) in the database, so a page costs
-one indexed query however deep it is, and a token is the signed position of the last row returned.
+Every list pages by keyset in the database, so a page costs one indexed query however deep it is, and a
+token is the signed position of the last entry returned: the rows of a resource (recognizers, endpoints,
+detection jobs) on (time, arn), the recognizer summaries (one per name) on the name. A resource created or
+deleted between two pages therefore never shifts the next page: nothing is shown twice or skipped.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
+from itertools import groupby
 from typing import Any
 
 from sqlalchemy import Column, ColumnElement, Connection, Row, Select, Table, bindparam, select, tuple_
 
 from mlharbor.context import Call
-from mlharbor.errors import InvalidFilterException
+from mlharbor.errors import BadPaginationToken, InvalidFilterException
 
 DEFAULT_PAGE = 100
 
@@ -94,4 +97,51 @@ class Listing:
             last = rows[limit - 1]
             position = {"t": getattr(last, self.time_column.name), "a": last.arn}
             result["NextToken"] = call.server.pager.encode(call.page_scope(), position)
+        return result
+
+
+class GroupedListing:
+    """A list with one entry per distinct ``key`` (e.g. recognizer name) in key order, paged on the key.
+
+    A page is two indexed queries: the next ``limit`` keys after the position (grouped in the index on
+    (account, region, key), which stops at the limit), then the ``columns`` of those keys' rows only,
+    ordered by ``order`` within each group.
+    """
+
+    def __init__(self, table: Table, key: Column[Any], columns: Sequence[Column[Any]], order: Column[Any]):
+        self.key = key
+        owner = (table.c.account_id == bindparam("account_id")) & (table.c.region == bindparam("region"))
+        keys = select(key).where(owner).group_by(key).order_by(key).limit(bindparam("limit"))
+        self._keys = {False: keys, True: keys.where(key > bindparam("after"))}
+        self._members = (
+            select(*columns)
+            .where(owner, key.in_(bindparam("keys", expanding=True)))
+            .order_by(key, order, table.c.arn)
+        )
+
+    def respond(
+        self,
+        call: Call,
+        params: dict[str, Any],
+        member: str,
+        summarize: Callable[[list[Row[Any]]], dict[str, Any]],
+    ) -> dict[str, Any]:
+        """The whole List* operation: ``{member: [summarize(rows of one key), ...], "NextToken": ...}``."""
+        limit = params.get("MaxResults", DEFAULT_PAGE)
+        values: dict[str, Any] = {"account_id": call.account_id, "region": call.region, "limit": limit + 1}
+        if "NextToken" in params:
+            after = call.server.pager.decode(call.page_scope(), params["NextToken"]).get("k")
+            if not isinstance(after, str):
+                raise BadPaginationToken("Invalid Token")
+            values["after"] = after
+        with call.store.read() as conn:
+            keys = conn.execute(self._keys["after" in values], values).scalars().all()
+            page = keys[:limit]
+            rows = conn.execute(self._members, {**values, "keys": page}).all() if page else []
+        name = self.key.name
+        result: dict[str, Any] = {
+            member: [summarize(list(group)) for _, group in groupby(rows, key=lambda r: getattr(r, name))]
+        }
+        if len(keys) > limit:
+            result["NextToken"] = call.server.pager.encode(call.page_scope(), {"k": page[-1]})
         return result

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from itertools import groupby
 from typing import Any
 
 from sqlalchemy import insert, select
@@ -22,13 +21,13 @@ from mlharbor.errors import (
     TooManyTagsException,
     UnsupportedLanguageException,
 )
-from mlharbor.services import tags
+from mlharbor.services import attempts, tags
+from mlharbor.services.attempts import Fence
 from mlharbor.services.comprehend import endpoint_operations, endpoints, job_operations, jobs
 from mlharbor.services.comprehend import recognizers as er
 from mlharbor.services.comprehend.training import move, work_id
 from mlharbor.store.tables import entity_recognizers as er_table
 
-DEFAULT_PAGE = 100
 TAG_LIMIT = 50
 MAX_ENTITY_TYPES = 25
 # Recognizer training is documented for these languages only (the model's enum lists more).
@@ -44,29 +43,7 @@ def list_entity_recognizers(call: Call, params: dict[str, Any]) -> dict[str, Any
 
 
 def list_entity_recognizer_summaries(call: Call, params: dict[str, Any]) -> dict[str, Any]:
-    limit = params.get("MaxResults", DEFAULT_PAGE)
-    start = 0
-    if "NextToken" in params:
-        start = int(call.server.pager.decode(call.page_scope(), params["NextToken"])["i"])
-    with call.store.read() as conn:
-        rows = er.all_rows(conn, call.account_id, call.region)
-    summaries = []
-    for name, group in groupby(rows, key=lambda r: r.name):
-        versions = list(group)
-        latest = versions[-1]
-        summaries.append(
-            {
-                "RecognizerName": name,
-                "NumberOfVersions": len(versions),
-                "LatestVersionCreatedAt": latest.submitted_at,
-                "LatestVersionName": latest.version_name or None,
-                "LatestVersionStatus": latest.status,
-            }
-        )
-    result: dict[str, Any] = {"EntityRecognizerSummariesList": summaries[start : start + limit]}
-    if start + limit < len(summaries):
-        result["NextToken"] = call.server.pager.encode(call.page_scope(), {"i": start + limit})
-    return result
+    return er.SUMMARIES.respond(call, params, "EntityRecognizerSummariesList", er.summarize)
 
 
 def _input_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -155,7 +132,7 @@ def create_entity_recognizer(call: Call, params: dict[str, Any]) -> dict[str, An
                     arn=arn, account_id=call.account_id, region=call.region, name=name,
                     version_name=version or "", status=er.STATES.initial, version=0, submitted_at=now,
                     updated_at=now, spec=spec, details={}, client_token=token, request_hash=fingerprint,
-                    attempt=0,
+                    attempt=0, incarnation=attempts.new_incarnation(),
                 )
             )  # fmt: skip
             tags.put(conn, arn, new_tags)
@@ -190,7 +167,7 @@ def stop_training_entity_recognizer(call: Call, params: dict[str, Any]) -> None:
             f"The recognizer is {current}; only a recognizer in training can be stopped."
         )
     # The worker also notices through the database; telling it directly saves it a poll.
-    call.server.executor.request_stop(work_id(row.arn, row.attempt))
+    call.server.executor.request_stop(work_id(row.arn, Fence.of(row)))
     call.server.reconciler.wake()
 
 

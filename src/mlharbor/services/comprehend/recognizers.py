@@ -1,7 +1,6 @@
-"""Entity recognizer records: the state table and the queries operations need.
+"""Entity recognizer records: the state table, the listings and the queries the operations need.
 
-Training itself (CreateEntityRecognizer, StopTrainingEntityRecognizer) arrives with its own issue;
-the table and listing are here so that List/Describe are real from day one.
+The operations are in ``operations.py``; training (the worker and its reconcile pass) in ``training.py``.
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ from sqlalchemy import Connection, Row, bindparam, select
 
 from mlharbor.context import Call
 from mlharbor.errors import ResourceNotFoundException, ResourceUnavailableException
-from mlharbor.services.comprehend.listing import Listing
+from mlharbor.services.comprehend.listing import GroupedListing, Listing
 from mlharbor.store.tables import entity_recognizers as table
 from mlharbor.store.transitions import machine
 
@@ -31,7 +30,8 @@ STATES = machine(
     },
 )
 
-# Only finished recognizers can be deleted (research §6 #15); training ones must be stopped first.
+# Only finished recognizers can be deleted; training ones must be stopped first (docs/COMPATIBILITY.md,
+# decision 15).
 DELETABLE = frozenset({"TRAINED", "TRAINED_WITH_WARNING", "IN_ERROR", "STOPPED"})
 
 # The create request members that Describe echoes back.
@@ -51,7 +51,6 @@ DETAIL_MEMBERS = ("EndTime", "TrainingStartTime", "TrainingEndTime", "Recognizer
 # Statements are built once with bind parameters: building a select per request cost more than running it.
 _OWNER = (table.c.account_id == bindparam("account_id")) & (table.c.region == bindparam("region"))
 _BY_ARN = select(table).where(_OWNER, table.c.arn == bindparam("arn"))
-_ALL = select(table).where(_OWNER).order_by(table.c.name, table.c.submitted_at)
 # The API documents descending order for SubmitTimeBefore on this list.
 LISTING = Listing(
     table,
@@ -64,6 +63,13 @@ LISTING = Listing(
     },
     newest_first="SubmitTimeBefore",
 )
+# ListEntityRecognizerSummaries: one summary per name, by name (a name's versions, oldest first).
+SUMMARIES = GroupedListing(
+    table,
+    table.c.name,
+    (table.c.name, table.c.version_name, table.c.status, table.c.submitted_at),
+    order=table.c.submitted_at,
+)
 
 
 def owned_by_columns(account_id: str, region: str):  # type: ignore[no-untyped-def]
@@ -74,8 +80,16 @@ def find_by_arn(conn: Connection, account_id: str, region: str, arn: str) -> Row
     return conn.execute(_BY_ARN, {"account_id": account_id, "region": region, "arn": arn}).first()
 
 
-def all_rows(conn: Connection, account_id: str, region: str) -> list[Row[Any]]:
-    return conn.execute(_ALL, {"account_id": account_id, "region": region}).all()
+def summarize(versions: list[Row[Any]]) -> dict[str, Any]:
+    """One EntityRecognizerSummary from the rows of one name, oldest first."""
+    latest = versions[-1]
+    return {
+        "RecognizerName": latest.name,
+        "NumberOfVersions": len(versions),
+        "LatestVersionCreatedAt": latest.submitted_at,
+        "LatestVersionName": latest.version_name or None,
+        "LatestVersionStatus": latest.status,
+    }
 
 
 def describe(row: Row[Any]) -> dict[str, Any]:

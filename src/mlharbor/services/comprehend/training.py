@@ -23,7 +23,7 @@ from mlharbor.blobs.store import BlobStore, open_blob_store
 from mlharbor.context import Server
 from mlharbor.runtime import WorkContext
 from mlharbor.services import attempts, tags
-from mlharbor.services.attempts import with_details, work_id
+from mlharbor.services.attempts import Fence, with_details, work_id
 from mlharbor.services.comprehend import recognizers as er
 from mlharbor.store.db import Store
 from mlharbor.store.tables import entity_recognizers as table
@@ -41,18 +41,18 @@ DROPOUT = 0.1  # spaCy's default training config uses 0.1
 
 
 def move(
-    store: Store, arn: str, targets: dict[str, str], *, attempt: int | None = None, **values: Any
+    store: Store, arn: str, targets: dict[str, str], *, fence: Fence | None = None, **values: Any
 ) -> str | None:
     """``attempts.move`` for recognizers."""
-    return attempts.move(store, table, er.STATES, arn, targets, attempt=attempt, **values)
+    return attempts.move(store, table, er.STATES, arn, targets, fence=fence, **values)
 
 
-def _note(store: Store, arn: str, attempt: int, message: str) -> None:
+def _note(store: Store, arn: str, fence: Fence, message: str) -> None:
     """Progress text in Message while training; not a state change, so the version is left alone."""
     with store.begin() as conn:
         conn.execute(
             update(table)
-            .where(table.c.arn == arn, table.c.status == "TRAINING", table.c.attempt == attempt)
+            .where(table.c.arn == arn, table.c.status == "TRAINING", fence.clause(table))
             .values(message=message)
         )
 
@@ -63,40 +63,40 @@ def train_worker(ctx: WorkContext, payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def _train(ctx: WorkContext, store: Store, payload: dict[str, Any]) -> dict[str, Any]:
-    arn, attempt = payload["arn"], payload["attempt"]
+    arn, fence = payload["arn"], Fence.from_payload(payload)
     with store.read() as conn:
         row = conn.execute(select(table).where(table.c.arn == arn)).first()
-    if row is None or row.attempt != attempt:
+    if not fence.holds(row):
         return {"stopped": False, "skipped": True}
     if row.status == "SUBMITTED":
         state = move(
-            store, arn, {"SUBMITTED": "TRAINING"}, attempt=attempt,
+            store, arn, {"SUBMITTED": "TRAINING"}, fence=fence,
             message="Loading training data", details=with_details(TrainingStartTime=time.time()),
         )  # fmt: skip
     else:
         state = row.status  # TRAINING again after a crash: the row already says so
     if state != "TRAINING":
-        _finish_stopped(store, arn, attempt)  # stopped before it started
+        _finish_stopped(store, arn, fence)  # stopped before it started
         return {"stopped": True}
 
     from mlharbor.services.comprehend.datasets import DataError, load_dataset
 
     spec = row.spec
-    stop = attempts.StopWatch(ctx, store, table, arn, attempt, "TRAINING")
+    stop = attempts.StopWatch(ctx, store, table, arn, fence, "TRAINING")
     blobs = open_blob_store(payload["object_store"], Path(payload["data_dir"]))
     try:
         dataset = load_dataset(blobs, spec["InputDataConfig"], spec["LanguageCode"])
     except DataError as exc:
-        _fail(store, arn, str(exc), attempt)
+        _fail(store, arn, str(exc), fence)
         return {"stopped": False}
     if stop():  # every phase boundary is a place to honour a stop quickly
-        _finish_stopped(store, arn, attempt)
+        _finish_stopped(store, arn, fence)
         return {"stopped": True}
     # Imported here, after the row says TRAINING and the data is known good: spaCy takes a second.
     from mlharbor.engines import ner
 
     if stop():
-        _finish_stopped(store, arn, attempt)
+        _finish_stopped(store, arn, fence)
         return {"stopped": True}
 
     rng = random.Random(arn)
@@ -110,7 +110,7 @@ def _train(ctx: WorkContext, store: Store, payload: dict[str, Any]) -> dict[str,
         )
         log.info("%s %s", arn, text)
         ctx.heartbeat({"epoch": report.epoch, "dev_f1": report.dev_f1})
-        _note(store, arn, attempt, text)
+        _note(store, arn, fence, text)
 
     types = [t["Type"] for t in spec["InputDataConfig"]["EntityTypes"]]
     result = ner.train(
@@ -118,7 +118,7 @@ def _train(ctx: WorkContext, store: Store, payload: dict[str, Any]) -> dict[str,
         max_epochs=MAX_EPOCHS, patience=PATIENCE, dropout=DROPOUT,
     )  # fmt: skip
     if result.stopped or result.model is None:
-        _finish_stopped(store, arn, attempt)
+        _finish_stopped(store, arn, fence)
         return {"stopped": True}
 
     evaluation = ner.evaluate(result.model, test_docs)
@@ -139,7 +139,7 @@ def _train(ctx: WorkContext, store: Store, payload: dict[str, Any]) -> dict[str,
     # Completion wins over a stop that arrived too late to interrupt training, as AWS documents.
     final = "TRAINED_WITH_WARNING" if warnings else "TRAINED"
     moved = move(
-        store, arn, {"TRAINING": final, "STOP_REQUESTED": final}, attempt=attempt,
+        store, arn, {"TRAINING": final, "STOP_REQUESTED": final}, fence=fence,
         message="; ".join(warnings) or None, artifact_uri=artifact,
         details=with_details(
             RecognizerMetadata=metadata, TrainingEndTime=ended, EndTime=ended, BestEpoch=result.best_epoch,
@@ -202,20 +202,20 @@ def load_model(blobs: BlobStore, uri: str) -> Any:
         return ner.NerModel.load(Path(tmp) / "model")
 
 
-def _finish_stopped(store: Store, arn: str, attempt: int | None = None) -> None:
+def _finish_stopped(store: Store, arn: str, fence: Fence | None = None) -> None:
     ended = time.time()
     move(
-        store, arn, {"STOP_REQUESTED": "STOPPED"}, attempt=attempt,
+        store, arn, {"STOP_REQUESTED": "STOPPED"}, fence=fence,
         message="Training was stopped by StopTrainingEntityRecognizer.",
         details=with_details(EndTime=ended, TrainingEndTime=ended),
     )  # fmt: skip
 
 
-def _fail(store: Store, arn: str, message: str, attempt: int | None = None) -> None:
+def _fail(store: Store, arn: str, message: str, fence: Fence | None = None) -> None:
     ended = time.time()
     move(
         store, arn, {"SUBMITTED": "IN_ERROR", "TRAINING": "IN_ERROR", "STOP_REQUESTED": "IN_ERROR"},
-        attempt=attempt, message=message, details=with_details(EndTime=ended),
+        fence=fence, message=message, details=with_details(EndTime=ended),
     )  # fmt: skip
 
 
@@ -224,14 +224,16 @@ class TrainingSupervisor:
     def __init__(self, server: Server) -> None:
         self.server = server
 
-    def _payload(self, row: Row[Any], attempt: int) -> dict[str, Any]:
+    def _payload(self, row: Row[Any], fence: Fence) -> dict[str, Any]:
         settings = self.server.settings
         version = row.version_name or "-"
+        # Per incarnation and attempt: a late worker of a deleted recognizer never overwrites the model of
+        # one created again under the same name.
         artifact = (
-            f"s3://{settings.models_bucket}/comprehend/{row.account_id}/{row.region}/"
-            f"entity-recognizer/{row.name}/{version}/attempt-{attempt}/model.tar.gz"
+            f"s3://{settings.models_bucket}/comprehend/{row.account_id}/{row.region}/entity-recognizer/"
+            f"{row.name}/{version}/{fence.incarnation}/attempt-{fence.attempt}/model.tar.gz"
         )
-        return attempts.payload(settings, row.arn, attempt, artifact_uri=artifact)
+        return attempts.payload(settings, row.arn, fence, artifact_uri=artifact)
 
     def reconcile(self) -> None:
         executor = self.server.executor
@@ -241,10 +243,13 @@ class TrainingSupervisor:
                 select(table).where(table.c.status.in_(ACTIVE)).order_by(table.c.submitted_at)
             ).all()
         running = set(executor.running())
-        busy = sum(1 for w in running if "#attempt-" in w and ":entity-recognizer/" in w)
-        slots = self.server.settings.training_slots - busy
+        mine = {w for w in running if "#attempt-" in w and ":entity-recognizer/" in w}
+        wanted = {work_id(row.arn, Fence.of(row)) for row in rows}
+        for wid in mine - wanted:
+            executor.request_stop(wid)  # its recognizer is gone (or retried): its fence keeps it from writing
+        slots = self.server.settings.training_slots - len(mine)
         for row in rows:
-            wid = work_id(row.arn, row.attempt)
+            wid = work_id(row.arn, Fence.of(row))
             if wid in running:
                 continue
             status = executor.status(wid)
@@ -258,7 +263,7 @@ class TrainingSupervisor:
                 if self._interrupted(row, status.error if status is not None else "the server restarted"):
                     slots -= 1  # the retry runs at once, so it takes a slot from the queued recognizers
             elif slots > 0:
-                executor.submit(wid, TARGET, self._payload(row, row.attempt))
+                executor.submit(wid, TARGET, self._payload(row, Fence.of(row)))
                 slots -= 1
 
     def _interrupted(self, row: Row[Any], reason: str | None) -> bool:
@@ -272,8 +277,8 @@ class TrainingSupervisor:
             return False
         # Started at once, slot or not: it held a slot before the interruption. Waiting for a free slot
         # would leave a TRAINING row with no worker, which the next pass would count again.
-        attempt = row.attempt + 1
-        self.server.executor.submit(work_id(row.arn, attempt), TARGET, self._payload(row, attempt))
+        fence = Fence(row.incarnation, row.attempt + 1)
+        self.server.executor.submit(work_id(row.arn, fence), TARGET, self._payload(row, fence))
         return True
 
     def _delete(self, row: Row[Any]) -> None:

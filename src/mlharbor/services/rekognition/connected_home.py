@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import Row, select
 
 from mlharbor.runtime import WorkContext
-from mlharbor.services.attempts import StopWatch
+from mlharbor.services.attempts import Fence, StopWatch
 from mlharbor.services.rekognition import sessions as ss
 from mlharbor.services.rekognition.sinks import NotificationUnavailable, Notifier
 from mlharbor.store.db import Store
@@ -32,8 +32,8 @@ class ConnectedHomeSession:
         from mlharbor.blobs.store import S3Uri, open_blob_store
         from mlharbor.engines.labels import LABELS, LabelModelError, detectors
 
-        stop = StopWatch(ctx, store, table, row.arn, payload["attempt"], ss.ACTIVE)
-        self.store, self.row, self.attempt = store, row, payload["attempt"]
+        stop = StopWatch(ctx, store, table, row.arn, Fence.from_payload(payload), ss.ACTIVE)
+        self.store, self.row, self.fence = store, row, Fence.from_payload(payload)
         settings = row.spec["Settings"]["ConnectedHome"]
         self.labels = set(LABELS) if "ALL" in settings["Labels"] else set(settings["Labels"])
         self.min_confidence = settings.get("MinConfidence", 50.0)
@@ -85,10 +85,10 @@ class ConnectedHomeSession:
                 frame = self.source.next(timeout=0.1)
             except VideoError as exc:
                 if self.source.is_file:
-                    ss.fail(self.store, self.row.arn, self.attempt, f"Unable to read video stream: {exc}")
+                    ss.fail(self.store, self.row.arn, self.fence, f"Unable to read video stream: {exc}")
                     return {"stopped": False}
                 # A camera or network stream: wait for it to come back, within the session's time.
-                if not self.source.reopen(ctx, self.store, self.row.arn, self.attempt, self.stop, exc,
+                if not self.source.reopen(ctx, self.store, self.row.arn, self.fence, self.stop, exc,
                                           until=deadline or give_up):  # fmt: skip
                     break
                 continue
@@ -104,6 +104,8 @@ class ConnectedHomeSession:
                         first_seen[found.label] = self._detected(frame, found)
                         wanted = wanted - {found.label}
             ctx.heartbeat({"frames": frames, "labels": sorted(first_seen)})
+        if self.stop.superseded:  # re-created, or a newer attempt took over: nothing more to write
+            return {"stopped": True}
         with self.store.read() as conn:
             status = conn.execute(select(table.c.status).where(table.c.arn == self.row.arn)).scalar()
         if status == "STARTING" and time.monotonic() < (deadline or give_up):
@@ -111,10 +113,10 @@ class ConnectedHomeSession:
         if status == "STARTING" and deadline is None:
             reason = "the StartSelector position was not reached" if self.start_at else "no video arrived"
             message = f"Stream {self.stream}: {reason} within {self.duration + self.start_grace:g} s."
-            ss.fail(self.store, self.row.arn, self.attempt, message)
+            ss.fail(self.store, self.row.arn, self.fence, message)
             return {"stopped": False}
         self._completed(first_seen, frames, last_frame)
-        ss.move(self.store, self.row.arn, {"STARTING": "STOPPED", "STOPPING": "STOPPED"}, self.attempt,
+        ss.move(self.store, self.row.arn, {"STARTING": "STOPPED", "STOPPING": "STOPPED"}, self.fence,
               status_message=None)  # fmt: skip
         return {"stopped": status == "STOPPING", "frames": frames}
 

@@ -1,10 +1,10 @@
 """Face search sessions: detect, describe and search every face of each analysed frame, one Kinesis
 record per frame.
 
-Output: one record per analysed frame, also when no face is found (research §6 #12), partition key = the
-processor's name. MLHarbor's video sources have no Kinesis Video fragments, so the record's
-``FragmentNumber`` names a ``FRAGMENT_SECONDS`` slice of the session (a decimal string that only grows),
-and the timestamps are the slice's start.
+Output: one record per analysed frame, also when no face is found (docs/COMPATIBILITY.md, decision 12),
+partition key = the processor's name. MLHarbor's video sources have no Kinesis Video fragments, so the
+record's ``FragmentNumber`` names a ``FRAGMENT_SECONDS`` slice of the session (a decimal string that only
+grows), and the timestamps are the slice's start.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from sqlalchemy import Row
 
 from mlharbor.errors import ResourceNotFoundException
 from mlharbor.runtime import WorkContext
-from mlharbor.services.attempts import StopWatch
+from mlharbor.services.attempts import Fence, StopWatch
 from mlharbor.services.rekognition import collections as coll
 from mlharbor.services.rekognition import face_details
 from mlharbor.services.rekognition import sessions as ss
@@ -41,8 +41,8 @@ class FaceSearchSession:
             if stop():
                 raise ss.StoppedWhileStarting
 
-        self.store, self.row, self.attempt = store, row, payload["attempt"]
-        stop = StopWatch(ctx, store, table, row.arn, self.attempt, ss.ACTIVE)
+        self.store, self.row, self.fence = store, row, Fence.from_payload(payload)
+        stop = StopWatch(ctx, store, table, row.arn, self.fence, ss.ACTIVE)
         settings = row.spec["Settings"]["FaceSearch"]
         self.threshold = max(MIN_FACE_MATCH_THRESHOLD, settings.get("FaceMatchThreshold", 80.0))
         self.input_arn = row.input_stream_arn
@@ -78,37 +78,39 @@ class FaceSearchSession:
         from mlharbor.engines.video import VideoError
 
         arn = self.row.arn
-        if ss.move(self.store, arn, {"STARTING": "RUNNING", "RUNNING": "RUNNING"}, self.attempt) is None:
-            ss.finish_stop(self.store, arn, self.attempt)  # stopped while starting (or deleted, superseded)
+        if ss.move(self.store, arn, {"STARTING": "RUNNING", "RUNNING": "RUNNING"}, self.fence) is None:
+            ss.finish_stop(self.store, arn, self.fence)  # stopped while starting (or deleted, superseded)
             return {"stopped": True}
-        stop = StopWatch(ctx, self.store, table, arn, self.attempt, ss.ACTIVE)
+        stop = StopWatch(ctx, self.store, table, arn, self.fence, ss.ACTIVE)
         frames, next_beat, reported_error = 0, 0.0, None
         while not stop():
             try:
                 frame = self.source.next(timeout=0.1)
             except VideoError as exc:
                 if not self.source.is_file:  # a camera or network stream: wait for it to come back
-                    if not self.source.reopen(ctx, self.store, arn, self.attempt, stop, exc):
+                    if not self.source.reopen(ctx, self.store, arn, self.fence, stop, exc):
                         break
                     reported_error = None  # reopening cleared StatusMessage: report a Kinesis outage again
                     continue
                 self.sink.flush()
-                ss.fail(self.store, arn, self.attempt, f"Unable to read video stream: {exc}")
+                ss.fail(self.store, arn, self.fence, f"Unable to read video stream: {exc}")
                 return {"stopped": False}
             if frame is not None:
                 try:
                     self.sink.put(self._record(frame))
                 except ResourceNotFoundException:
-                    ss.fail(self.store, arn, self.attempt, "Collection not found")
+                    ss.fail(self.store, arn, self.fence, "Collection not found")
                     return {"stopped": False}
                 frames += 1
             self.sink.flush()
             if self.sink.error != reported_error:  # a Kinesis outage shows in StatusMessage
                 reported_error = self.sink.error
-                ss.move(self.store, arn, {"RUNNING": "RUNNING"}, self.attempt, status_message=reported_error)
+                ss.move(self.store, arn, {"RUNNING": "RUNNING"}, self.fence, status_message=reported_error)
             if time.monotonic() >= next_beat:
                 next_beat = time.monotonic() + ss.HEARTBEAT_S
                 ctx.heartbeat({"frames": frames, "sent": self.sink.sent, "dropped": self.source.dropped})
+        if stop.superseded:  # re-created, or a newer attempt took over: its records are not ours
+            return {"stopped": True, "frames": frames}
         return self._stopped(frames)
 
     def _stopped(self, frames: int) -> dict[str, Any]:
@@ -117,7 +119,7 @@ class FaceSearchSession:
         deadline = time.monotonic() + 0.2
         while self.sink.error is None and not self.sink.flush() and time.monotonic() < deadline:
             time.sleep(0.02)
-        ss.finish_stop(self.store, self.row.arn, self.attempt)
+        ss.finish_stop(self.store, self.row.arn, self.fence)
         return {"stopped": True, "frames": frames}
 
     def _record(self, frame: Any) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from sqlalchemy import delete, insert
 from sqlalchemy.exc import IntegrityError
 
 from mlharbor import arns
-from mlharbor.api.services import Handler
+from mlharbor.api.services import Handler, blocking
 from mlharbor.context import Call
 from mlharbor.errors import (
     InvalidParameterException,
@@ -46,7 +46,8 @@ def _check_settings(params: dict[str, Any], models_dir: Path) -> None:
                 raise InvalidParameterException(
                     f"{member} is not supported for face search stream processors."
                 )
-        # Accepted and dropped, as AWS does (research §6 #8): face search writes only to Kinesis.
+        # Accepted and dropped, as AWS does (docs/COMPATIBILITY.md, decision 8): face search writes only
+        # to Kinesis.
         output.pop("S3Destination", None)
     else:
         if "S3Destination" not in output or "KinesisDataStream" in output:
@@ -58,6 +59,7 @@ def _check_settings(params: dict[str, Any], models_dir: Path) -> None:
         sp.check_labels(settings["ConnectedHome"]["Labels"], models_dir)
 
 
+@blocking  # a connected home processor's label model is loaded to check it: not on the event loop
 def create_stream_processor(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     _check_settings(params, call.server.settings.models_dir)
     name = params["Name"]
@@ -85,6 +87,7 @@ def create_stream_processor(call: Call, params: dict[str, Any]) -> dict[str, Any
                     name=name,
                     status=sp.STATES.initial,
                     version=0,
+                    incarnation=attempts.new_incarnation(),
                     created_at=now,
                     updated_at=now,
                     input_stream_arn=input_arn,
@@ -142,7 +145,7 @@ def delete_stream_processor(call: Call, params: dict[str, Any]) -> None:
         if removed != 1:
             raise ResourceInUseException("Cannot delete stream processor.")
         tags.remove_all(conn, row.arn)
-    call.server.executor.request_stop(stream_work_id(row.arn, row.session_id, row.attempt))  # if STOPPING
+    call.server.executor.request_stop(stream_work_id(row))  # if STOPPING
 
 
 # --- sessions: Start, Stop, Update -------------------------------------------------------------------------
@@ -187,10 +190,11 @@ def stop_stream_processor(call: Call, params: dict[str, Any]) -> None:
     with call.store.read() as conn:
         row = sp.find_by_arn(conn, call.account_id, call.region, row.arn) or row
     # The worker stops at once and records STOPPED; with no worker (between restarts), the reconciler does.
-    if not call.server.executor.request_stop(stream_work_id(row.arn, row.session_id, row.attempt)):
+    if not call.server.executor.request_stop(stream_work_id(row)):
         call.server.reconciler.wake()
 
 
+@blocking  # like Create: new labels are checked against the label model
 def update_stream_processor(call: Call, params: dict[str, Any]) -> None:
     row = _existing(call, params["Name"])
     # InvalidParameterException for what AWS does not allow (checked before any change)

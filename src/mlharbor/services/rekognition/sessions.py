@@ -14,6 +14,7 @@ from sqlalchemy import Row
 
 from mlharbor import arns
 from mlharbor.services import attempts
+from mlharbor.services.attempts import Fence
 from mlharbor.services.rekognition import stream_processors as sp
 from mlharbor.store.db import Store
 from mlharbor.store.tables import stream_processors as table
@@ -27,19 +28,19 @@ RECONNECT_FIRST_S, RECONNECT_MAX_S = 1.0, 30.0  # a live source's reconnect back
 OPEN_TIMEOUT_S, MIN_OPEN_TIMEOUT_S = 10.0, 2.0  # opening a source (and, after that, each read)
 
 
-def move(store: Store, arn: str, targets: dict[str, str], attempt: int, **values: Any) -> str | None:
-    return attempts.move(store, table, sp.STATES, arn, targets, attempt=attempt, **values)
+def move(store: Store, arn: str, targets: dict[str, str], fence: Fence, **values: Any) -> str | None:
+    return attempts.move(store, table, sp.STATES, arn, targets, fence=fence, **values)
 
 
-def fail(store: Store, arn: str, attempt: int, message: str) -> None:
+def fail(store: Store, arn: str, fence: Fence, message: str) -> None:
     """FAILED with ``message``; a processor being stopped ends STOPPED, as its user asked."""
     log.warning("stream processor %s failed: %s", arn, message)
     targets = {"STARTING": "FAILED", "RUNNING": "FAILED", "STOPPING": "STOPPED"}
-    move(store, arn, targets, attempt, status_message=message)
+    move(store, arn, targets, fence, status_message=message)
 
 
-def finish_stop(store: Store, arn: str, attempt: int) -> None:
-    move(store, arn, {"STOPPING": "STOPPED"}, attempt, status_message=None)
+def finish_stop(store: Store, arn: str, fence: Fence) -> None:
+    move(store, arn, {"STOPPING": "STOPPED"}, fence, status_message=None)
 
 
 def video_url(row: Row[Any], payload: dict[str, Any]) -> tuple[str, str]:
@@ -91,7 +92,7 @@ class Camera:
         return frame
 
     def reopen(
-        self, ctx: Any, store: Store, arn: str, attempt: int, stop: Callable[[], bool], error: Exception,
+        self, ctx: Any, store: Store, arn: str, fence: Fence, stop: Callable[[], bool], error: Exception,
         until: float | None = None,
     ) -> bool:  # fmt: skip
         """After ``error`` ended a live source (camera gone, network down): open it again with backoff while
@@ -101,7 +102,7 @@ class Camera:
         message = f"Reconnecting to video stream {self.stream}: {error}"
         log.warning("stream processor %s: %s", arn, message)
         same = {"STARTING": "STARTING", "RUNNING": "RUNNING"}
-        move(store, arn, same, attempt, status_message=message)
+        move(store, arn, same, fence, status_message=message)
         self.source.close()
         while not stop() and (until is None or time.monotonic() < until):
             left = math.inf if until is None else until - time.monotonic()
@@ -113,7 +114,7 @@ class Camera:
                 delay = min(RECONNECT_MAX_S, delay * 2)
                 continue
             self.source, self._offset = source, self._last + 1.0 / self.fps
-            move(store, arn, same, attempt, status_message=None)
+            move(store, arn, same, fence, status_message=None)
             return True
         return False
 

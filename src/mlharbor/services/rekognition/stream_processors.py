@@ -12,7 +12,8 @@ from mlharbor.errors import InvalidParameterException
 from mlharbor.store.tables import stream_processors as table
 from mlharbor.store.transitions import machine
 
-# §2.4 of the research: Start only from STOPPED/FAILED; Update only from STOPPED/FAILED through UPDATING.
+# docs/COMPATIBILITY.md, decision 6: Start only from STOPPED/FAILED; Update only from STOPPED/FAILED
+# through UPDATING.
 # RUNNING → RUNNING records a restarted worker or a StatusMessage change (an output outage) while running;
 # STARTING → STARTING the same for a connected home session, which stays STARTING (a camera reconnecting).
 STATES = machine(

@@ -9,8 +9,9 @@ missing collection or output stream, unreadable video) end the session FAILED wi
 
 The reconcile pass restarts a worker that died (crash, kill) with backoff, and FAILED after
 ``MAX_RESTARTS`` in one session; after a server restart it brings every STARTING/RUNNING processor back
-(a new attempt each time: a superseded worker can no longer write), and it finishes STOPPING rows that
-have no worker.
+(a new attempt each time: a superseded worker can no longer write), it finishes STOPPING rows that have
+no worker, and it stops every stream worker that no row wants (a stop that was lost, a deleted processor),
+so at most one worker acts for a processor: the one its (incarnation, attempt) fence names.
 
 The sessions themselves: ``face_search.py`` and ``connected_home.py``; what they share: ``sessions.py``.
 """
@@ -26,7 +27,7 @@ from sqlalchemy import Row, select
 from mlharbor.context import Server
 from mlharbor.runtime import WorkContext
 from mlharbor.services import attempts
-from mlharbor.services.attempts import work_id
+from mlharbor.services.attempts import Fence, work_id
 from mlharbor.services.rekognition import sessions as ss
 from mlharbor.services.rekognition.connected_home import ConnectedHomeSession
 from mlharbor.services.rekognition.face_search import FaceSearchSession
@@ -36,14 +37,19 @@ from mlharbor.store.tables import stream_processors as table
 log = logging.getLogger(__name__)
 
 TARGET = "mlharbor.services.rekognition.streaming:stream_worker"
+MARK = "#stream-"  # in every stream worker's work id, and in no other kind's
 MAX_RESTARTS = 3  # worker deaths in one session before the processor is FAILED
 RESTART_BACKOFF_S = (1.0, 4.0)  # before the first and the second restart
 
 
-def stream_work_id(arn: str, session_id: str | None, attempt: int) -> str:
-    """A session's work id for one attempt (a processor deleted and created again, or started again,
-    never reuses the work id of a worker that may still be exiting)."""
-    return work_id(f"{arn}#stream-{session_id}", attempt)
+def stream_work_id(row: Row[Any]) -> str:
+    """The work id of the row's session and attempt (a processor deleted and created again, or started
+    again, never reuses the work id of a worker that may still be exiting)."""
+    return _work_id(row, Fence.of(row))
+
+
+def _work_id(row: Row[Any], fence: Fence) -> str:
+    return work_id(f"{row.arn}{MARK}{row.session_id}", fence)
 
 
 # --- The worker -----------------------------------------------------------------------------------------
@@ -57,24 +63,24 @@ def _session(ctx: WorkContext, store: Store, payload: dict[str, Any]) -> dict[st
     # The searches' matrix products are small; OpenBLAS's extra threads would only spin between frames
     # (measured: a 5 frames/s processor used 0.70 cores with them, 0.20 without).
     threadpool_limits(1)
-    arn, attempt = payload["arn"], payload["attempt"]
+    arn, fence = payload["arn"], Fence.from_payload(payload)
     with store.read() as conn:
         row = conn.execute(select(table).where(table.c.arn == arn)).first()
-    if row is None or row.attempt != attempt or row.status not in ss.ACTIVE:
+    if not fence.holds(row) or row.status not in ss.ACTIVE:
         return {"stopped": False, "skipped": True}
     kind = FaceSearchSession if "FaceSearch" in row.spec["Settings"] else ConnectedHomeSession
     try:
         session = kind(ctx, store, row, payload)
     except ss.Unusable as exc:
-        ss.fail(store, arn, attempt, str(exc))
+        ss.fail(store, arn, fence, str(exc))
         return {"stopped": False}
     except ss.StoppedWhileStarting:
-        ss.finish_stop(store, arn, attempt)  # nothing was written: STOPPED at once
+        ss.finish_stop(store, arn, fence)  # nothing was written: STOPPED at once
         return {"stopped": True}
     try:
         return session.run(ctx)
     except ss.Unusable as exc:  # e.g. the S3 destination refuses the results
-        ss.fail(store, arn, attempt, str(exc))
+        ss.fail(store, arn, fence, str(exc))
         return {"stopped": False}
     finally:
         session.close()
@@ -91,12 +97,12 @@ class StreamSupervisor:
         self.started_at = time.time()
         self._died_at: dict[str, float] = {}  # work id → when its death was first noticed
 
-    def payload(self, arn: str, attempt: int) -> dict[str, Any]:
+    def payload(self, arn: str, fence: Fence) -> dict[str, Any]:
         settings = self.server.settings
         return attempts.payload(
             settings,
             arn,
-            attempt,
+            fence,
             video_streams=settings.video_streams,
             fps=settings.stream_analysis_fps,
             start_grace=settings.stream_start_grace_seconds,
@@ -110,17 +116,23 @@ class StreamSupervisor:
                 select(table).where(table.c.status.in_(["STARTING", "RUNNING", "STOPPING"]))
             ).all()
         running = set(executor.running())
+        wanted = {stream_work_id(row) for row in rows}
+        for wid in running:
+            if MARK in wid and wid not in wanted:
+                # No row wants it: its stop was lost, or its processor was deleted (and perhaps created
+                # again). Its fence already keeps it from writing; this makes it exit.
+                executor.request_stop(wid)
         for row in rows:
-            wid = stream_work_id(row.arn, row.session_id, row.attempt)
+            wid = stream_work_id(row)
             if wid in running:
                 if row.status == "STOPPING":
                     executor.request_stop(wid)  # the stop may have come through another server
                 continue
             status = executor.status(wid)
             if row.status == "STOPPING":
-                ss.finish_stop(store, row.arn, row.attempt)
+                ss.finish_stop(store, row.arn, Fence.of(row))
             elif status is None and row.updated_at >= self.started_at:
-                self._submit(row.arn, row.session_id, row.attempt)  # started by this server: first worker
+                self._submit(row, Fence.of(row))  # started by this server: first worker
             elif status is None:  # RUNNING when the server went down: a new attempt
                 self._restart(row, "the server restarted", count=False)
             else:
@@ -137,17 +149,15 @@ class StreamSupervisor:
     def _restart(self, row: Row[Any], reason: str, *, count: bool, earlier: int = 0) -> None:
         """A new attempt for the session; ``earlier``: the deaths just before this one (when counted)."""
         store = self.server.store
-        self._died_at.pop(stream_work_id(row.arn, row.session_id, row.attempt), None)
+        self._died_at.pop(stream_work_id(row), None)
         if count and earlier + 1 >= MAX_RESTARTS:
             message = f"The stream processor stopped unexpectedly {MAX_RESTARTS} times (last: {reason})."
-            ss.fail(store, row.arn, row.attempt, message)
+            ss.fail(store, row.arn, Fence.of(row), message)
             return
         log.warning("stream processor %s: worker gone (%s); restarting", row.arn, reason)
         values = {"restarts": earlier + 1} if count else {}
         if attempts.next_attempt(store, table, row, **values):
-            self._submit(row.arn, row.session_id, row.attempt + 1)
+            self._submit(row, Fence(row.incarnation, row.attempt + 1))
 
-    def _submit(self, arn: str, session_id: str, attempt: int) -> None:
-        self.server.executor.submit(
-            stream_work_id(arn, session_id, attempt), TARGET, self.payload(arn, attempt)
-        )
+    def _submit(self, row: Row[Any], fence: Fence) -> None:
+        self.server.executor.submit(_work_id(row, fence), TARGET, self.payload(row.arn, fence))

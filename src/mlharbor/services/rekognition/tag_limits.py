@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mlharbor.errors import ServiceQuotaExceededException
 
-TAG_LIMIT = 50  # per resource; AWS does not publish Rekognition's number (research §6 #11)
+TAG_LIMIT = 50  # per resource; AWS does not publish Rekognition's number (docs/COMPATIBILITY.md, decision 11)
 
 
 def check(count: int) -> None:
