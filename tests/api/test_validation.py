@@ -6,9 +6,12 @@ send these; other SDKs and hand-written clients do.
 
 from __future__ import annotations
 
+import cbor2
 import pytest
 
-from tests.conftest import signed_post, unique
+from mlharbor.api.shapes import Wire, parse_input
+from mlharbor.errors import ConstraintViolations
+from tests.conftest import model, signed_post, unique
 
 pytestmark = pytest.mark.storage
 
@@ -165,6 +168,124 @@ CASES = [
         "desiredInferenceUnits",
     ),  # fmt: skip
     ("blob-not-base64", C, "DetectEntities", {"Bytes": "***", "LanguageCode": "en"}, SERIALIZATION, "base64"),
+    # Issue 12: each of these was an HTTP 500 (UnicodeEncodeError, TypeError, SQLite OverflowError).
+    ("token-lone-surrogate", R, "ListStreamProcessors", {"NextToken": "\ud800"}, SERIALIZATION, "nextToken"),
+    (
+        "collections-token-surrogate",
+        R,
+        "ListCollections",
+        {"NextToken": "a\udfff"},
+        SERIALIZATION,
+        "surrogate",
+    ),
+    (
+        "text-lone-surrogate",
+        C,
+        "DetectEntities",
+        {"Text": "\udc00", "LanguageCode": "en"},
+        SERIALIZATION,
+        "text",
+    ),
+    (
+        "tag-key-surrogate",
+        R,
+        "TagResource",
+        {"ResourceArn": KVS, "Tags": {"\ud800": "v"}},
+        SERIALIZATION,
+        "tags",
+    ),
+    ("token-nul", R, "ListStreamProcessors", {"NextToken": "a\x00"}, SERIALIZATION, "U+0000"),
+    (
+        "tag-value-nul",
+        C,
+        "TagResource",
+        {"ResourceArn": ER_ARN, "Tags": [{"Key": "k", "Value": "\x00"}]},
+        SERIALIZATION,
+        "tags.1.member.value",
+    ),
+    (
+        "null-list-item",
+        C,
+        "TagResource",
+        {"ResourceArn": ER_ARN, "Tags": [None]},
+        VALIDATION,
+        "Value null at 'tags.1.member' failed to satisfy constraint: Member must not be null",
+    ),
+    (
+        "null-second-item",
+        R,
+        "UntagResource",
+        {"ResourceArn": KVS, "TagKeys": ["k", None]},
+        INVALID,
+        "Value null at 'tagKeys.2.member'",
+    ),
+    (
+        "null-map-value",
+        R,
+        "TagResource",
+        {"ResourceArn": KVS, "Tags": {"k": None}},
+        INVALID,
+        "Map value must satisfy constraint: [Member must not be null]",
+    ),
+    ("null-required-member", R, "DescribeStreamProcessor", {"Name": None}, INVALID, "Value null at 'name'"),
+    (
+        "int-past-64-bits",
+        R,
+        "ListStreamProcessors",
+        {"MaxResults": 2**63},
+        SERIALIZATION,
+        "out of range of integer",
+    ),
+    (
+        "int-past-32-bits",
+        R,
+        "ListStreamProcessors",
+        {"MaxResults": 2**31},
+        SERIALIZATION,
+        "out of range of integer",
+    ),
+    ("int-huge-float", R, "ListStreamProcessors", {"MaxResults": 1e308}, SERIALIZATION, "expected integer"),
+    ("int-whole-float", R, "ListStreamProcessors", {"MaxResults": 10.0}, SERIALIZATION, "expected integer"),
+    (
+        "int-negative-64",
+        C,
+        "ListEntityRecognizers",
+        {"MaxResults": -(2**63) - 1},
+        SERIALIZATION,
+        "maxResults",
+    ),
+    (
+        "long-past-64-bits",
+        R,
+        "StartStreamProcessor",
+        {"Name": "x", "StopSelector": {"MaxDurationInSeconds": 2**64}},
+        SERIALIZATION,
+        "out of range of long",
+    ),
+    (
+        "float-past-float32",
+        R,
+        "CreateStreamProcessor",
+        face_search("ok7", RegionsOfInterest=[{"BoundingBox": {"Width": 1e39}}]),
+        SERIALIZATION,
+        "out of range of float at 'regionsOfInterest.1.member.boundingBox.width'",
+    ),
+    (
+        "ranged-float-past-float32",  # a Java float reads it as infinity: the model's range reports it
+        R,
+        "SearchFaces",
+        {"CollectionId": "c", "FaceId": "f", "FaceMatchThreshold": 1e39},
+        INVALID,
+        "less than or equal to 100",
+    ),
+    (
+        "float-past-double",
+        R,
+        "SearchFaces",
+        {"CollectionId": "c", "FaceId": "f", "FaceMatchThreshold": 10**400},
+        SERIALIZATION,
+        "faceMatchThreshold",
+    ),
 ]
 
 
@@ -244,3 +365,81 @@ def test_every_model_pattern_compiles():
                 compiled_pattern(pattern)
                 count += 1
     assert count > 50  # both models together carry dozens of distinct patterns
+
+
+def test_the_largest_32_bit_max_results_is_served(server):
+    # The model sets no maximum for ListStreamProcessors' MaxResults: any int32 is valid and must not
+    # overflow the store (2^63 - 1 did, as limit + 1).
+    response = signed_post(
+        server.url, service=R, target="ListStreamProcessors", body={"MaxResults": 2**31 - 1}
+    )
+    assert response.status_code == 200, response.text
+
+
+def test_null_optional_member_means_absent(server):
+    response = signed_post(server.url, service=R, target="ListStreamProcessors", body={"MaxResults": None})
+    assert response.status_code == 200, response.text
+
+
+def test_null_entity_type_is_refused_and_nothing_is_created(server, comprehend):
+    # It passed the parser and crashed the handler (TypeError) after the request was accepted as valid.
+    name = unique("rec")
+    body = {
+        "RecognizerName": name,
+        "LanguageCode": "en",
+        "DataAccessRoleArn": "arn:aws:iam::000000000000:role/comprehend",
+        "InputDataConfig": {
+            "EntityTypes": [None],
+            "Documents": {"S3Uri": "s3://bucket/docs"},
+            "EntityList": {"S3Uri": "s3://bucket/list"},
+        },
+    }
+    response = signed_post(server.url, service=C, target="CreateEntityRecognizer", body=body)
+    assert (response.status_code, response.json()["__type"]) == (400, "ValidationException"), response.text
+    assert "inputDataConfig.entityTypes.1.member" in response.json()["Message"]
+    listed = comprehend.list_entity_recognizers(Filter={"RecognizerName": name})
+    assert listed["EntityRecognizerPropertiesList"] == []
+
+
+def test_cbor_number_past_its_type_is_a_serialization_error(server):
+    body = cbor2.dumps({"MaxResults": 2**63})
+    response = signed_post(
+        server.url,
+        service=C,
+        path="/service/Comprehend_20171127/operation/ListEntityRecognizers",
+        body=body,
+        headers={"Content-Type": "application/cbor", "smithy-protocol": "rpc-v2-cbor"},
+    )
+    assert response.status_code == 400
+    assert cbor2.loads(response.content)["__type"].endswith("#SerializationException")
+
+
+@pytest.mark.parametrize("body", [b" ", b"\n"])
+def test_cbor_body_of_one_whitespace_byte_is_a_number_not_an_empty_body(server, body):
+    # b" " is the CBOR integer -1: a body that is not a map, unlike JSON where it is an empty body.
+    response = signed_post(
+        server.url,
+        service=C,
+        path="/service/Comprehend_20171127/operation/ListEntityRecognizers",
+        body=body,
+        headers={"Content-Type": "application/cbor", "smithy-protocol": "rpc-v2-cbor"},
+    )
+    assert response.status_code == 400
+    assert cbor2.loads(response.content)["__type"].endswith("#SerializationException")
+
+
+@pytest.mark.parametrize(
+    ("member", "value", "expected"),
+    [
+        ("MaxResults", 2**31 - 1, 2**31 - 1),
+        ("MaxResults", -(2**31), None),  # in range of the type: the model's min reports it
+        ("NextToken", "\U0001f600", "\U0001f600"),  # a surrogate pair is one valid character
+    ],
+)
+def test_parse_input_keeps_what_fits_the_type(member, value, expected):
+    shape = model(R).operation_model("ListStreamProcessors").input_shape
+    if expected is None:
+        with pytest.raises(ConstraintViolations):
+            parse_input(shape, {member: value}, Wire.JSON)
+    else:
+        assert parse_input(shape, {member: value}, Wire.JSON) == {member: expected}

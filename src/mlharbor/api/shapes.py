@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
+import sys
 from datetime import UTC, datetime
 from enum import Enum
 from functools import lru_cache
@@ -28,6 +29,13 @@ class Wire(Enum):
 
 
 Violation = tuple[str, object, str]
+
+# botocore's 'integer' is a Java int and 'long' a Java long (bits, signed); 'float' and 'double' are IEEE
+# single and double precision (their largest finite value). A value past its type is a SerializationException
+# even where the model sets no range (docs/COMPATIBILITY.md, decision 26).
+INTEGER_BITS = {"integer": 32, "long": 64}
+FLOAT_LIMITS = {"float": 3.4028234663852886e38, "double": sys.float_info.max}
+NOT_NULL = "Member must not be null"
 
 
 @lru_cache(maxsize=4096)
@@ -72,6 +80,33 @@ def _type_error(path: str, shape: Shape, value: object) -> SerializationExceptio
     )
 
 
+def _out_of_range(path: str, shape: Shape, value: int | float) -> SerializationException:
+    # What a Java service's deserializer says when the number does not fit the member's type: no model
+    # constraint is involved, so it is not a validation error. Huge integers (CBOR bignums) are shown by
+    # size: str() of one with thousands of digits is itself an error in Python.
+    shown = value if isinstance(value, float) or abs(value) < 10**40 else f"{value.bit_length()}-bit integer"
+    return SerializationException(
+        f"Numeric value ({shown}) out of range of {shape.type_name} at '{path or 'request'}'"
+    )
+
+
+def _check_storable(text: str, path: str) -> None:
+    """Refuse what no string can carry here: lone UTF-16 surrogates (JSON's \\ud800 escapes) cannot be
+    encoded as UTF-8, which the database, pagination tokens and CBOR responses all need; U+0000 cannot be
+    stored in, or even compared with, a PostgreSQL text column. One decision for every member, so no
+    handler meets either (docs/COMPATIBILITY.md, decision 26)."""
+    if "\x00" in text:
+        raise SerializationException(f"Invalid string at '{path or 'request'}': U+0000 is not accepted")
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise SerializationException(
+            f"Invalid string at '{path or 'request'}': lone UTF-16 surrogates cannot be encoded as UTF-8"
+        ) from None
+
+
 def _parse(shape: Shape, value: Any, path: str, wire: Wire, out: list[Violation]) -> Any:
     kind = shape.type_name
     if kind == "structure":
@@ -83,32 +118,49 @@ def _parse(shape: Shape, value: Any, path: str, wire: Wire, out: list[Violation]
             raise _type_error(path, shape, value)
         _check_size(shape, len(value), value, path, out)
         member = shape.member  # type: ignore[attr-defined]
+        items = []
         # Coral numbers list items from 1: tags.1.member.key
-        return [
-            _parse(member, item, f"{path}.{i}.member", wire, out) if item is not None else None
-            for i, item in enumerate(value, start=1)
-        ]
+        for i, item in enumerate(value, start=1):
+            where = f"{path}.{i}.member"
+            if item is None:
+                # Unlike a structure member, a list item has no "absent": handlers must never see null.
+                out.append((where, None, NOT_NULL))
+                continue
+            items.append(_parse(member, item, where, wire, out))
+        return items
     if kind == "map":
         return _parse_map(shape, value, path, wire, out)  # type: ignore[arg-type]
     if kind == "string":
         if not isinstance(value, str):
             raise _type_error(path, shape, value)
+        _check_storable(value, path)
         _check_string(shape, value, path, out)
         return value
-    if kind in ("integer", "long"):
-        if isinstance(value, bool) or not isinstance(value, int | float):
+    if kind in INTEGER_BITS:
+        # A float is a type error even when whole (1.0, 1e2): the member is an integer on every SDK.
+        if isinstance(value, bool) or not isinstance(value, int):
             raise _type_error(path, shape, value)
-        if isinstance(value, float):
-            if not value.is_integer():
-                raise _type_error(path, shape, value)
-            value = int(value)
+        bound = 1 << (INTEGER_BITS[kind] - 1)
+        if not -bound <= value < bound:
+            raise _out_of_range(path, shape, value)
         _check_range(shape, value, path, out)
         return value
-    if kind in ("float", "double"):
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if kind in FLOAT_LIMITS:
+        if isinstance(value, bool) or not isinstance(value, int | float):
             raise _type_error(path, shape, value)
-        _check_range(shape, value, path, out)
-        return float(value)
+        try:
+            number = float(value)  # an integer beyond a double's range raises here
+        except OverflowError:
+            raise _out_of_range(path, shape, value) from None
+        if not math.isfinite(number):
+            raise _type_error(path, shape, value)
+        reported = len(out)
+        _check_range(shape, number, path, out)
+        # Java reads a float past its type as infinity, so a member with a range reports the range; one
+        # without must still never reach a handler.
+        if abs(number) > FLOAT_LIMITS[kind] and len(out) == reported:
+            raise _out_of_range(path, shape, value)
+        return number
     if kind == "boolean":
         if not isinstance(value, bool):
             raise _type_error(path, shape, value)
@@ -129,7 +181,7 @@ def _parse_structure(
     parsed: dict[str, Any] = {}
     for name in shape.required_members:
         if value.get(name) is None:
-            out.append((_join(path, name), None, "Member must not be null"))
+            out.append((_join(path, name), None, NOT_NULL))
     for name, item in value.items():
         member = members.get(name)
         if member is None or item is None:
@@ -148,10 +200,14 @@ def _parse_map(shape: MapShape, value: Any, path: str, wire: Wire, out: list[Vio
     for key, item in value.items():
         if not isinstance(key, str):
             raise _type_error(path, shape.key, key)
+        _check_storable(key, path)
         local: list[Violation] = []
         _check_string(shape.key, key, path, local)
         key_problems.extend(c for _, _, c in local if c not in key_problems)
         if item is None:
+            # A null value would reach handlers as a missing key (a silently dropped tag).
+            if NOT_NULL not in value_problems:
+                value_problems.append(NOT_NULL)
             continue
         local = []
         parsed[key] = _parse(shape.value, item, path, wire, local)

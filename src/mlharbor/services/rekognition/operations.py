@@ -27,6 +27,7 @@ from mlharbor.store.tables import stream_processors as sp_table
 from mlharbor.store.transitions import transition
 
 NAME_IN_USE = "Stream processor name already in use."
+MAX_PAGE = 1000
 
 
 def _check_settings(params: dict[str, Any], models_dir: Path) -> None:
@@ -114,7 +115,8 @@ def describe_stream_processor(call: Call, params: dict[str, Any]) -> dict[str, A
 
 
 def list_stream_processors(call: Call, params: dict[str, Any]) -> dict[str, Any]:
-    limit = params.get("MaxResults", 1000)
+    # The model sets no maximum: pages are capped at the default (a bigger MaxResults is not an error).
+    limit = min(params.get("MaxResults", MAX_PAGE), MAX_PAGE)
     after = None
     if "NextToken" in params:
         position = call.server.pager.decode(call.page_scope(), params["NextToken"])
