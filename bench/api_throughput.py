@@ -512,21 +512,47 @@ def print_report(results: list[Result], args: argparse.Namespace) -> None:
     for name, pair in by_call.items():
         mine, moto = pair.get("mlharbor"), pair.get("moto")
         bits: list[str] = [f"{name}:"]
-        if mine is not None and moto is not None:
-            ratio = mine.rps / moto.rps if moto.rps > 0 else math.inf
-            ok = "met" if ratio >= RATIO_TARGET else "NOT met"
-            note = ""
-            if moto.moto_not_implemented:
-                note = " [moto does not implement this call: not a valid comparison]"
-            bits.append(
-                f"MLHarbor/moto = {mine.rps:.0f}/{moto.rps:.0f} = {ratio:.2f}x "
-                f"(target >= {RATIO_TARGET:.0f}x: {ok}){note};"
-            )
-        if mine is not None:
-            p99 = mine.percentile_ms(0.99)
-            ok = "met" if p99 is not None and p99 <= P99_TARGET_MS else "NOT met"
-            bits.append(f"MLHarbor p99 = {_fmt_ms(p99)} ms (target <= {P99_TARGET_MS:.0f} ms: {ok})")
+        ours = _problem(mine) if mine is not None else "MLHarbor was not run (--only moto)"
+        if moto is None:
+            peer: str | None = "moto was not run (--only mlharbor)"
+        elif moto.moto_not_implemented:
+            peer = "moto does not implement this call (it answered 5xx / NotImplemented): no valid peer"
+        else:
+            peer = _problem(moto)
+        mine_rps = mine.rps if mine is not None else None
+        moto_rps = moto.rps if moto is not None else None
+        ratio = harness.ratio(
+            mine_rps, moto_rps, numerator_name="MLHarbor's req/s", denominator_name="moto's req/s",
+            failed=peer or ours,
+        )  # fmt: skip
+        bits.append(
+            f"MLHarbor/moto = {harness.fmt(mine_rps, '.0f')}/{harness.fmt(moto_rps, '.0f')} = "
+            f"{harness.fmt(ratio, '.2f', 'x')} "
+            f"(target >= {RATIO_TARGET:.0f}x: {harness.verdict(ratio, RATIO_TARGET)});"
+        )
+        p99 = mine.percentile_ms(0.99) if mine is not None else None
+        bits.append(
+            f"MLHarbor p99 = {_fmt_ms(p99)} ms (target <= {P99_TARGET_MS:.0f} ms: "
+            f"{harness.verdict(p99, P99_TARGET_MS, at_most=True, problem=ours)})"
+        )
         print(" ".join(bits))
+
+
+def _problem(result: Result) -> str | None:
+    """Why a phase's numbers cannot be judged: transport errors, or (MLHarbor) answers other than the
+    expected one, which the latencies would include while req/s leaves them out."""
+    who = "MLHarbor" if result.target == "mlharbor" else "moto"
+    total = sum(result.stats.statuses.values())
+    errors = sum(result.stats.errors.values())
+    if total == 0:
+        return f"{who} sent no response in the measured window"
+    if errors:
+        return f"{who}: {errors} transport error(s) ({', '.join(result.stats.errors)})"
+    if result.target == "mlharbor" and result.counted != total:
+        status, etype = result.call.expected
+        expected = f"{status} {etype}" if etype else str(status)
+        return f"MLHarbor: {total - result.counted} of {total} responses were not the expected {expected}"
+    return None
 
 
 # ------------------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ from tests.conftest import aws_env  # noqa: E402
 from tests.engines.video_files import walker_frames, write_video  # noqa: E402
 from tests.services.rekognition.aws_peers import Inbox, moto  # noqa: E402
 
-from harness import aws_client, start_server, stop_process  # noqa: E402
+from harness import aws_client, fmt, ratio, start_server, stop_process  # noqa: E402
 from stream import ACCOUNT, REGION, children, cpu_seconds, start_moto, wait_status  # noqa: E402
 
 
@@ -126,9 +126,16 @@ def main() -> None:
                 key = f"bench/yard/{session}/results.json"
                 results = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
                 rate = results["framesAnalysed"] / args.seconds
-                share = rate / cores * peer_ms / 10  # per core, as a percentage of the peer's 1000 / ms
+                per_core = rate / cores if cores > 0 else None
+                # Per core, as a share of the peer's frames/s per core (1000 / its ms per frame).
+                share = ratio(
+                    per_core, 1000 / peer_ms if peer_ms > 0 else None,
+                    numerator_name="the session's frames/s per core",
+                    denominator_name="the detector's frames/s per core",
+                )  # fmt: skip
                 print(f"empty yard, unthrottled: {rate:.1f} frames/s on {cores:.2f} cores → "
-                      f"{rate / cores:.1f} frames/s per core ({share:.0f}% of the peer)")  # fmt: skip
+                      f"{fmt(per_core, '.1f')} frames/s per core ({fmt(share, '.0%')} of the peer"
+                      f"{': ' + share.problem if share.problem else ''})")  # fmt: skip
             finally:
                 stop_process(server.proc)
 

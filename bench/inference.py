@@ -801,10 +801,6 @@ def job_operations_present() -> bool:
 # ------------------------------------------------------------------------------------------------
 
 
-def _met(ok: bool) -> str:
-    return "met" if ok else "NOT met"
-
-
 def _f(value: float | None, digits: int = 0) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
@@ -951,60 +947,105 @@ def report(result: dict[str, Any], phases: list[Phase], base: Baseline | None, j
     print("\n=== Targets ===")
     one = next((p for p in phases if p.clients == 1), None)
     best = max(phases, key=lambda p: p.chars_per_s, default=None)
-    if best is not None:
-        per_core = best.chars_per_s / cores
-        print(
-            f"DetectEntities throughput: {per_core:,.0f} chars/s per serving core ({best.clients} clients, "
-            f"{cores} core(s)) (target >= {CHARS_PER_CORE_TARGET:,.0f}: "
-            f"{_met(per_core >= CHARS_PER_CORE_TARGET)})"
-        )
-    if one is not None:
-        p99 = one.pct_ms(0.99)
-        print(
-            f"DetectEntities p99, 1 client: {_f(p99, 2)} ms (target <= {P99_TARGET_MS:.0f} ms: "
-            f"{_met(p99 is not None and p99 <= P99_TARGET_MS)})"
-        )
-        for p in phases:
-            if p is not one:
-                q = p.pct_ms(0.99)
-                print(
-                    f"  (p99 with {p.clients} clients: {_f(q, 2)} ms: "
-                    f"{_met(q is not None and q <= P99_TARGET_MS)}; includes queueing behind the other "
-                    f"clients' documents on {cores} core(s))"
-                )
+    per_core = best.chars_per_s / cores if best is not None else None
+    print(
+        f"DetectEntities throughput: {_f(per_core)} chars/s per serving core "
+        f"({best.clients if best else '-'} clients, {cores} core(s)) "
+        f"(target >= {CHARS_PER_CORE_TARGET:,.0f}: "
+        f"{harness.verdict(per_core, CHARS_PER_CORE_TARGET, problem=_phase_problem(best))})"
+    )
+    p99 = one.pct_ms(0.99) if one is not None else None
+    print(
+        f"DetectEntities p99, 1 client: {_f(p99, 2)} ms (target <= {P99_TARGET_MS:.0f} ms: "
+        f"{harness.verdict(p99, P99_TARGET_MS, at_most=True, problem=_phase_problem(one))})"
+    )
+    for p in phases:
+        if p is not one:
+            q = p.pct_ms(0.99)
+            print(
+                f"  (p99 with {p.clients} clients: {_f(q, 2)} ms: "
+                f"{harness.verdict(q, P99_TARGET_MS, at_most=True, problem=_phase_problem(p))}; includes "
+                f"queueing behind the other clients' documents on {cores} core(s))"
+            )
     if base is not None:
-        if one is not None:
-            print(
-                f"ratio DetectEntities 1 client / raw nlp(text): chars/s per core "
-                f"{one.chars_per_s / cores:,.0f} / {base.single_chars_per_s:,.0f} = "
-                f"{one.chars_per_s / cores / base.single_chars_per_s:.3f}; p50 latency "
-                f"{_f(one.pct_ms(0.5), 2)} / {base.single_p50_ms:.2f} ms"
-            )
+        single = base.single_chars_per_s
+        compared = [("1 client", one)] if one is not None else []
         if best is not None and best is not one:
-            print(
-                f"ratio DetectEntities {best.clients} clients / raw nlp(text): chars/s per core "
-                f"{best.chars_per_s / cores:,.0f} / {base.single_chars_per_s:,.0f} = "
-                f"{best.chars_per_s / cores / base.single_chars_per_s:.3f} "
-                f"(vs raw nlp.pipe batch 32: {best.chars_per_s / cores / base.pipe_batch32_chars_per_s:.3f})"
+            compared.append((f"{best.clients} clients", best))
+        for label, phase in compared:
+            r = harness.ratio(
+                phase.chars_per_s / cores, single, numerator_name="MLHarbor's chars/s",
+                denominator_name="raw nlp(text)'s chars/s", failed=_phase_problem(phase),
+            )  # fmt: skip
+            line = (
+                f"ratio DetectEntities {label} / raw nlp(text): chars/s per core "
+                f"{phase.chars_per_s / cores:,.0f} / {single:,.0f} = {harness.fmt(r, '.3f')}"
             )
-    if job is not None and base is not None and base.batch_pipe_docs_per_s and job.server_docs_per_s:
-        ratio = job.server_docs_per_s / base.batch_pipe_docs_per_s
+            if r.problem:
+                line += f" ({r.problem})"
+            if phase is one:
+                line += f"; p50 latency {_f(one.pct_ms(0.5), 2)} / {base.single_p50_ms:.2f} ms"
+            else:
+                piped = harness.ratio(phase.chars_per_s / cores, base.pipe_batch32_chars_per_s)
+                line += f" (vs raw nlp.pipe batch 32: {harness.fmt(piped, '.3f')})"
+            print(line)
+    if job is not None or base is not None and base.batch_docs:
+        problem = _batch_problem(job, base)
+        ratio = harness.ratio(
+            job.server_docs_per_s if job is not None else None,
+            base.batch_pipe_docs_per_s if base is not None else None,
+            numerator_name="the job's docs/s", denominator_name="raw nlp.pipe's docs/s", failed=problem,
+        )  # fmt: skip
         line = (
-            f"ratio batch job / raw nlp.pipe: docs/s {job.server_docs_per_s:,.1f} / "
-            f"{base.batch_pipe_docs_per_s:,.1f} = {ratio:.3f} (target >= {BATCH_RATIO_TARGET}: "
-            f"{_met(ratio >= BATCH_RATIO_TARGET)})"
+            f"ratio batch job / raw nlp.pipe: docs/s {_f(job.server_docs_per_s if job else None, 1)} / "
+            f"{_f(base.batch_pipe_docs_per_s if base else None, 1)} = {harness.fmt(ratio, '.3f')} "
+            f"(target >= {BATCH_RATIO_TARGET}: {harness.verdict(ratio, BATCH_RATIO_TARGET)})"
         )
-        if job.client_docs_per_s:
+        if ratio.value is not None and job is not None and base is not None and job.client_docs_per_s:
             line += f"; as the client sees it: {job.client_docs_per_s / base.batch_pipe_docs_per_s:.3f}"
         print(line)
-        if base.job_path_docs_per_s:
+        if ratio.value is not None and job is not None and base is not None and base.job_path_docs_per_s:
             print(
                 f"  (job / NerModel.predict_iter(batch_size={base.job_path_batch_size}) in this process: "
-                f"{job.server_docs_per_s / base.job_path_docs_per_s:.3f}: what the job adds beyond its "
-                "model path)"
+                f"{harness.fmt(harness.ratio(job.server_docs_per_s, base.job_path_docs_per_s), '.3f')}: "
+                "what the job adds beyond its model path)"
             )
-    elif job is not None:
-        print("batch job: no ratio (the job did not complete)")
+
+
+def _phase_problem(phase: Phase | None) -> str | None:
+    """Why a DetectEntities phase's numbers cannot be judged: not run, or answers other than 200 (they
+    are left out of chars/s and latencies, so the numbers would describe a server that failed calls)."""
+    if phase is None:
+        return "the phase did not run"
+    failed = sum(n for (status, _), n in phase.statuses.items() if status != 200) + sum(phase.errors.values())
+    if failed:
+        return (
+            f"{failed} of {phase.ok + failed} requests with {phase.clients} client(s) failed "
+            f"({_statuses(phase)})"
+        )
+    return None
+
+
+def _batch_problem(job: BatchJob | None, base: Baseline | None) -> str | None:
+    if job is None:
+        return "the batch job did not run"
+    if job.error:
+        return f"the batch job failed: {job.error}"
+    if job.status != "COMPLETED":
+        return f"the batch job ended {job.status or 'without a status'}"
+    if job.output_lines != job.docs or job.output_distinct_lines != job.docs:
+        return (
+            f"the job's output holds {job.output_distinct_lines} distinct result lines for {job.docs} "
+            "documents"
+        )
+    if base is None or not base.batch_docs:
+        return "the raw nlp.pipe baseline did not run"
+    if job.output_entities != base.batch_pipe_entities:
+        return (
+            f"the job found {job.output_entities} entities, raw nlp.pipe {base.batch_pipe_entities} on the "
+            "same documents"
+        )
+    return None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1188,6 +1229,8 @@ def main(argv: list[str] | None = None) -> int:
     result["machine"]["loadavg_end"] = os.getloadavg()[0]
     if phases:
         report(result, phases, base, job)
+    else:
+        print("\n=== Targets ===\nevery target NOT met: nothing was measured (see the error above)")
     result["detect"] = [
         {
             "clients": p.clients,
