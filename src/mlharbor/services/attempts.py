@@ -137,6 +137,21 @@ def next_attempt(store: Store, table: Table, row: Row[Any], **values: Any) -> bo
         )
 
 
+def retry(store: Store, table: Table, row: Row[Any], *, crashed: bool, message: str) -> Fence | None:
+    """A new attempt for work that was interrupted, or None if another writer changed the row first.
+    ``crashed``: its own worker died (counted in ``crashes``); a server that went down is not the work's
+    fault and is not counted, so crashes of the host never use up the work's retries."""
+    values = {"crashes": row.crashes + 1} if crashed else {}
+    if not next_attempt(store, table, row, message=message, **values):
+        return None
+    return Fence(row.incarnation, row.attempt + 1)
+
+
+def out_of_retries(row: Row[Any], crashed: bool, limit: int) -> bool:
+    """Whether this crash is the ``limit``-th of the work's own workers."""
+    return crashed and row.crashes + 1 >= limit
+
+
 class StopWatch:
     """True once a stop was requested, through the executor or in the database (after a restart, or
     from another server process, the database is the only channel); also once the row left

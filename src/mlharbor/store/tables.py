@@ -91,8 +91,10 @@ entity_recognizers = Table(
     # ClientRequestToken and a fingerprint of the request it came with (same token + other request = error).
     Column("client_token", String(64)),
     Column("request_hash", String(64)),
-    # Training attempts: a crashed worker is retried from the start with the next attempt number.
+    # Training attempts: a crashed worker is retried from the start with the next attempt number;
+    # ``crashes`` counts the deaths of its own workers (a server restart is not one).
     Column("attempt", Integer, nullable=False, default=0),
+    Column("crashes", Integer, nullable=False, default=0),
     Column("artifact_uri", String(1024)),
     UniqueConstraint("account_id", "region", "name", "version_name", name="uq_entity_recognizer_name"),
 )
@@ -153,6 +155,7 @@ entities_detection_jobs = Table(
     Column("request_hash", String(64)),
     # Like training: a worker a crash interrupted is retried with the next attempt number.
     Column("attempt", Integer, nullable=False, default=0),
+    Column("crashes", Integer, nullable=False, default=0),
 )
 
 face_collections = Table(

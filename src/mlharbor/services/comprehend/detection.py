@@ -60,7 +60,7 @@ from mlharbor.store.tables import entity_recognizers
 log = logging.getLogger(__name__)
 
 TARGET = "mlharbor.services.comprehend.detection:detect_worker"
-MAX_ATTEMPTS = 3  # a worker killed mid-job is retried from the start this many times in all
+MAX_ATTEMPTS = 3  # the job fails at the third crash of its own worker (server restarts are not counted)
 MAX_ACTIVE_PER_ACCOUNT = 10  # AWS: 10 concurrent jobs of one type per account; more wait in SUBMITTED
 HEARTBEAT_SECONDS = 0.5
 # A batch closes at this many documents or characters, whichever comes first. Measured: a batch of a few
@@ -487,7 +487,8 @@ class JobSupervisor:
             elif status is not None or row.status == "IN_PROGRESS":
                 # It ran and ended without recording an outcome, or it was IN_PROGRESS when the server
                 # died (nothing here knows of it): the worker was interrupted.
-                if self._interrupted(row, status.error if status is not None else "the server restarted"):
+                reason = status.error if status is not None else "the server restarted"
+                if self._interrupted(row, reason, crashed=status is not None):
                     slots -= 1  # the retry runs at once, so it takes a slot from the queued jobs
                     if row.status != "IN_PROGRESS":  # IN_PROGRESS rows were counted above
                         owner = (row.account_id, row.region)
@@ -498,19 +499,19 @@ class JobSupervisor:
                 owner = (row.account_id, row.region)
                 active[owner] = active.get(owner, 0) + 1
 
-    def _interrupted(self, row: Row[Any], reason: str | None) -> bool:
-        """Retry the job from the start (True), or fail it after its last attempt."""
+    def _interrupted(self, row: Row[Any], reason: str | None, *, crashed: bool) -> bool:
+        """Retry the job from the start (True), or fail it after its workers' last crash."""
         store = self.server.store
-        if row.attempt + 1 >= MAX_ATTEMPTS:
+        if attempts.out_of_retries(row, crashed, MAX_ATTEMPTS):
             _fail(store, row.arn, f"The job was interrupted {MAX_ATTEMPTS} times (last: {reason}).")
             return False
         log.warning(
             "entities detection job %s was interrupted (%s); retrying from the start", row.arn, reason
         )
-        bumped = attempts.next_attempt(store, table, row, message="The job restarted after an interruption")
-        if bumped:
+        message = "The job restarted after an interruption"
+        fence = attempts.retry(store, table, row, crashed=crashed, message=message)
+        if fence is not None:
             # Started at once, slot or not: it held a slot before the interruption. Waiting for a free
             # slot would leave an IN_PROGRESS row with no worker, which the next pass would count again.
-            fence = Fence(row.incarnation, row.attempt + 1)
             self.server.executor.submit(work_id(row.arn, fence), TARGET, self._payload(row, fence))
-        return bool(bumped)
+        return fence is not None

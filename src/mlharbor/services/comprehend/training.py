@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 TARGET = "mlharbor.services.comprehend.training:train_worker"
 ACTIVE = ("SUBMITTED", "TRAINING", "STOP_REQUESTED", "DELETING")
-MAX_ATTEMPTS = 3  # a worker killed mid-training is retried from the start this many times in all
+MAX_ATTEMPTS = 3  # training fails at the third crash of its own worker (server restarts are not counted)
 # Dev F1 on real, noisy text keeps creeping up for many epochs after a plateau (measured on WNUT-2016);
 # an epoch is cheap, so wait longer than the engine's default before giving up.
 MAX_EPOCHS = 60
@@ -260,24 +260,26 @@ class TrainingSupervisor:
             elif status is not None or row.status == "TRAINING":
                 # It ran and ended without recording an outcome, or it was TRAINING when the server
                 # died (nothing here knows of it): the worker was interrupted.
-                if self._interrupted(row, status.error if status is not None else "the server restarted"):
+                reason = status.error if status is not None else "the server restarted"
+                if self._interrupted(row, reason, crashed=status is not None):
                     slots -= 1  # the retry runs at once, so it takes a slot from the queued recognizers
             elif slots > 0:
                 executor.submit(wid, TARGET, self._payload(row, Fence.of(row)))
                 slots -= 1
 
-    def _interrupted(self, row: Row[Any], reason: str | None) -> bool:
-        """Retry the training from the start (True), or fail it after its last attempt."""
+    def _interrupted(self, row: Row[Any], reason: str | None, *, crashed: bool) -> bool:
+        """Retry the training from the start (True), or fail it after its workers' last crash."""
         store = self.server.store
-        if row.attempt + 1 >= MAX_ATTEMPTS:
+        if attempts.out_of_retries(row, crashed, MAX_ATTEMPTS):
             _fail(store, row.arn, f"Training was interrupted {MAX_ATTEMPTS} times (last: {reason}).")
             return False
         log.warning("training of %s was interrupted (%s); retrying from the start", row.arn, reason)
-        if not attempts.next_attempt(store, table, row, message="Training restarted after an interruption"):
+        message = "Training restarted after an interruption"
+        fence = attempts.retry(store, table, row, crashed=crashed, message=message)
+        if fence is None:
             return False
         # Started at once, slot or not: it held a slot before the interruption. Waiting for a free slot
         # would leave a TRAINING row with no worker, which the next pass would count again.
-        fence = Fence(row.incarnation, row.attempt + 1)
         self.server.executor.submit(work_id(row.arn, fence), TARGET, self._payload(row, fence))
         return True
 
