@@ -16,6 +16,7 @@ from mlharbor.services import attempts
 from mlharbor.services.attempts import Fence, StopWatch
 from mlharbor.services.rekognition.stream_processors import STATES
 from mlharbor.store.db import Store
+from mlharbor.store.tables import entities_detection_jobs, entity_recognizers
 from mlharbor.store.tables import stream_processors as table
 from tests.conftest import _fresh_database, wait_until
 
@@ -103,3 +104,41 @@ def test_a_processor_deleted_while_stopping_is_a_stop_not_a_takeover(store):
         conn.execute(delete(table).where(table.c.arn == ARN))
     wait_until(watch, timeout=5, what="the watch to see the deletion")
     assert not watch.superseded  # the worker still sends what it analysed before the stop
+
+
+def _fill(table_: Any, **values: Any) -> dict[str, Any]:
+    """A row of ``table_``: ``values``, and a placeholder for every other column that must have one."""
+    by_type = {"String": "x", "Text": "x", "Integer": 0, "Float": 0.0, "JSON": {}}
+    row = {
+        c.name: by_type[type(c.type).__name__]
+        for c in table_.columns
+        if not c.nullable and c.default is None and c.server_default is None
+    }
+    return {**row, **values}
+
+
+@pytest.mark.parametrize(
+    ("table_", "running", "moves"),
+    [
+        (entity_recognizers, "TRAINING", {"TRAINING": "STOP_REQUESTED"}),
+        (entities_detection_jobs, "IN_PROGRESS", {"IN_PROGRESS": "STOP_REQUESTED"}),
+    ],
+)
+def test_every_kind_of_work_is_fenced_by_incarnation(store, table_, running, moves):
+    """Recognizers and jobs share the fence: a re-created one ignores the old incarnation's worker."""
+    from mlharbor.services.comprehend.jobs import STATES as JOB_STATES
+    from mlharbor.services.comprehend.recognizers import STATES as RECOGNIZER_STATES
+
+    states = RECOGNIZER_STATES if table_ is entity_recognizers else JOB_STATES
+    arn = f"arn:aws:comprehend:us-east-1:000000000000:{table_.name}/same-name"
+    old, new = Fence(attempts.new_incarnation(), 0), Fence(attempts.new_incarnation(), 0)
+    for fence in (old, new):  # created, deleted, created again under the same name
+        with store.begin() as conn:
+            conn.execute(delete(table_).where(table_.c.arn == arn))
+            conn.execute(insert(table_).values(**_fill(
+                table_, arn=arn, status=running, incarnation=fence.incarnation, attempt=0
+            )))  # fmt: skip
+    assert attempts.move(store, table_, states, arn, moves, fence=old) is None
+    watch = StopWatch(_Context(), store, table_, arn, old, running)  # type: ignore[arg-type]
+    assert watch() and watch.superseded
+    assert attempts.move(store, table_, states, arn, moves, fence=new) == "STOP_REQUESTED"
