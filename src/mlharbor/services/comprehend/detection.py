@@ -469,8 +469,10 @@ class JobSupervisor:
         if not rows:
             return
         running = set(executor.running())
-        busy = sum(1 for w in running if jobs.MARK in w)
-        slots = self.server.settings.detection_job_slots - busy
+        mine = {w for w in running if jobs.MARK in w}
+        for wid in mine - {work_id(row.arn, Fence.of(row)) for row in rows}:
+            executor.request_stop(wid)  # a superseded attempt: its fence keeps it from writing
+        slots = self.server.settings.detection_job_slots - len(mine)
         # AWS runs at most 10 jobs of a kind per account at a time; the others wait in SUBMITTED.
         active: dict[tuple[str, str], int] = {}
         for row in rows:
