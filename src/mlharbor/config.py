@@ -49,7 +49,7 @@ class ThrottleSettings(BaseModel):
     max_receiving: int = Field(
         default=256,
         gt=0,
-        description="request bodies being received at once; one more cuts off the one waiting longest "
+        description="request bodies being received at once; one more cuts off the slowest so far "
         "(400 RequestTimeout), so slow uploads can never lock other clients out",
     )
 

@@ -193,6 +193,8 @@ def _number_bad(shape: Shape, value: Any) -> bool:
         return True
     if shape.type_name in ("integer", "long"):
         bits = 32 if shape.type_name == "integer" else 64
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)  # read as the integer, as AWS's deserializers do
         return (
             not isinstance(value, int)
             or not -(2 ** (bits - 1)) <= value < 2 ** (bits - 1)

@@ -47,10 +47,10 @@ class Trickler:
     """A raw connection that sends its headers and the body's first byte, then one more byte every
     ``every`` seconds (never, if None) until the server answers or closes."""
 
-    def __init__(self, port: int, every: float | None) -> None:
+    def __init__(self, port: int, every: float | None, head: bytes = HEAD) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.sock.sendall(head)
         self.sock.setblocking(False)
-        self.sock.sendall(HEAD)
         self.every = every
         self.started = time.monotonic()
         self.next_send = self.started + every if every is not None else float("inf")
@@ -179,7 +179,7 @@ def test_body_past_its_deadline_gets_400_request_timeout(server, every, earliest
     assert earliest - 0.1 <= trickler.ended - trickler.started < latest
 
 
-def test_when_the_receiving_budget_is_full_the_longest_waiting_upload_is_cut(server):
+def test_when_the_receiving_budget_is_full_the_slowest_upload_is_cut(server):
     rekognition = server.client("rekognition")
     tricklers = [Trickler(port_of(server), TRICKLE_EVERY_S) for _ in range(MAX_RECEIVING)]
     try:
@@ -197,5 +197,28 @@ def test_when_the_receiving_budget_is_full_the_longest_waiting_upload_is_cut(ser
         rekognition.list_stream_processors()  # room for a signed request too (it cuts the next oldest)
     finally:
         for trickler in tricklers:
+            trickler.close()
+    wait_until(lambda: gauge(server, "mlharbor_requests_receiving") == 0, timeout=5, what="budget freed")
+
+
+def test_a_full_budget_cuts_the_slowest_upload_not_a_large_one_arriving_fast(server):
+    # The oldest upload has sent 200 KB at once (a large image at network speed); tricklers fill the rest.
+    big = b"{" + b" " * 200_000
+    head = HEAD.replace(b"Content-Length: 1000", b"Content-Length: 400000")[:-1] + big
+    fast = Trickler(port_of(server), TRICKLE_EVERY_S, head=head)
+    tricklers = [Trickler(port_of(server), TRICKLE_EVERY_S) for _ in range(MAX_RECEIVING - 1)]
+    everyone = [fast, *tricklers]
+    try:
+        wait_until(
+            lambda: gauge(server, "mlharbor_requests_receiving") >= MAX_RECEIVING,
+            timeout=BODY_TIMEOUT_S / 3,
+            what="a full receiving budget",
+        )
+        everyone.append(Trickler(port_of(server), TRICKLE_EVERY_S))
+        drive(everyone, time.monotonic() + BODY_TIMEOUT_S / 3, until=tricklers[0])
+        assert fast.ended is None and not fast.response  # the large upload goes on
+        assert_request_timeout(tricklers[0])  # the slowest (the oldest trickler) was cut instead
+    finally:
+        for trickler in everyone:
             trickler.close()
     wait_until(lambda: gauge(server, "mlharbor_requests_receiving") == 0, timeout=5, what="budget freed")

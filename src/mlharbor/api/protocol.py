@@ -5,7 +5,7 @@ Order of checks, as AWS does: load shedding, body size, signature, operation, ac
 decoding, model validation, then the handler. Whatever fails, nothing has been changed.
 
 Receiving the body sits between body size and signature, under its own budget (``throttle.Receiving``:
-a deadline, an idle timeout, a count whose overflow cuts off the upload waiting longest; 400
+a deadline, an idle timeout, a count whose overflow cuts off the slowest upload; 400
 RequestTimeout, connection closed). A request takes its in-flight slot only once its body has arrived,
 so clients that send their bodies slowly can never fill the slots; a full server still sheds a new
 request before reading its body.
@@ -103,20 +103,17 @@ class Gateway:
         route = route_of(scope["path"], headers)
         service = self.services.get(route.prefix or "")
         operation = route.operation if service and route.operation in service.operations else None
-        entered = False
+        entered = body_read = False
         try:
             self.throttle.check()
             if scope["method"] != "POST":
                 raise errors.UnknownOperationException("Only POST is supported")
             body = await self._read_body(receive, headers)
+            body_read = True
             self.throttle.enter()
             entered = True
             self.metrics.in_flight.inc()
             reply = await self._handle(scope, body, headers, request_id, route, service, operation)
-        except errors.RequestTimeout as exc:
-            # What is left of the body may never come, and would hold the connection: answer and close.
-            reply = self._error(exc, request_id, service, route.wire)
-            reply.headers.append((b"connection", b"close"))
         except errors.AwsError as exc:
             reply = self._error(exc, request_id, service, route.wire)
         except errors.Neutral as exc:
@@ -131,6 +128,10 @@ class Gateway:
             if entered:
                 self.throttle.leave()
                 self.metrics.in_flight.dec()
+        if not body_read and _may_have_body(headers):
+            # Answered before its body was read (shed, too large, timed out): what is left of the body may
+            # never come, and the server would go on reading it outside every budget. Answer and close.
+            reply.headers.append((b"connection", b"close"))
         reply.headers.append((b"content-length", str(len(reply.body)).encode()))
         await send({"type": "http.response.start", "status": reply.status, "headers": reply.headers})
         await send({"type": "http.response.body", "body": reply.body})
@@ -245,6 +246,10 @@ def _translate(service: Service | None, exc: errors.Neutral) -> errors.AwsError:
     if isinstance(exc, errors.ServerOverloaded):
         return errors.ThrottlingException()
     return errors.InternalServerException()
+
+
+def _may_have_body(headers: dict[str, list[str]]) -> bool:
+    return "transfer-encoding" in headers or headers.get("content-length", ["0"])[0] not in ("", "0")
 
 
 def _header_lists(scope: Scope) -> dict[str, list[str]]:

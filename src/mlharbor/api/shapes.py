@@ -137,7 +137,9 @@ def _parse(shape: Shape, value: Any, path: str, wire: Wire, out: list[Violation]
         _check_string(shape, value, path, out)
         return value
     if kind in INTEGER_BITS:
-        # A float is a type error even when whole (1.0, 1e2): the member is an integer on every SDK.
+        # A whole float (10.0, 1e2) is read as the integer, as AWS's Java deserializers do; 10.5 is not one.
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise _type_error(path, shape, value)
         bound = 1 << (INTEGER_BITS[kind] - 1)

@@ -82,7 +82,12 @@ class Upload:
     started: float
     deadline: float
     idle_deadline: float
+    received: int = field(default=0)
     cut: bool = field(default=False)
+
+    def rate(self, now: float) -> float:
+        """Bytes per second so far."""
+        return self.received / max(now - self.started, 1e-3)
 
 
 class Receiving:
@@ -91,8 +96,9 @@ class Receiving:
 
     Each body has a deadline (``timeout`` after its headers, plus a second per ``min_rate`` bytes received)
     and may pause at most ``idle`` between pieces. At most ``limit`` bodies are received at once; one more
-    cuts off the one waiting longest, so slow uploads, however many, can delay nobody: a normal body arrives
-    within milliseconds, long before ``limit`` newer uploads could push it out.
+    cuts off the slowest so far (fewest bytes per second since its headers), so slow uploads, however many,
+    can delay nobody: a normal body arrives within milliseconds, and a large one arriving at network speed
+    is never the slowest while tricklers are around.
 
     A body that is cut has its task cancelled while it awaits the next piece (``Upload.cut`` tells that
     cancellation apart from any other). A timer per body (``asyncio.timeout``) cost ~8 us a request with
@@ -106,7 +112,7 @@ class Receiving:
         self._idle = idle
         self._min_rate = min_rate
         self._tick = min(1.0, max(0.05, min(timeout, idle) / 4))
-        self._uploads: dict[Upload, None] = {}  # an ordered set: the longest waiting first
+        self._uploads: dict[Upload, None] = {}  # an ordered set (the sweep visits the oldest first)
         self._sweep_handle: asyncio.TimerHandle | None = None
         self._sweep_loop: asyncio.AbstractEventLoop | None = None  # a closed loop's timer never fires
 
@@ -115,7 +121,7 @@ class Receiving:
         loop = asyncio.get_running_loop()
         now = loop.time()
         if len(self._uploads) >= self._limit:
-            self._cut(next(iter(self._uploads)))
+            self._cut(min(self._uploads, key=lambda u: u.rate(now)))
         task = asyncio.current_task()
         assert task is not None
         upload = Upload(task, now, now + self._timeout, now + self._idle)
@@ -127,6 +133,7 @@ class Receiving:
 
     def progress(self, upload: Upload, received: int) -> None:
         now = upload.task.get_loop().time()
+        upload.received = received
         upload.idle_deadline = now + self._idle
         upload.deadline = upload.started + self._timeout + received / self._min_rate
 

@@ -147,9 +147,14 @@ def retry(store: Store, table: Table, row: Row[Any], *, crashed: bool, message: 
     return Fence(row.incarnation, row.attempt + 1)
 
 
+# A safety net: work that has not finished after this many attempts, server restarts included, is failed
+# (e.g. two servers on one database taking a training from each other without end).
+MAX_ATTEMPTS_IN_ALL = 20
+
+
 def out_of_retries(row: Row[Any], crashed: bool, limit: int) -> bool:
-    """Whether this crash is the ``limit``-th of the work's own workers."""
-    return crashed and row.crashes + 1 >= limit
+    """Whether this crash is the ``limit``-th of the work's own workers, or the attempts ran out."""
+    return (crashed and row.crashes + 1 >= limit) or row.attempt + 1 >= MAX_ATTEMPTS_IN_ALL
 
 
 class StopWatch:
@@ -176,18 +181,27 @@ class StopWatch:
         self.superseded = False
 
     def __call__(self) -> bool:
-        if self._seen or self.ctx.stop_requested():
+        if self._seen:
+            return True
+        if self.ctx.stop_requested():
+            # The executor does not say why (a StopStreamProcessor, a deleted or re-created resource, a
+            # shutdown): one look at the row tells whether this worker may still write.
+            self._look()
             self._seen = True
             return True
         now = time.monotonic()
         if now >= self._next_check:
             self._next_check = now + STOP_POLL_SECONDS
-            with self.store.read() as conn:
-                row = conn.execute(
-                    select(self.table.c.status, self.table.c.attempt, self.table.c.incarnation).where(
-                        self.table.c.arn == self.arn
-                    )
-                ).first()
-            self.superseded = row is not None and not self.fence.holds(row)
-            self._seen = row is None or self.superseded or row.status not in self.running_states
+            self._seen = self._look()
         return self._seen
+
+    def _look(self) -> bool:
+        """Read the row: sets ``superseded``; True if this worker should stop."""
+        with self.store.read() as conn:
+            row = conn.execute(
+                select(self.table.c.status, self.table.c.attempt, self.table.c.incarnation).where(
+                    self.table.c.arn == self.arn
+                )
+            ).first()
+        self.superseded = row is not None and not self.fence.holds(row)
+        return row is None or self.superseded or row.status not in self.running_states

@@ -466,12 +466,12 @@ class JobSupervisor:
         store = self.server.store
         with store.read() as conn:
             rows = jobs.active_rows(conn)
-        if not rows:
-            return
         running = set(executor.running())
         mine = {w for w in running if jobs.MARK in w}
         for wid in mine - {work_id(row.arn, Fence.of(row)) for row in rows}:
             executor.request_stop(wid)  # a superseded attempt: its fence keeps it from writing
+        if not rows:
+            return
         slots = self.server.settings.detection_job_slots - len(mine)
         # AWS runs at most 10 jobs of a kind per account at a time; the others wait in SUBMITTED.
         active: dict[tuple[str, str], int] = {}
@@ -505,7 +505,7 @@ class JobSupervisor:
         """Retry the job from the start (True), or fail it after its workers' last crash."""
         store = self.server.store
         if attempts.out_of_retries(row, crashed, MAX_ATTEMPTS):
-            _fail(store, row.arn, f"The job was interrupted {MAX_ATTEMPTS} times (last: {reason}).")
+            _fail(store, row.arn, f"The job was interrupted {row.attempt + 1} times (last: {reason}).")
             return False
         log.warning(
             "entities detection job %s was interrupted (%s); retrying from the start", row.arn, reason

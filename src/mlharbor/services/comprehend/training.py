@@ -271,7 +271,7 @@ class TrainingSupervisor:
         """Retry the training from the start (True), or fail it after its workers' last crash."""
         store = self.server.store
         if attempts.out_of_retries(row, crashed, MAX_ATTEMPTS):
-            _fail(store, row.arn, f"Training was interrupted {MAX_ATTEMPTS} times (last: {reason}).")
+            _fail(store, row.arn, f"Training was interrupted {row.attempt + 1} times (last: {reason}).")
             return False
         log.warning("training of %s was interrupted (%s); retrying from the start", row.arn, reason)
         message = "Training restarted after an interruption"

@@ -104,10 +104,11 @@ class ConnectedHomeSession:
                         first_seen[found.label] = self._detected(frame, found)
                         wanted = wanted - {found.label}
             ctx.heartbeat({"frames": frames, "labels": sorted(first_seen)})
-        if self.stop.superseded:  # re-created, or a newer attempt took over: nothing more to write
-            return {"stopped": True}
         with self.store.read() as conn:
-            status = conn.execute(select(table.c.status).where(table.c.arn == self.row.arn)).scalar()
+            row = conn.execute(select(table).where(table.c.arn == self.row.arn)).first()
+        if self.stop.superseded or (row is not None and not self.fence.holds(row)):
+            return {"stopped": True}  # re-created, or a newer attempt took over: nothing more to write
+        status = row.status if row is not None else None
         if status == "STARTING" and time.monotonic() < (deadline or give_up):
             return {"stopped": True}  # the server is shutting down: the session runs again after it
         if status == "STARTING" and deadline is None:
