@@ -51,6 +51,11 @@ def entities_detection_job(region: str, account_id: str, job_id: str) -> str:
     return str(Arn(PARTITION, "comprehend", region, account_id, f"entities-detection-job/{job_id}"))
 
 
+def video_stream(region: str, account_id: str, name: str, created_ms: int) -> str:
+    """Kinesis Video's stream ARN ends with the creation time in epoch milliseconds."""
+    return str(Arn(PARTITION, "kinesisvideo", region, account_id, f"stream/{name}/{created_ms}"))
+
+
 def named_stream(arn: str) -> tuple[str, str, str] | None:
     """(region, account, NAME) of a Kinesis data stream (``...:kinesis:R:A:stream/NAME``) or Kinesis Video
     stream (``...:kinesisvideo:R:A:stream/NAME/CREATION-TIME``) ARN; None if it names no stream."""

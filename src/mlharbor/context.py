@@ -51,6 +51,7 @@ class Call:
     account_id: str
     region: str
     request_id: str
+    endpoint: str = ""  # the base URL the client reached this server at (http://host:port)
 
     @property
     def store(self) -> Store:

@@ -172,6 +172,31 @@ class ResourceNotFoundException(AwsError):
     pass
 
 
+# --- Kinesis Video Streams (statuses come from the model: ResourceNotFoundException is 404 there) ----------
+class InvalidArgumentException(AwsError):
+    pass
+
+
+class ClientLimitExceededException(AwsError):
+    default_message = "Your request was throttled."
+
+
+class AccountStreamLimitExceededException(AwsError):
+    pass
+
+
+class VersionMismatchException(AwsError):
+    pass
+
+
+class TagsPerResourceExceededLimitException(AwsError):
+    pass
+
+
+class NotAuthorizedException(AwsError):
+    status = 401
+
+
 # --- Comprehend ---------------------------------------------------------------------------------------------
 class BatchSizeLimitExceededException(AwsError):
     pass

@@ -54,6 +54,7 @@ PER_OPERATION = {"json": 110, "cbor": 45}  # requests per operation and wire, sa
 # endpoint or detection job process; an asynchronous delete): only mutations the model forbids.
 REFUSED_ONLY = {
     "rekognition": {"StartStreamProcessor"},
+    "kinesisvideo": set(),
     "comprehend": {
         "CreateEntityRecognizer",
         "StartEntitiesDetectionJob",
@@ -64,12 +65,14 @@ REFUSED_ONLY = {
     },
 }
 TARGET_PREFIX = {"rekognition": "RekognitionService", "comprehend": "Comprehend_20171127"}
+REST_JSON = {"kinesisvideo"}
 ACCOUNT = "000000000000"
 COLLECTION = "fuzz-collection"
 PROCESSOR = "fuzz-processor"
 ROLE = f"arn:aws:iam::{ACCOUNT}:role/fuzz"
 KVS = f"arn:aws:kinesisvideo:{REGION}:{ACCOUNT}:stream/fuzz/1"
 KDS = f"arn:aws:kinesis:{REGION}:{ACCOUNT}:stream/fuzz"
+KVS_STREAM = KVS  # rewritten by _setup to the ARN of the Kinesis Video stream it creates
 RECOGNIZER = f"arn:aws:comprehend:{REGION}:{ACCOUNT}:entity-recognizer/fuzz"
 FACE_ID = "11111111-2222-3333-4444-555555555555"
 # Values the plausible request uses for members of these names (when the member's shape accepts them),
@@ -82,6 +85,7 @@ HINTS: dict[str, dict[str, Any]] = {
         "RoleArn": ROLE,
         "FaceId": FACE_ID,
     },
+    "kinesisvideo": {"StreamName": "fuzz", "StreamARN": KVS_STREAM, "ResourceARN": KVS_STREAM},
     "comprehend": {
         "EntityRecognizerArn": RECOGNIZER,
         "ResourceArn": RECOGNIZER,
@@ -487,6 +491,10 @@ class Wire:
         if cbor:
             path = f"/service/{TARGET_PREFIX[service]}/operation/{operation}"
             headers = {"Content-Type": "application/cbor", "smithy-protocol": "rpc-v2-cbor"}
+        elif service in REST_JSON:  # rest-json: the operation is the model's path
+            model = botocore.session.get_session().get_service_model(service)
+            path = model.operation_model(operation).http["requestUri"]
+            headers = {"Content-Type": "application/json"}
         else:
             path = "/"
             headers = {
@@ -613,7 +621,7 @@ BASES: dict[tuple[str, str], dict[str, Any]] = {
     },
 }
 # Deletes last (in this order), so the resources the other operations refer to exist while they run.
-LAST = ("DeleteFaces", "DeleteCollection", "DeleteStreamProcessor", "DeleteEntityRecognizer")
+LAST = ("DeleteFaces", "DeleteCollection", "DeleteStreamProcessor", "DeleteEntityRecognizer", "DeleteStream")
 
 
 def operations(service: str) -> list[str]:
@@ -646,6 +654,9 @@ def _setup(server: RunningServer) -> None:
     """The resources the plausible requests name. The recognizer's training is stopped at once and the
     fuzz waits until it has stopped, so no worker writes while fingerprints are compared."""
     rekognition, comprehend = server.client("rekognition"), server.client("comprehend")
+    HINTS["kinesisvideo"]["StreamARN"] = HINTS["kinesisvideo"]["ResourceARN"] = server.client(
+        "kinesisvideo"
+    ).create_stream(StreamName="fuzz")["StreamARN"]
     rekognition.create_collection(CollectionId=COLLECTION)
     rekognition.create_stream_processor(**BASES[("rekognition", "CreateStreamProcessor")])
     arn = comprehend.create_entity_recognizer(
@@ -676,7 +687,7 @@ def test_fuzzed_requests_never_fail_the_server_nor_change_state(make_server):
     fuzzer = Fuzzer(Wire(server.url), fingerprint)
     started = time.monotonic()
     try:
-        for service in ("rekognition", "comprehend"):
+        for service in ("rekognition", "kinesisvideo", "comprehend"):
             for operation in operations(service):
                 for cbor in (False, True) if service == "comprehend" else (False,):
                     fuzzer.run(requests_for(service, operation, cbor, rng))

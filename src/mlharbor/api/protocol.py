@@ -1,5 +1,6 @@
-"""The front door: awsJson 1.1 (POST / + X-Amz-Target) and Smithy RPC v2 CBOR
-(POST /service/<Service>/operation/<Op>, which Comprehend's model lists first).
+"""The front door: awsJson 1.1 (POST / + X-Amz-Target), Smithy RPC v2 CBOR
+(POST /service/<Service>/operation/<Op>, which Comprehend's model lists first) and rest-json (the
+operation named by the request's method and path, as the model's ``http`` trait says: Kinesis Video).
 
 Order of checks, as AWS does: load shedding, body size, signature, operation, account rate,
 decoding, model validation, then the handler. Whatever fails, nothing has been changed.
@@ -32,7 +33,7 @@ from starlette.concurrency import run_in_threadpool
 from mlharbor import errors
 from mlharbor.api.auth import Authenticator
 from mlharbor.api.metrics import Metrics
-from mlharbor.api.services import Service, is_blocking
+from mlharbor.api.services import Service, is_blocking, rest_routes
 from mlharbor.api.shapes import Wire, parse_input, serialize_output
 from mlharbor.api.throttle import Receiving, Throttle, Upload
 from mlharbor.context import Call, Server
@@ -44,6 +45,7 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 JSON_CONTENT_TYPE = b"application/x-amz-json-1.1"
+REST_JSON_CONTENT_TYPE = b"application/json"
 CBOR_CONTENT_TYPE = b"application/cbor"
 
 
@@ -56,6 +58,7 @@ class Route:
     wire: Wire
     prefix: str | None
     operation: str | None
+    rest: bool = False  # rest-json: JSON bodies, errors with the model's HTTP status
 
 
 @dataclass(slots=True)
@@ -65,7 +68,12 @@ class Reply:
     headers: list[tuple[bytes, bytes]]
 
 
-def route_of(path: str, headers: dict[str, list[str]]) -> Route:
+def route_of(
+    method: str, path: str, headers: dict[str, list[str]], rest: dict[tuple[str, str], tuple[str, str]]
+) -> Route:
+    if "x-amz-target" not in headers and (method, path) in rest:
+        key, operation = rest[(method, path)]
+        return Route(Wire.JSON, key, operation, rest=True)
     if path.startswith("/service/"):
         # /service/<ServiceName>/operation/<OperationName>
         parts = path.split("/")
@@ -94,13 +102,14 @@ class Gateway:
         self.receiving = receiving
         self.metrics = metrics
         self.max_body = server.settings.max_body_bytes
+        self.rest = rest_routes(services)
         metrics.receiving.set_function(lambda: receiving.count)  # read at scrape time: free per request
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         request_id = str(uuid.uuid4())
         headers = _header_lists(scope)
-        route = route_of(scope["path"], headers)
+        route = route_of(scope["method"], scope["path"], headers, self.rest)
         service = self.services.get(route.prefix or "")
         operation = route.operation if service and route.operation in service.operations else None
         entered = body_read = False
@@ -179,7 +188,10 @@ class Gateway:
             raise errors.NotImplementedException(
                 f"MLHarbor does not implement {service.model.metadata['serviceId']} {operation} yet"
             )
-        call = Call(self.server, service.name, operation, identity.account_id, identity.region, request_id)
+        call = Call(
+            self.server, service.name, operation, identity.account_id, identity.region, request_id,
+            _endpoint(scope, headers),
+        )  # fmt: skip
         if is_blocking(handler):
             result = await run_in_threadpool(handler, call, params)
         else:
@@ -187,7 +199,7 @@ class Gateway:
             if inspect.isawaitable(result):  # a handler that waits on other processes (DetectEntities)
                 result = await result
         payload = serialize_output(op_model.output_shape, result, route.wire)
-        return _encode(200, payload, route.wire, request_id)
+        return _encode(200, payload, route.wire, request_id, rest=route.rest)
 
     async def _read_body(self, receive: Receive, headers: dict[str, list[str]]) -> bytes:
         declared = headers.get("content-length", [""])[0]
@@ -235,7 +247,11 @@ class Gateway:
                 body["Logref"] = request_id
             body["Message"] = exc.message
         body.update({k: v for k, v in exc.fields.items() if v is not None})
-        reply = _encode(exc.status, body, wire if service is not None else Wire.JSON, request_id)
+        rest = service is not None and service.is_rest
+        # rest-json: the status the model gives the code (ResourceNotFoundException is 404 there). The awsJson
+        # services keep errors.py's (their Coral front ends answer 400 whatever newer models say).
+        status = service.error_statuses.get(code, exc.status) if rest and service else exc.status
+        reply = _encode(status, body, wire if service is not None else Wire.JSON, request_id, rest=rest)
         reply.headers.append((b"x-amzn-errortype", code.encode()))
         return reply
 
@@ -272,7 +288,16 @@ def _decode(body: bytes, wire: Wire) -> Any:
         ) from None
 
 
-def _encode(status: int, payload: dict[str, Any], wire: Wire, request_id: str) -> Reply:
+def _endpoint(scope: Scope, headers: dict[str, list[str]]) -> str:
+    """The base URL the client reached: its Host header (what it can reach again), else the socket."""
+    host = headers.get("host", [""])[0]
+    if not host and scope.get("server"):
+        address, port = scope["server"][:2]
+        host = f"{address}:{port}"
+    return f"{scope.get('scheme', 'http')}://{host}"
+
+
+def _encode(status: int, payload: dict[str, Any], wire: Wire, request_id: str, rest: bool = False) -> Reply:
     rid = (b"x-amzn-requestid", request_id.encode())
     if wire is Wire.CBOR:
         content = cbor2.dumps(payload, datetime_as_timestamp=True)
@@ -280,4 +305,5 @@ def _encode(status: int, payload: dict[str, Any], wire: Wire, request_id: str) -
             status, content, [(b"content-type", CBOR_CONTENT_TYPE), rid, (b"smithy-protocol", b"rpc-v2-cbor")]
         )
     content = json.dumps(payload, separators=(",", ":")).encode()
-    return Reply(status, content, [(b"content-type", JSON_CONTENT_TYPE), rid])
+    content_type = REST_JSON_CONTENT_TYPE if rest else JSON_CONTENT_TYPE
+    return Reply(status, content, [(b"content-type", content_type), rid])

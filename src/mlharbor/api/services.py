@@ -1,4 +1,4 @@
-"""The two services MLHarbor speaks: their botocore models, handlers and error dialects."""
+"""The services MLHarbor speaks: their botocore models, handlers and error dialects."""
 
 from __future__ import annotations
 
@@ -81,6 +81,16 @@ COMPREHEND_DIALECT = Dialect(
 )
 
 
+KINESIS_VIDEO_DIALECT = Dialect(
+    validation=lambda v: errors.InvalidArgumentException(str(v)),
+    bad_token=errors.InvalidArgumentException,
+    throttled=errors.ClientLimitExceededException,
+    overloaded=errors.ClientLimitExceededException,
+    internal=errors.InternalServerException,
+    code_and_logref=False,
+)
+
+
 @dataclass(frozen=True)
 class Service:
     name: str  # botocore service name, e.g. "rekognition"
@@ -92,8 +102,32 @@ class Service:
         return botocore.session.get_session().get_service_model(self.name)
 
     @cached_property
+    def is_rest(self) -> bool:
+        return self.model.metadata["protocol"] == "rest-json"
+
+    @cached_property
+    def key(self) -> str:
+        """How requests name the service: the X-Amz-Target prefix, or (rest-json) the service name."""
+        return self.name if self.is_rest else self.model.metadata["targetPrefix"]
+
+    @cached_property
     def target_prefix(self) -> str:
         return self.model.metadata["targetPrefix"]
+
+    @cached_property
+    def rest_routes(self) -> dict[tuple[str, str], str]:
+        """(method, path) -> operation, for a rest-json service whose operations have fixed paths."""
+        return {(op.http["method"], op.http["requestUri"]): name for name, op in self.operations.items()}
+
+    @cached_property
+    def error_statuses(self) -> dict[str, int]:
+        """The HTTP status the model gives each of the service's error codes (rest-json relies on it)."""
+        return {
+            shape.name: shape.metadata["error"]["httpStatusCode"]
+            for op in self.operations.values()
+            for shape in op.error_shapes
+            if "httpStatusCode" in shape.metadata.get("error", {})
+        }
 
     @cached_property
     def signing_name(self) -> str:
@@ -111,14 +145,28 @@ class Service:
 def build_services() -> dict[str, Service]:
     """Target prefix -> service. Imported late so handlers can import shared modules freely."""
     from mlharbor.services.comprehend.operations import OPERATIONS as COMPREHEND_OPERATIONS
+    from mlharbor.services.kinesisvideo.operations import OPERATIONS as KINESIS_VIDEO_OPERATIONS
     from mlharbor.services.rekognition.operations import OPERATIONS as REKOGNITION_OPERATIONS
 
     services = [
         Service("rekognition", REKOGNITION_DIALECT, REKOGNITION_OPERATIONS),
         Service("comprehend", COMPREHEND_DIALECT, COMPREHEND_OPERATIONS),
+        Service("kinesisvideo", KINESIS_VIDEO_DIALECT, KINESIS_VIDEO_OPERATIONS),
     ]
     for service in services:
         # Load models and resolve every shape now, before the port opens, so no request pays for it.
         for op in service.operations.values():
             _ = op.input_shape, op.output_shape, op.error_shapes
-    return {s.target_prefix: s for s in services}
+    return {s.key: s for s in services}
+
+
+def rest_routes(services: dict[str, Service]) -> dict[tuple[str, str], tuple[str, str]]:
+    """(method, path) -> (service key, operation) over every rest-json service."""
+    routes: dict[tuple[str, str], tuple[str, str]] = {}
+    for service in services.values():
+        if service.is_rest:
+            for route, operation in service.rest_routes.items():
+                if route in routes:
+                    raise ValueError(f"{route} is served by two services")
+                routes[route] = (service.key, operation)
+    return routes

@@ -194,3 +194,22 @@ faces = Table(
     # Never reuse a seq (SQLite would hand out a deleted maximum again): indexes rely on seqs only growing.
     sqlite_autoincrement=True,
 )
+
+video_streams = Table(
+    "video_streams",
+    metadata,
+    Column("arn", String(1024), primary_key=True),
+    Column("account_id", String(12), nullable=False),
+    Column("region", String(32), nullable=False),
+    Column("name", String(256), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("version", Integer, nullable=False, default=0),  # compare-and-set counter
+    Column("stream_version", String(64), nullable=False),  # Kinesis Video's Version: new on every update
+    Column("incarnation", String(32), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("device_name", String(128)),
+    Column("media_type", String(128)),
+    Column("kms_key_id", String(2048)),
+    Column("retention_hours", Integer, nullable=False, default=0),
+    UniqueConstraint("account_id", "region", "name", name="uq_video_stream_name"),
+)
