@@ -179,15 +179,19 @@ def test_body_past_its_deadline_gets_400_request_timeout(server, every, earliest
     assert earliest - 0.1 <= trickler.ended - trickler.started < latest
 
 
+def wait_full(server: RunningServer) -> None:
+    wait_until(
+        lambda: gauge(server, "mlharbor_requests_receiving") >= MAX_RECEIVING,
+        timeout=BODY_TIMEOUT_S / 3,
+        what="a full receiving budget",
+    )
+
+
 def test_when_the_receiving_budget_is_full_the_slowest_upload_is_cut(server):
     rekognition = server.client("rekognition")
     tricklers = [Trickler(port_of(server), TRICKLE_EVERY_S) for _ in range(MAX_RECEIVING)]
     try:
-        wait_until(
-            lambda: gauge(server, "mlharbor_requests_receiving") >= MAX_RECEIVING,
-            timeout=BODY_TIMEOUT_S / 3,
-            what="a full receiving budget",
-        )
+        wait_full(server)
         tricklers.append(Trickler(port_of(server), TRICKLE_EVERY_S))
         oldest = tricklers[0]
         drive(tricklers, time.monotonic() + BODY_TIMEOUT_S / 3, until=oldest)
@@ -209,11 +213,7 @@ def test_a_full_budget_cuts_the_slowest_upload_not_a_large_one_arriving_fast(ser
     tricklers = [Trickler(port_of(server), TRICKLE_EVERY_S) for _ in range(MAX_RECEIVING - 1)]
     everyone = [fast, *tricklers]
     try:
-        wait_until(
-            lambda: gauge(server, "mlharbor_requests_receiving") >= MAX_RECEIVING,
-            timeout=BODY_TIMEOUT_S / 3,
-            what="a full receiving budget",
-        )
+        wait_full(server)
         everyone.append(Trickler(port_of(server), TRICKLE_EVERY_S))
         drive(everyone, time.monotonic() + BODY_TIMEOUT_S / 3, until=tricklers[0])
         assert fast.ended is None and not fast.response  # the large upload goes on
