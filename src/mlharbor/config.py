@@ -89,6 +89,27 @@ class Settings(BaseSettings):
     models_bucket: str = Field(
         default="mlharbor-models", description="object-store bucket for model artifacts"
     )
+    video_bucket: str = Field(
+        default="mlharbor-video", description="object-store bucket for Kinesis Video fragments"
+    )
+    video_idle_ack_seconds: float = Field(
+        default=3.0, gt=0, description="PutMedia sends an IDLE ACK after this long without data"
+    )
+    video_idle_close_seconds: float = Field(
+        default=30.0, gt=0, description="PutMedia ends a request that sent no data for this long (AWS: 30 s)"
+    )
+    video_max_connection_seconds: float = Field(
+        default=40 * 60.0,
+        gt=0,
+        description="PutMedia ends a connection open this long with ERROR 4003 (the producer SDK reconnects "
+        "after 40 minutes anyway)",
+    )
+    video_get_media_idle_seconds: float = Field(
+        default=3.0,
+        gt=0,
+        description="a GetMedia reader that has caught up and gets no new data for this long is answered to "
+        "the end (it resumes with its continuation token)",
+    )
     inference_unit_limits: bool = Field(
         default=True,
         description="enforce AWS's endpoint throughput per inference unit (100 characters/s and 2 "

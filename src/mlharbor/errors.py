@@ -197,6 +197,30 @@ class NotAuthorizedException(AwsError):
     status = 401
 
 
+class ConnectionLimitExceededException(AwsError):
+    pass
+
+
+class NoDataRetentionException(AwsError):
+    default_message = "The stream has no data retention: it keeps no archive to read."
+
+
+class UnsupportedStreamMediaTypeException(AwsError):
+    pass
+
+
+class MissingCodecPrivateDataException(AwsError):
+    pass
+
+
+class InvalidCodecPrivateDataException(AwsError):
+    pass
+
+
+class InvalidMediaFrameException(AwsError):
+    pass
+
+
 # --- Comprehend ---------------------------------------------------------------------------------------------
 class BatchSizeLimitExceededException(AwsError):
     pass

@@ -23,7 +23,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +66,7 @@ class Reply:
     status: int
     body: bytes
     headers: list[tuple[bytes, bytes]]
+    stream: AsyncIterator[bytes] | None = None  # a streaming payload (GetMedia): sent chunk by chunk
 
 
 def route_of(
@@ -111,6 +112,9 @@ class Gateway:
         headers = _header_lists(scope)
         route = route_of(scope["method"], scope["path"], headers, self.rest)
         service = self.services.get(route.prefix or "")
+        if service is not None and route.rest and scope["path"] in service.raw and scope["method"] == "POST":
+            await self._raw(scope, receive, send, headers, request_id, service, started)
+            return
         operation = route.operation if service and route.operation in service.operations else None
         entered = body_read = False
         try:
@@ -141,9 +145,13 @@ class Gateway:
             # Answered before its body was read (shed, too large, timed out): what is left of the body may
             # never come, and the server would go on reading it outside every budget. Answer and close.
             reply.headers.append((b"connection", b"close"))
-        reply.headers.append((b"content-length", str(len(reply.body)).encode()))
+        if reply.stream is None:
+            reply.headers.append((b"content-length", str(len(reply.body)).encode()))
         await send({"type": "http.response.start", "status": reply.status, "headers": reply.headers})
-        await send({"type": "http.response.body", "body": reply.body})
+        if reply.stream is None:
+            await send({"type": "http.response.body", "body": reply.body})
+        else:
+            await _stream(reply.stream, send, receive)
         self.metrics.observe(
             service.name if service else "unknown",
             operation or "unknown",
@@ -198,8 +206,72 @@ class Gateway:
             result = handler(call, params)
             if inspect.isawaitable(result):  # a handler that waits on other processes (DetectEntities)
                 result = await result
-        payload = serialize_output(op_model.output_shape, result, route.wire)
+        output = op_model.output_shape
+        if route.rest and output is not None and "payload" in output.serialization:
+            return _payload_reply(output, result or {}, request_id)
+        payload = serialize_output(output, result, route.wire)
         return _encode(200, payload, route.wire, request_id, rest=route.rest)
+
+    async def _raw(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        headers: dict[str, list[str]],
+        request_id: str,
+        service: Service,
+        started: float,
+    ) -> None:
+        """An operation that streams both ways (PutMedia): signed as if its body were empty, as AWS's
+        streaming APIs are; the handler reads the body and writes its own response."""
+        operation, handler = service.raw[scope["path"]]
+        responded = False
+        status = 200
+
+        async def tracked(message: MutableMapping[str, Any]) -> None:
+            nonlocal responded, status
+            if message["type"] == "http.response.start":
+                responded, status = True, message["status"]
+            await send(message)
+
+        try:
+            self.throttle.check()
+            raw_path = scope.get("raw_path")
+            identity = self.authenticator.verify(
+                method="POST",
+                path=raw_path.decode("latin-1").split("?", 1)[0] if raw_path else scope["path"],
+                query=scope.get("query_string", b"").decode("latin-1"),
+                headers=headers,
+                body=b"",
+                service=service.signing_name,
+            )
+            self.throttle.admit(identity.account_id, service.name, operation)
+            call = Call(
+                self.server, service.name, operation, identity.account_id, identity.region, request_id,
+                _endpoint(scope, headers),
+            )  # fmt: skip
+            await handler(call, headers, receive, tracked)
+            reply = None
+        except errors.AwsError as exc:
+            reply = self._error(exc, request_id, service, Wire.JSON)
+        except errors.Neutral as exc:
+            reply = self._error(_translate(service, exc), request_id, service, Wire.JSON)
+        except Exception:
+            log.exception("unhandled error in %s.%s request_id=%s", service.name, operation, request_id)
+            reply = self._error(service.dialect.internal(), request_id, service, Wire.JSON)
+        if reply is not None:
+            if responded:
+                log.error("%s.%s failed after its response started: request_id=%s", service.name, operation,
+                          request_id)  # fmt: skip
+            else:
+                status = reply.status
+                reply.headers += [
+                    (b"connection", b"close"),
+                    (b"content-length", str(len(reply.body)).encode()),
+                ]
+                await send({"type": "http.response.start", "status": reply.status, "headers": reply.headers})
+                await send({"type": "http.response.body", "body": reply.body})
+        self.metrics.observe(service.name, operation, status, time.perf_counter() - started)
 
     async def _read_body(self, receive: Receive, headers: dict[str, list[str]]) -> bytes:
         declared = headers.get("content-length", [""])[0]
@@ -254,6 +326,38 @@ class Gateway:
         reply = _encode(status, body, wire if service is not None else Wire.JSON, request_id, rest=rest)
         reply.headers.append((b"x-amzn-errortype", code.encode()))
         return reply
+
+
+def _payload_reply(output: Any, result: dict[str, Any], request_id: str) -> Reply:
+    """rest-json output whose body is one member (GetMedia's video): the others travel as headers."""
+    headers = [(b"x-amzn-requestid", request_id.encode())]
+    for name, member in output.members.items():
+        location_name = member.serialization.get("name", name)
+        if member.serialization.get("location") == "header" and result.get(name) is not None:
+            headers.append((location_name.lower().encode(), str(result[name]).encode("latin-1")))
+    body = result.get(output.serialization["payload"], b"")
+    if isinstance(body, bytes):
+        return Reply(200, body, headers)
+    return Reply(200, b"", headers, stream=body)
+
+
+async def _stream(chunks: AsyncIterator[bytes], send: Send, receive: Receive) -> None:
+    """Send a streaming payload until it ends or the reader goes away. uvicorn drops what is sent after a
+    disconnect without a word, so the disconnect is watched for; a payload that waits for data (a live
+    GetMedia) yields empty chunks now and then to be told."""
+    gone = asyncio.ensure_future(receive())  # the body was read: the next message is the disconnect
+    try:
+        async for chunk in chunks:
+            if gone.done():
+                return
+            if chunk:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    finally:
+        gone.cancel()
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 def _translate(service: Service | None, exc: errors.Neutral) -> errors.AwsError:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -14,6 +14,10 @@ from mlharbor import errors
 from mlharbor.context import Call
 
 Handler = Callable[[Call, dict[str, Any]], Any]  # returns the output dict (or None), or awaits it
+# An operation that is not in the model and talks ASGI itself (PutMedia: the body streams in while its
+# answer streams out). It gets the authenticated call and the request's headers, and raises AwsError
+# only before it has started its response.
+RawHandler = Callable[[Call, dict[str, list[str]], Any, Any], Awaitable[None]]
 
 
 def blocking(handler: Handler) -> Handler:
@@ -96,6 +100,8 @@ class Service:
     name: str  # botocore service name, e.g. "rekognition"
     dialect: Dialect
     handlers: Mapping[str, Handler]
+    # path -> (operation name, handler) for operations the model does not describe (always POST)
+    raw: Mapping[str, tuple[str, RawHandler]] = field(default_factory=dict)
 
     @cached_property
     def model(self) -> ServiceModel:
@@ -145,13 +151,23 @@ class Service:
 def build_services() -> dict[str, Service]:
     """Target prefix -> service. Imported late so handlers can import shared modules freely."""
     from mlharbor.services.comprehend.operations import OPERATIONS as COMPREHEND_OPERATIONS
+    from mlharbor.services.kinesisvideo.archive import OPERATIONS as ARCHIVED_MEDIA_OPERATIONS
+    from mlharbor.services.kinesisvideo.ingest import put_media
+    from mlharbor.services.kinesisvideo.media import OPERATIONS as MEDIA_OPERATIONS
     from mlharbor.services.kinesisvideo.operations import OPERATIONS as KINESIS_VIDEO_OPERATIONS
     from mlharbor.services.rekognition.operations import OPERATIONS as REKOGNITION_OPERATIONS
 
     services = [
         Service("rekognition", REKOGNITION_DIALECT, REKOGNITION_OPERATIONS),
         Service("comprehend", COMPREHEND_DIALECT, COMPREHEND_OPERATIONS),
-        Service("kinesisvideo", KINESIS_VIDEO_DIALECT, KINESIS_VIDEO_OPERATIONS),
+        Service(
+            "kinesisvideo",
+            KINESIS_VIDEO_DIALECT,
+            KINESIS_VIDEO_OPERATIONS,
+            raw={"/putMedia": ("PutMedia", put_media)},
+        ),
+        Service("kinesis-video-media", KINESIS_VIDEO_DIALECT, MEDIA_OPERATIONS),
+        Service("kinesis-video-archived-media", KINESIS_VIDEO_DIALECT, ARCHIVED_MEDIA_OPERATIONS),
     ]
     for service in services:
         # Load models and resolve every shape now, before the port opens, so no request pays for it.
@@ -161,11 +177,12 @@ def build_services() -> dict[str, Service]:
 
 
 def rest_routes(services: dict[str, Service]) -> dict[tuple[str, str], tuple[str, str]]:
-    """(method, path) -> (service key, operation) over every rest-json service."""
+    """(method, path) -> (service key, operation) over every rest-json service, raw operations included."""
     routes: dict[tuple[str, str], tuple[str, str]] = {}
     for service in services.values():
         if service.is_rest:
-            for route, operation in service.rest_routes.items():
+            raw = {("POST", path): operation for path, (operation, _) in service.raw.items()}
+            for route, operation in {**service.rest_routes, **raw}.items():
                 if route in routes:
                     raise ValueError(f"{route} is served by two services")
                 routes[route] = (service.key, operation)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     Float,
     Index,
@@ -212,4 +213,27 @@ video_streams = Table(
     Column("kms_key_id", String(2048)),
     Column("retention_hours", Integer, nullable=False, default=0),
     UniqueConstraint("account_id", "region", "name", name="uq_video_stream_name"),
+)
+
+
+# Kinesis Video fragments: one Cluster each, stored as a whole MKV document (header + Cluster) in the object
+# store. Fragment numbers are 47-digit decimal strings, so string order is number order.
+video_fragments = Table(
+    "video_fragments",
+    metadata,
+    Column("stream_arn", String(1024), primary_key=True),
+    Column("fragment_number", String(64), primary_key=True),
+    Column("producer_ts", Float, nullable=False),
+    Column("server_ts", Float, nullable=False),
+    Column("fragment_timecode", BigInteger, nullable=False),  # the Cluster's Timecode, as it was sent
+    Column("duration_ms", Integer, nullable=False),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("header_len", Integer, nullable=False),  # the object's bytes before the Cluster
+    Column("frames", Integer, nullable=False),
+    Column("blob_uri", String(2048), nullable=False),
+    Column("persisted", Boolean, nullable=False),  # False: retention 0, kept only for live readers
+    Column("expires_at", Float, nullable=False),
+    Index("ix_video_fragments_producer", "stream_arn", "producer_ts"),
+    Index("ix_video_fragments_server", "stream_arn", "server_ts"),
+    Index("ix_video_fragments_expiry", "expires_at"),
 )

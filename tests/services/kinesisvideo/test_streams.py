@@ -129,7 +129,10 @@ def test_bad_input_gets_aws_codes_and_changes_nothing(server, kvs):
     assert error(kvs.describe_stream, StreamName=name)[1] == "ResourceNotFoundException"
     # The raw wire: rest-json errors carry the code in x-amzn-ErrorType and a JSON body.
     response = signed_post(
-        server.url, service="kinesisvideo", path="/describeStream", body={"StreamName": unique("nope")},
+        server.url,
+        service="kinesisvideo",
+        path="/describeStream",
+        body={"StreamName": unique("nope")},
         headers={"Content-Type": "application/json"},
     )
     assert response.status_code == 404

@@ -111,8 +111,9 @@ def test_a_burst_of_concurrent_calls_leaves_one_session_writing(racing, moto_end
     elapsed = time.monotonic() - started
     # One session analyses 5 frames/s and puts one record per frame: several writers would add up.
     assert 2.0 * elapsed <= len(new) <= 6.5 * elapsed, (len(new), elapsed)
-    fragments = [int(r["InputInformation"]["KinesisVideo"]["FragmentNumber"])
-                 for _, r in records.items[mark:]]
+    fragments = [
+        int(r["InputInformation"]["KinesisVideo"]["FragmentNumber"]) for _, r in records.items[mark:]
+    ]
     assert fragments == sorted(fragments), "fragment numbers went backwards: two sessions wrote"
     assert len(spawned(racing.process.pid)) == 1
     assert status(rek, name) == "RUNNING"  # nothing of an earlier session stopped it

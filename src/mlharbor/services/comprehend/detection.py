@@ -376,9 +376,7 @@ class _Progress:
         with self.store.begin() as conn:
             conn.execute(
                 update(table)
-                .where(
-                    table.c.arn == self.arn, table.c.status == "IN_PROGRESS", self.fence.clause(table)
-                )
+                .where(table.c.arn == self.arn, table.c.status == "IN_PROGRESS", self.fence.clause(table))
                 .values(message=f"Processed {documents} document(s)")
             )
 

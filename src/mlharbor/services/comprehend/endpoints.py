@@ -197,9 +197,7 @@ class EndpointSupervisor:
 
     def _ensure(self, row: Row[Any], generation: int, units: int, artifact: str) -> set[str]:
         """Start the generation's workers that are not running; return their ids."""
-        ids = {
-            worker_id(row, generation, unit) for unit in range(workers_for(self.server.settings, units))
-        }
+        ids = {worker_id(row, generation, unit) for unit in range(workers_for(self.server.settings, units))}
         executor = self.server.executor
         for work_id in sorted(ids):
             status = executor.status(work_id)
@@ -212,9 +210,7 @@ class EndpointSupervisor:
     def _deploy(self, row: Row[Any], generation: int, units: int) -> set[str]:
         executor = self.server.executor
         artifact = _artifact(self.server, row.desired_model_arn)
-        ids = [
-            worker_id(row, generation, unit) for unit in range(workers_for(self.server.settings, units))
-        ]
+        ids = [worker_id(row, generation, unit) for unit in range(workers_for(self.server.settings, units))]
         failure = None if artifact else "the model's artifact is missing"
         statuses: list[WorkStatus | None] = [executor.status(w) for w in ids]
         for status in statuses:

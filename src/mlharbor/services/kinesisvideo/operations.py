@@ -44,9 +44,7 @@ def create_stream(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     name = params["StreamName"]
     retention = params.get("DataRetentionInHours", 0)
     if retention > streams.MAX_RETENTION_HOURS:
-        raise InvalidArgumentException(
-            f"DataRetentionInHours must be at most {streams.MAX_RETENTION_HOURS}."
-        )
+        raise InvalidArgumentException(f"DataRetentionInHours must be at most {streams.MAX_RETENTION_HOURS}.")
     new_tags = params.get("Tags", {})
     _check_tags(len(new_tags))
     now = time.time()

@@ -39,6 +39,10 @@ def find(conn: Connection, account_id: str, region: str, params: dict[str, Any])
     return row
 
 
+def exists(conn: Connection, arn: str) -> bool:
+    return conn.execute(select(table.c.arn).where(table.c.arn == arn)).first() is not None
+
+
 def count(conn: Connection, account_id: str, region: str) -> int:
     return conn.execute(_COUNT, {"account_id": account_id, "region": region}).scalar_one()
 
