@@ -29,6 +29,8 @@ from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials
 
+from mlharbor.services.kinesisvideo.puller import PROCESS_NAME as PULLER_PROCESS_NAME
+
 REGION = "us-east-1"
 PG_ADMIN_URL = os.environ.get("MLHARBOR_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -195,16 +197,20 @@ def model(service: str):  # type: ignore[no-untyped-def]
     return botocore.session.get_session().get_service_model(service)
 
 
-def worker_pids(server_pid: int) -> list[int]:
-    """The server's spawned worker processes (children whose command line is multiprocessing's spawn)."""
+def worker_pids(server_pid: int, *, pullers: bool = False) -> list[int]:
+    """The server's spawned worker processes (children whose command line is multiprocessing's spawn), but
+    its built-in Kinesis Video producers (the ``--video-stream`` pullers, which name their process
+    ``mlharbor-pull`` as they start); with ``pullers``, only those."""
     pids = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            text = stat.read_text()
+            ppid = int(text.rsplit(")", 1)[1].split()[1])
+            name = text[text.index("(") + 1 : text.rindex(")")]
             cmdline = (stat.parent / "cmdline").read_bytes()
         except (OSError, ValueError, IndexError):
             continue
-        if ppid == server_pid and b"spawn_main" in cmdline:
+        if ppid == server_pid and b"spawn_main" in cmdline and (name == PULLER_PROCESS_NAME) == pullers:
             pids.append(int(stat.parent.name))
     return pids
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from types import SimpleNamespace
 
 from starlette.applications import Starlette
@@ -16,7 +17,7 @@ from mlharbor.api.pagination import Pager
 from mlharbor.api.protocol import Gateway, Receive, Scope, Send
 from mlharbor.api.services import build_services
 from mlharbor.api.throttle import Receiving, Throttle
-from mlharbor.blobs.store import open_blob_store
+from mlharbor.blobs.store import BlobStore, open_blob_store
 from mlharbor.config import Settings
 from mlharbor.context import Server
 from mlharbor.runtime import LocalExecutor
@@ -24,6 +25,8 @@ from mlharbor.runtime.reconciler import Reconciler
 from mlharbor.services.comprehend.detection import JobSupervisor
 from mlharbor.services.comprehend.endpoints import EndpointSupervisor
 from mlharbor.services.comprehend.training import TrainingSupervisor
+from mlharbor.services.kinesisvideo.puller import PullSupervisor
+from mlharbor.services.kinesisvideo.retention import RetentionPass
 from mlharbor.services.rekognition.collections import Indexes
 from mlharbor.services.rekognition.streaming import StreamSupervisor
 from mlharbor.store.db import Store
@@ -36,6 +39,7 @@ def build_server(settings: Settings) -> Server:
     store.migrate()
     pager = Pager(store.server_secret("pagination"))
     blobs = open_blob_store(settings.object_store, settings.data_dir)
+    _ensure_buckets(blobs, settings)
     reconciler = Reconciler()
     # Worker processes are spawned only when work is submitted; building the executor is cheap.
     # A finished worker wakes the reconciler, which records or repairs the outcome.
@@ -54,7 +58,26 @@ def build_server(settings: Settings) -> Server:
     reconciler.register("entity recognizer training", TrainingSupervisor(server).reconcile)
     reconciler.register("entity recognizer endpoints", EndpointSupervisor(server).reconcile)
     reconciler.register("entities detection jobs", JobSupervisor(server).reconcile)
+    # The built-in Kinesis Video producer: --video-stream NAME=URL is pulled into the stream NAME.
+    pullers = PullSupervisor(server)
+    reconciler.register("video stream pullers", pullers.reconcile)
+    server.shutdown_hooks.append(pullers.stop)
+    reconciler.register("video fragment retention", RetentionPass(server).reconcile)
     return server
+
+
+def _ensure_buckets(blobs: BlobStore, settings: Settings) -> None:
+    """MLHarbor's own buckets exist before anything is stored in them. On S3 a name may be taken by another
+    account: then the server still starts, and says which setting to change."""
+    own = {"video_bucket": settings.video_bucket, "models_bucket": settings.models_bucket}
+    for setting, bucket in own.items():
+        try:
+            blobs.ensure_bucket(bucket)
+        except Exception as exc:  # noqa: BLE001 - any failure: the work that needs the bucket reports it
+            logging.getLogger("mlharbor").warning(
+                "cannot create or reach bucket %s (%s): set %s to a bucket MLHarbor may use",
+                bucket, exc, setting,
+            )  # fmt: skip
 
 
 def create_app(settings: Settings, server: Server | None = None) -> Application:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import gc
 import ipaddress
@@ -40,7 +41,8 @@ def _parser() -> argparse.ArgumentParser:
         "--video-stream",
         action="append",
         metavar="NAME=URL",
-        help="a video source for stream processors (repeatable)",
+        help="a camera or video file (path, file://, rtsp://, http://) the server pulls into the Kinesis "
+        "Video stream NAME, for stream processors and any reader (repeatable)",
     )
     serve.add_argument("--log-format", choices=["text", "json"])
     serve.add_argument(
@@ -81,7 +83,15 @@ class _AnnouncingServer(uvicorn.Server):
             return
         host, port = self.servers[0].sockets[0].getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
+        self.config.app.state.server.start_background(f"http://{shown}:{port}")
         print(f"MLHarbor listening on http://{shown}:{port}", flush=True)
+
+    async def shutdown(self, sockets=None) -> None:  # type: ignore[no-untyped-def]
+        # Work that is a client of this server (the built-in Kinesis Video producers' PutMedia requests)
+        # stops first, while the server still answers it: uvicorn would otherwise wait for those endless
+        # requests until its graceful-shutdown timeout.
+        await asyncio.to_thread(self.config.app.state.server.begin_shutdown)
+        await super().shutdown(sockets=sockets)
 
 
 def _lift_open_files_limit() -> None:
@@ -130,7 +140,6 @@ def serve(settings: Settings) -> int:
         backlog=2048,
     )
     server = _AnnouncingServer(config)
-    app.state.server.start_background()
     try:
         server.run()  # uvicorn picks the loop (uvloop when installed), unlike a bare asyncio.run
     finally:

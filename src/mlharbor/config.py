@@ -65,6 +65,23 @@ class Settings(BaseSettings):
     video_stream: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # The config file's [video_streams] table (NAME = "URL"); --video-stream entries win per name.
     video_stream_table: dict[str, str] = Field(default_factory=dict, validation_alias="video_streams")
+    video_stream_account: str = Field(
+        default=DEFAULT_ACCOUNT,
+        pattern=r"^\d{12}$",
+        description="the account whose Kinesis Video streams the server pulls video streams into (one of its "
+        "keys must be in the credentials file)",
+    )
+    video_stream_region: str = Field(
+        default="us-east-1",
+        description="the region of the Kinesis Video streams the server pulls video streams into",
+    )
+    video_stream_retention_hours: int = Field(
+        default=24,
+        ge=0,
+        le=87_600,
+        description="DataRetentionInHours of a Kinesis Video stream the server creates for a video stream "
+        "(an existing stream keeps its own)",
+    )
     log_format: Literal["text", "json"] = "text"
     insecure_open_bind: bool = False
     object_store: Literal["local", "s3"] = "local"
@@ -103,6 +120,12 @@ class Settings(BaseSettings):
         gt=0,
         description="PutMedia ends a connection open this long with ERROR 4003 (the producer SDK reconnects "
         "after 40 minutes anyway)",
+    )
+    video_live_buffer_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="a stream with DataRetentionInHours 0 keeps fragments this long for live readers (AWS: 5 "
+        "minutes), never archived",
     )
     video_get_media_idle_seconds: float = Field(
         default=3.0,

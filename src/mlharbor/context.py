@@ -28,12 +28,41 @@ class Server:
     extras: dict[str, Any] = field(default_factory=dict)
     # Run at a clean shutdown, before the store closes (e.g. writing in-memory state worth keeping).
     close_hooks: list[Callable[[], None]] = field(default_factory=list)
+    # Run when shutdown begins, while the server still answers requests: stop work that is a client of this
+    # server (the built-in Kinesis Video producers hold PutMedia requests open, which uvicorn's graceful
+    # shutdown would otherwise wait out for its whole timeout). A hook must not raise.
+    shutdown_hooks: list[Callable[[], None]] = field(default_factory=list)
+    # This server's base URL (http://host:port), known once its socket is bound. Workers reach the
+    # companion services here (a stream processor reads Kinesis Video through GetMedia, as Rekognition does).
+    url: str | None = None
 
-    def start_background(self) -> None:
-        """Start reconciling (kept out of construction so in-process tests can build a quiet server)."""
+    def own_endpoint(self, account_id: str) -> dict[str, str]:
+        """How a worker acting for ``account_id`` calls this server: its URL and one of the account's keys."""
+        if self.url is None:
+            raise RuntimeError("the server's URL is not known before its socket is bound")
+        for credential in self.settings.load_credentials().values():
+            if credential.account_id == account_id:
+                return {
+                    "endpoint": self.url,
+                    "access_key": credential.access_key_id,
+                    "secret_key": credential.secret_access_key,
+                }
+        raise LookupError(f"no credential of account {account_id} in the credentials file")
+
+    def start_background(self, url: str | None = None) -> None:
+        """Start reconciling (kept out of construction so in-process tests can build a quiet server). The
+        serving socket is bound by then, so workers started by the first pass can already reach it."""
+        self.url = url or self.url
         self.reconciler.start()
 
+    def begin_shutdown(self) -> None:
+        """Run the shutdown hooks, once (``close`` runs them too if nothing did)."""
+        hooks, self.shutdown_hooks = self.shutdown_hooks, []
+        for hook in hooks:
+            hook()
+
     def close(self) -> None:
+        self.begin_shutdown()
         self.reconciler.stop()
         self.executor.shutdown(timeout=10.0)
         for hook in self.close_hooks:

@@ -47,6 +47,11 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 JSON_CONTENT_TYPE = b"application/x-amz-json-1.1"
 REST_JSON_CONTENT_TYPE = b"application/json"
 CBOR_CONTENT_TYPE = b"application/cbor"
+# Requests the front end cannot authenticate (api/auth.py): 400 on the awsJson services, 403 on rest-json.
+_AUTHENTICATION_FAILURES = frozenset({
+    "MissingAuthenticationTokenException", "UnrecognizedClientException", "InvalidSignatureException",
+    "IncompleteSignatureException",
+})  # fmt: skip
 
 
 class ClientGone(Exception):
@@ -323,6 +328,8 @@ class Gateway:
         # rest-json: the status the model gives the code (ResourceNotFoundException is 404 there). The awsJson
         # services keep errors.py's (their Coral front ends answer 400 whatever newer models say).
         status = service.error_statuses.get(code, exc.status) if rest and service else exc.status
+        if rest and code in _AUTHENTICATION_FAILURES:
+            status = 403  # Kinesis Video answers a bad or missing signature 403 Forbidden (PutMedia included)
         reply = _encode(status, body, wire if service is not None else Wire.JSON, request_id, rest=rest)
         reply.headers.append((b"x-amzn-errortype", code.encode()))
         return reply

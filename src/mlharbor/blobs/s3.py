@@ -51,6 +51,22 @@ class S3BlobStore(BlobStore):
                     self._client = Session().client("s3")
         return self._client
 
+    def ensure_bucket(self, bucket: str) -> None:
+        try:
+            self.client.head_bucket(Bucket=bucket)
+        except ClientError as exc:
+            if not _is_not_found(exc):
+                raise
+            region = self.client.meta.region_name
+            where = {} if region in (None, "us-east-1") else {
+                "CreateBucketConfiguration": {"LocationConstraint": region}
+            }  # fmt: skip
+            try:
+                self.client.create_bucket(Bucket=bucket, **where)
+            except ClientError as created:  # someone else made it meanwhile: as good
+                if created.response.get("Error", {}).get("Code") not in ("BucketAlreadyOwnedByYou",):
+                    raise
+
     # --- reading -------------------------------------------------------------------------------------
     def get(self, uri: S3Uri | str) -> bytes:
         body = self._get_body(uri)

@@ -142,6 +142,11 @@ class BlobStore(ABC):
     def delete(self, uri: S3Uri | str) -> None:
         """Remove the object; a missing object (or bucket) is not an error."""
 
+    def ensure_bucket(self, bucket: str) -> None:
+        """Create ``bucket`` if it does not exist (MLHarbor's own buckets: video fragments, models). The
+        local store makes folders as it writes, so there is nothing to do there."""
+        del bucket
+
     def delete_prefix(self, prefix_uri: S3Uri | str) -> int:
         """Remove every object :meth:`list` returns for the prefix; returns how many."""
         infos = self.list(prefix_uri)

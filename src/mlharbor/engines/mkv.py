@@ -53,7 +53,10 @@ MAX_HEADER_ELEMENT = 1024 * 1024
 
 
 class MkvError(ValueError):
-    """The bytes are not Matroska Kinesis Video can take."""
+    """The bytes are not Matroska Kinesis Video can take. ``events`` (from ``MkvParser.feed``): what the
+    same piece of data completed before the bad bytes (a fragment that ended just before them is whole)."""
+
+    events: list[Event] = []  # (never mutated: feed gives the instance its own list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +97,14 @@ class ClusterEnd:
     raw: bytes  # the whole Cluster, rewritten with its known size
 
 
-Event = Header | ClusterStart | Frame | ClusterEnd
+@dataclass(frozen=True, slots=True)
+class Tags:
+    """A Tags element between Clusters (only with ``MkvParser(tags=True)``): GetMedia's fragment metadata."""
+
+    values: dict[str, str]
+
+
+Event = Header | ClusterStart | Frame | ClusterEnd | Tags
 
 
 def read_vint(
@@ -162,6 +172,21 @@ def _tracks(payload: memoryview) -> dict[int, Track]:
     return tracks
 
 
+def simple_tags(payload: bytes | memoryview) -> dict[str, str]:
+    """TagName -> TagString of every SimpleTag in a Tags element's payload."""
+    values: dict[str, str] = {}
+    for tag_id, tag in children(payload):
+        if tag_id != TAG:
+            continue
+        for simple_id, simple in children(tag):
+            if simple_id == SIMPLE_TAG:
+                parts = dict(children(simple))
+                name, value = parts.get(TAG_NAME), parts.get(TAG_STRING)
+                if name is not None and value is not None:
+                    values[bytes(name).decode("utf-8", "replace")] = bytes(value).decode("utf-8", "replace")
+    return values
+
+
 def _block(raw: memoryview, offset: int) -> tuple[int, int, int, int]:
     """(track, relative timecode, flags, data offset) of a (Simple)Block with its payload at ``offset``."""
     track = read_vint(raw, offset)
@@ -190,6 +215,7 @@ class MkvParser:
     _cluster_left: int | None = None
     _cluster_timecode: int | None = None
     cluster_bytes: int = 0  # bytes of the Cluster being assembled so far
+    tags: bool = False  # emit Tags events (a GetMedia reader wants them; PutMedia ignores the producer's)
     segments: int = 0
 
     @property
@@ -206,6 +232,11 @@ class MkvParser:
                 if step is None:
                     break
                 pos = step
+        except MkvError as exc:
+            # Whatever came before the bad bytes in this piece still counts: without this, a Cluster that
+            # ended whole just before them would be lost with the error.
+            exc.events = events
+            raise
         finally:
             del self._buf[:pos]
         return events
@@ -287,6 +318,8 @@ class MkvParser:
         elif ident == TRACKS:
             self._tracks_raw = bytes(element)
             self._tracks = _tracks(payload)
+        elif ident == TAGS and self.tags:
+            events.append(Tags(simple_tags(payload)))
         # SeekHead, Void, Cues, Tags, Chapters, Attachments: nothing a fragment needs.
         return pos + hlen + size
 

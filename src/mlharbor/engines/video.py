@@ -82,6 +82,16 @@ class Frame:
     stream_seconds: float  # position in the source since open(); increases across loops of a file
     producer_time: float  # epoch seconds the frame was captured (see the module docstring)
     received_time: float  # epoch seconds it was decoded here
+    # Where the frame sits in its Kinesis Video stream (frames read from GetMedia; None for other sources).
+    fragment: FragmentPosition | None = None
+
+
+@dataclass(frozen=True)
+class FragmentPosition:
+    fragment_number: str
+    server_timestamp: float  # epoch seconds the fragment began to arrive at Kinesis Video
+    producer_timestamp: float  # epoch seconds of the fragment's first frame, as the producer stamped it
+    offset: float  # seconds from the fragment's first frame to this one
 
 
 class VideoError(Exception):

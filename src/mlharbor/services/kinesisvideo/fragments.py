@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import Connection, Row, delete, func, insert, select
+from sqlalchemy import Connection, Row, delete, func, insert, select, update
 
 from mlharbor.blobs.store import BlobStore, S3Uri
 from mlharbor.store.tables import video_fragments as table
@@ -25,7 +25,6 @@ from mlharbor.store.tables import video_streams as streams_table
 
 DIGITS = 47
 _BASE = 9 * 10**46
-LIVE_BUFFER_SECONDS = 300.0  # retention 0: AWS keeps fragments for live readers this long, then drops them
 
 TimestampKind = Literal["PRODUCER_TIMESTAMP", "SERVER_TIMESTAMP"]
 
@@ -161,10 +160,18 @@ def in_range(
 
 
 def expired(conn: Connection, now: float, limit: int) -> list[Stored]:
-    """Fragments past their retention, and fragments whose stream is gone."""
-    gone = ~select(streams_table.c.arn).where(streams_table.c.arn == table.c.stream_arn).exists()
-    rows = conn.execute(select(table).where((table.c.expires_at <= now) | gone).limit(limit)).all()
+    """Fragments past their retention (a deleted stream's fragments expire at once)."""
+    rows = conn.execute(select(table).where(table.c.expires_at <= now).limit(limit)).all()
     return [Stored.of(r) for r in rows]
+
+
+def retain(conn: Connection, stream_arn: str, hours: int | None) -> None:
+    """A stream's archived fragments now expire ``hours`` after they arrived (None: at once)."""
+    expires = table.c.server_ts + hours * 3600.0 if hours is not None else 0.0
+    query = update(table).where(table.c.stream_arn == stream_arn)
+    if hours is not None:
+        query = query.where(table.c.persisted.is_(True))
+    conn.execute(query.values(expires_at=expires))
 
 
 def forget(conn: Connection, fragment: Stored) -> None:
@@ -173,3 +180,13 @@ def forget(conn: Connection, fragment: Stored) -> None:
             table.c.stream_arn == fragment.stream_arn, table.c.fragment_number == fragment.fragment_number
         )
     )
+
+
+def starting_between(
+    conn: Connection, stream_arn: str, kind: TimestampKind, start: float, end: float, now: float
+) -> list[Stored]:
+    """Archived fragments whose start time lies in [start, end], by start time (GetImages: the caller
+    starts ``start`` early enough to catch the fragment holding its first instant)."""
+    column = table.c.producer_ts if kind == "PRODUCER_TIMESTAMP" else table.c.server_ts
+    query = _select(stream_arn, now).where(table.c.persisted.is_(True), column >= start, column <= end)
+    return [Stored.of(r) for r in conn.execute(query.order_by(column, table.c.fragment_number)).all()]

@@ -9,7 +9,7 @@ ACK per line while the body is still arriving (full duplex over HTTP/1.1, which 
 - ``PERSISTED`` once it is durable: its object written (fsynced) and its index row committed. A stream
   with DataRetentionInHours 0 keeps fragments only for live readers, and gets no PERSISTED (as AWS),
 - ``ERROR`` with AWS's ErrorId, after which the request ends (fragments already RECEIVED are still stored
-  and ACKed first),
+  and ACKed first: the ERROR goes through the persister's queue, behind them),
 - ``IDLE`` while the connection is open but no data comes; after ``video_idle_close_seconds`` the request
   is ended.
 
@@ -174,8 +174,10 @@ class _Session:
         self.fragment: _Fragment | None = None
         self.previous_end: float | None = None  # producer time of the previous fragment's last frame
         self.acks: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
-        self.to_store: asyncio.Queue[tuple[_Fragment, bytes] | None] = asyncio.Queue()
+        # Complete fragments to store, and an ERROR ACK to send once those before it are stored.
+        self.to_store: asyncio.Queue[tuple[_Fragment, bytes] | dict[str, Any] | None] = asyncio.Queue()
         self.opened = time.monotonic()
+        self.frame_step = 0.0  # seconds between frames, as last measured (see _store)
         self.reader: asyncio.Task[None] | None = None
         self.last_data = self.opened
 
@@ -219,14 +221,12 @@ class _Session:
                 self.last_data = time.monotonic()
                 if self.last_data - self.opened > self.limits.max_connection_seconds:
                     raise IngestError(CONNECTION_TOO_LONG, "The connection has been open too long.")
-                self._handle(self.parser.feed(message.get("body", b"")))
-                if not message.get("more_body", False):
-                    self._handle(self.parser.end())
+                ended = not message.get("more_body", False)
+                self._feed(message.get("body", b""), ended)
+                if ended:
                     break
         except asyncio.CancelledError:
             self._drop()  # idle too long, or the server is stopping
-        except mkv.MkvError as exc:
-            self._error(INVALID_MKV, str(exc))
         except IngestError as exc:
             self._error(exc.error_id, str(exc))
         finally:
@@ -236,6 +236,10 @@ class _Session:
         """Store complete fragments in arrival order; a stream deleted meanwhile ends the request."""
         failed = False
         while (item := await self.to_store.get()) is not None:
+            if isinstance(item, dict):  # the reader's ERROR: every fragment received before it is done
+                if not failed:
+                    self.acks.put_nowait(item)
+                continue
             fragment, data = item
             if failed:
                 self.live.stored(self.arn, fragment.number)
@@ -258,6 +262,18 @@ class _Session:
         self.acks.put_nowait(None)
 
     # --- parsing events -------------------------------------------------------------------------------------
+    def _feed(self, data: bytes, ended: bool) -> None:
+        events: list[mkv.Event] = []
+        try:
+            events = self.parser.feed(data)
+            if ended:
+                events += self.parser.end()
+        except mkv.MkvError as exc:
+            # The fragments completed before the bad bytes are stored (and ACKed) before the ERROR.
+            self._handle(events + exc.events)
+            raise IngestError(INVALID_MKV, str(exc)) from None
+        self._handle(events)
+
     def _handle(self, events: list[mkv.Event]) -> None:
         for event in events:
             if isinstance(event, mkv.Header):
@@ -266,7 +282,7 @@ class _Session:
                 self._on_cluster(event)
             elif isinstance(event, mkv.Frame):
                 self._on_frame(event)
-            else:
+            elif isinstance(event, mkv.ClusterEnd):  # (Tags events are off: a producer's tags are not kept)
                 self._on_cluster_end(event)
         if self.fragment is not None and self.parser.cluster_bytes > MAX_FRAGMENT_BYTES:
             raise IngestError(FRAGMENT_TOO_LARGE, f"A fragment is larger than {MAX_FRAGMENT_BYTES} bytes.")
@@ -338,7 +354,7 @@ class _Session:
         if self.fragment is not None:
             ack.update(FragmentTimecode=self.fragment.timecode, FragmentNumber=self.fragment.number)
         self._drop()
-        self.acks.put_nowait(ack)
+        self.to_store.put_nowait(ack)
 
     def _drop(self) -> None:
         if self.fragment is not None:
@@ -359,9 +375,18 @@ class _Session:
         span = 0.0
         if fragment.last_frame_tc is not None:
             span = self._seconds(fragment.last_frame_tc - fragment.timecode)
-        step = span / (fragment.frames - 1) if fragment.frames > 1 else 0.0
+        # A fragment lasts from its first frame to the end of its last: one frame's duration past the last
+        # timecode (the tracks' DefaultDuration, else the fragment's own frame spacing, else the previous
+        # fragment's: a fragment of one frame has no spacing of its own).
+        tracks = sorted(self.header.tracks.values(), key=lambda t: t.type != 1)  # video tracks first
+        declared = [t.default_duration_ns for t in tracks if t.default_duration_ns]
+        if declared:
+            self.frame_step = declared[0] / 1e9
+        elif fragment.frames > 1:
+            self.frame_step = span / (fragment.frames - 1)
+        step = self.frame_step
         persisted = self.retention_hours > 0
-        keep = self.retention_hours * 3600.0 if persisted else fragments.LIVE_BUFFER_SECONDS
+        keep = self.retention_hours * 3600.0 if persisted else settings.video_live_buffer_seconds
         stored = fragments.Stored(
             stream_arn=self.arn, fragment_number=fragment.number, producer_ts=round(fragment.producer_ts, 3),
             server_ts=round(fragment.server_ts, 3), fragment_timecode=fragment.timecode,

@@ -20,6 +20,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from mlharbor.blobs import BlobNotFound
 from mlharbor.context import Call
 from mlharbor.engines import mkv
 from mlharbor.errors import InvalidArgumentException, ResourceNotFoundException
@@ -83,9 +84,11 @@ def _start_cursor(call: Call, arn: str, selector: dict[str, Any], now: float) ->
             value = selector.get(field)
             if value is None:
                 raise InvalidArgumentException(f"StartSelectorType {kind} needs {field}.")
-            if kind == "CONTINUATION_TOKEN" and not value.isdigit():
-                raise InvalidArgumentException("The continuation token is not valid.")
-            return value.zfill(fragments.DIGITS) if value.isdigit() else value, False
+            if not (value.isascii() and value.isdigit() and len(value) <= 128):  # the model: ^[0-9]+$, 1-128
+                raise InvalidArgumentException(f"The {field} {value!r} is not a fragment number.")
+            # Numbers are compared as 47-digit strings: a longer one (the model allows 128 digits) would
+            # compare by its first digits, so one beyond every fragment is capped rather than cut.
+            return str(min(int(value), 10**fragments.DIGITS - 1)).zfill(fragments.DIGITS), False
         at = selector.get("StartTimestamp")
         if at is None:
             raise InvalidArgumentException(f"StartSelectorType {kind} needs StartTimestamp.")
@@ -121,7 +124,13 @@ async def _tail(
         current = live.receiving(arn)
         if following:
             fragment = following[0]
-            header, cluster = await asyncio.to_thread(fragments.read, call.server.blobs, fragment)
+            try:
+                header, cluster = await asyncio.to_thread(fragments.read, call.server.blobs, fragment)
+            except BlobNotFound:
+                # It expired, and the retention pass deleted it, since the index was read: as gone as if it
+                # had expired a moment earlier (the reader goes on with the next one, not a cut response).
+                cursor = fragment.fragment_number
+                continue
             yield document(fragment, header, cluster, time.time())
             cursor, quiet_since = fragment.fragment_number, time.monotonic()
             continue
@@ -135,10 +144,12 @@ async def _tail(
             cursor, quiet_since, take_live = current.number, time.monotonic(), False
             continue
         take_live = False
-        if time.monotonic() - quiet_since > idle:
+        left = idle - (time.monotonic() - quiet_since)
+        if left < 0:
             return
         yield b""  # lets the gateway see a reader that went away
-        await live.wait(arn, POLL_SECONDS)
+        # No longer than the idle time left: the response ends when it is up, not at the next poll.
+        await live.wait(arn, min(POLL_SECONDS, left + 0.001))
 
 
 async def _live_fragment(live: Live, arn: str, fragment: LiveFragment) -> AsyncIterator[bytes]:

@@ -28,7 +28,7 @@ from mlharbor.errors import (
     VersionMismatchException,
 )
 from mlharbor.services import attempts, tags
-from mlharbor.services.kinesisvideo import streams
+from mlharbor.services.kinesisvideo import fragments, streams
 from mlharbor.store.tables import video_streams as table
 
 TAG_LIMIT = 50
@@ -140,6 +140,10 @@ def update_data_retention(call: Call, params: dict[str, Any]) -> None:
         return hours
 
     _change(call, params, retention_hours=retention)
+    with call.store.begin() as conn:
+        # Decreasing deletes older data at once, as AWS does; increasing keeps the archive longer.
+        row = streams.find(conn, call.account_id, call.region, params)
+        fragments.retain(conn, row.arn, row.retention_hours)
 
 
 def delete_stream(call: Call, params: dict[str, Any]) -> None:
@@ -154,6 +158,7 @@ def delete_stream(call: Call, params: dict[str, Any]) -> None:
         if conn.execute(delete(table).where(*where)).rowcount != 1:
             raise VersionMismatchException("The stream was changed by another request; describe it again.")
         tags.remove_all(conn, row.arn)
+        fragments.retain(conn, row.arn, None)  # the retention pass deletes them; readers see none now
 
 
 def get_data_endpoint(call: Call, params: dict[str, Any]) -> dict[str, Any]:

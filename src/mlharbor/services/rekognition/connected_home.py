@@ -42,7 +42,7 @@ class ConnectedHomeSession:
         self.start_at = session.get("StartSelector", {}).get("KVSStreamStartSelector", {})
         self.start_grace = payload["start_grace"]
         self.regions = row.spec.get("RegionsOfInterest", [])
-        stream, url = ss.video_url(row, payload)
+        stream = ss.input_stream(row)
         try:
             self.detectors = detectors(Path(payload["data_dir"]) / "models")
         except LabelModelError as exc:
@@ -64,9 +64,8 @@ class ConnectedHomeSession:
             raise ss.Unusable(str(exc)) from None
         if stop():
             raise ss.StoppedWhileStarting
-        self.source = ss.Camera(url, stream, payload["fps"])
+        self.source = ss.Camera(row, payload, self.start_at, catch_up=True)
         self.stream = stream
-        self.fragment_base = ss.fragment_base()
         self.stop = stop
 
     def close(self) -> None:
@@ -84,10 +83,7 @@ class ConnectedHomeSession:
             try:
                 frame = self.source.next(timeout=0.1)
             except VideoError as exc:
-                if self.source.is_file:
-                    ss.fail(self.store, self.row.arn, self.fence, f"Unable to read video stream: {exc}")
-                    return {"stopped": False}
-                # A camera or network stream: wait for it to come back, within the session's time.
+                # Kinesis Video unreachable: wait for it to come back, within the session's time.
                 if not self.source.reopen(ctx, self.store, self.row.arn, self.fence, self.stop, exc,
                                           until=deadline or give_up):  # fmt: skip
                     break
@@ -122,18 +118,18 @@ class ConnectedHomeSession:
         return {"stopped": status == "STOPPING", "frames": frames}
 
     def _selected(self, frame: Any) -> bool:
-        """Whether the frame is at or after the StartSelector's position. Sources are live: a position
-        in the past starts at the live edge (there is no archive), one in the future waits for it."""
+        """Whether the frame is at or after the StartSelector's position. GetMedia starts at the fragment
+        holding it (in the archive, or live when it is still to come); frames of that fragment before it
+        are skipped here."""
         if "ProducerTimestamp" in self.start_at:
             return frame.producer_time * 1000.0 >= self.start_at["ProducerTimestamp"]
         if "FragmentNumber" in self.start_at:
-            at = ss.Position.of(frame, self.fragment_base)
-            return int(at.fragment_number) >= int(self.start_at["FragmentNumber"])
+            return int(frame.fragment.fragment_number) >= int(self.start_at["FragmentNumber"])
         return True
 
     def _detected(self, frame: Any, found: Any) -> dict[str, Any]:
         """Store the frame and the crop, notify, and return the label's entry for the messages."""
-        at = ss.Position.of(frame, self.fragment_base)
+        at = ss.Position.of(frame)
         millis = int(round(frame.stream_seconds * 1000))
         height, width = frame.pixels.shape[:2]
         left, top = max(0, int(found.left)), max(0, int(found.top))

@@ -2,9 +2,10 @@
 record per frame.
 
 Output: one record per analysed frame, also when no face is found (docs/COMPATIBILITY.md, decision 12),
-partition key = the processor's name. MLHarbor's video sources have no Kinesis Video fragments, so the
-record's ``FragmentNumber`` names a ``FRAGMENT_SECONDS`` slice of the session (a decimal string that only
-grows), and the timestamps are the slice's start.
+partition key = the processor's name. The record's ``FragmentNumber``, ``ServerTimestamp`` and
+``ProducerTimestamp`` are those of the Kinesis Video fragment holding the frame, and
+``FrameOffsetInSeconds`` its place in it, so the frame can be fetched again (GetImages,
+GetMediaForFragmentList).
 """
 
 from __future__ import annotations
@@ -46,7 +47,6 @@ class FaceSearchSession:
         settings = row.spec["Settings"]["FaceSearch"]
         self.threshold = max(MIN_FACE_MATCH_THRESHOLD, settings.get("FaceMatchThreshold", 80.0))
         self.input_arn = row.input_stream_arn
-        stream, url = ss.video_url(row, payload)
         with store.read() as conn:
             self.collection = coll.find(conn, row.account_id, row.region, settings["CollectionId"])
         if self.collection is None:
@@ -68,8 +68,7 @@ class FaceSearchSession:
         self.engine = DlibEngine()
         self.tracks = Tracks()
         step()
-        self.source = ss.Camera(url, stream, payload["fps"])
-        self.fragment_base = ss.fragment_base()
+        self.source = ss.Camera(row, payload)
 
     def close(self) -> None:
         self.source.close()
@@ -86,15 +85,11 @@ class FaceSearchSession:
         while not stop():
             try:
                 frame = self.source.next(timeout=0.1)
-            except VideoError as exc:
-                if not self.source.is_file:  # a camera or network stream: wait for it to come back
-                    if not self.source.reopen(ctx, self.store, arn, self.fence, stop, exc):
-                        break
-                    reported_error = None  # reopening cleared StatusMessage: report a Kinesis outage again
-                    continue
-                self.sink.flush()
-                ss.fail(self.store, arn, self.fence, f"Unable to read video stream: {exc}")
-                return {"stopped": False}
+            except VideoError as exc:  # Kinesis Video unreachable: wait for it to come back
+                if not self.source.reopen(ctx, self.store, arn, self.fence, stop, exc):
+                    break
+                reported_error = None  # reopening cleared StatusMessage: report a Kinesis outage again
+                continue
             if frame is not None:
                 try:
                     self.sink.put(self._record(frame))
@@ -123,7 +118,7 @@ class FaceSearchSession:
         return {"stopped": True, "frames": frames}
 
     def _record(self, frame: Any) -> dict[str, Any]:
-        at = ss.Position.of(frame, self.fragment_base)
+        at = ss.Position.of(frame)
         return {
             "InputInformation": {
                 "KinesisVideo": {

@@ -1,5 +1,5 @@
-"""What both kinds of stream processor session share: state changes guarded by the worker's attempt, the
-video source, and the stand-in for Kinesis Video fragment positions."""
+"""What both kinds of stream processor session share: state changes guarded by the worker's attempt, and
+the video: the processor's Kinesis Video stream, read through GetMedia (``video_input``)."""
 
 from __future__ import annotations
 
@@ -23,9 +23,7 @@ log = logging.getLogger(__name__)
 
 ACTIVE = frozenset({"STARTING", "RUNNING"})
 HEARTBEAT_S = 1.0
-FRAGMENT_SECONDS = 2.0  # Kinesis Video's usual fragment length
 RECONNECT_FIRST_S, RECONNECT_MAX_S = 1.0, 30.0  # a live source's reconnect backoff
-OPEN_TIMEOUT_S, MIN_OPEN_TIMEOUT_S = 10.0, 2.0  # opening a source (and, after that, each read)
 
 
 def move(store: Store, arn: str, targets: dict[str, str], fence: Fence, **values: Any) -> str | None:
@@ -43,53 +41,62 @@ def finish_stop(store: Store, arn: str, fence: Fence) -> None:
     move(store, arn, {"STOPPING": "STOPPED"}, fence, status_message=None)
 
 
-def video_url(row: Row[Any], payload: dict[str, Any]) -> tuple[str, str]:
-    """(stream name, URL) of the processor's Kinesis Video stream in the server's video-stream table."""
+def input_stream(row: Row[Any]) -> str:
+    """The name of the processor's Kinesis Video stream (its Input ARN's name part)."""
     named = arns.named_stream(row.input_stream_arn)
-    stream = named[2] if named else row.input_stream_arn
-    url = payload["video_streams"].get(stream)
-    if url is None:
-        raise Unusable(f"Stream {stream} under account {row.account_id} not found")
-    return stream, url
+    return named[2] if named else row.input_stream_arn
 
 
 class Camera:
-    """A processor's video source (``engines.video.VideoSource``), reopened when a live one drops. Frame
-    positions (``stream_seconds``) keep growing across reopenings, so fragment numbers, offsets and
-    durations never go back. Opening raises ``Unusable`` with AWS's "Unable to read video stream" text."""
+    """A processor's Kinesis Video stream as sampled frames (``engines.fragment_video``), reopened when the
+    connection to Kinesis Video drops. ``catch_up``: read every sampled frame of the past (a connected home
+    session started at an earlier position; a reopening resumes after the last fragment read) rather than
+    only the newest (face search, which always looks at the live edge). Opening raises ``Unusable`` with
+    AWS's StatusMessage when the stream does not exist."""
 
-    def __init__(self, url: str, stream: str, fps: float) -> None:
-        self.url, self.stream, self.fps = url, stream, fps
-        self.source = self._open(OPEN_TIMEOUT_S)
-        self._offset = self._last = 0.0  # seconds added to the current source's positions; last returned
+    def __init__(
+        self, row: Row[Any], payload: dict[str, Any], selector: dict[str, Any] | None = None, *,
+        catch_up: bool = False,
+    ) -> None:  # fmt: skip
+        from mlharbor.services.rekognition import video_input
 
-    def _open(self, timeout: float) -> Any:
-        from mlharbor.engines.video import VideoError, VideoSource
+        self.stream, self.fps, self.catch_up = input_stream(row), payload["fps"], catch_up
+        self.connect = video_input.connector(
+            payload["kvs"], row.region, row.account_id, self.stream, video_input.start_selector(selector)
+        )
+        self.source = self._open(None)
 
-        source = VideoSource(self.url, fps=self.fps, max_side=1280)
+    def _open(self, resume_after: str | None) -> Any:
+        from mlharbor.engines.fragment_video import FragmentVideoSource, VideoUnusable
+        from mlharbor.engines.video import VideoError
+
+        def connect(after: str | None) -> Any:
+            return self.connect(after if after is not None else resume_after)
+
+        source = FragmentVideoSource(
+            connect, self.stream, fps=self.fps, max_side=1280, catch_up=self.catch_up
+        )
         try:
-            source.open(timeout=timeout)
+            source.open()
+        except VideoUnusable as exc:
+            raise Unusable(str(exc)) from None
         except VideoError as exc:
             raise Unusable(f"Unable to read video stream {self.stream}: {exc}") from None
         return source
-
-    @property
-    def is_file(self) -> bool:
-        return bool(self.source.is_file)
 
     @property
     def dropped(self) -> int:
         return int(self.source.dropped)
 
     def next(self, timeout: float) -> Any:
-        """The newest frame (None after ``timeout``); raises ``engines.video.VideoError`` when it ends."""
-        frame = self.source.next(timeout=timeout)
-        if frame is None:
-            return None
-        if self._offset:
-            frame = dataclasses.replace(frame, stream_seconds=frame.stream_seconds + self._offset)
-        self._last = frame.stream_seconds
-        return frame
+        """The newest frame (None after ``timeout``); raises ``engines.video.VideoError`` when it ends,
+        ``Unusable`` when it can never be read again (the stream was deleted, its video is not H.264)."""
+        from mlharbor.engines.fragment_video import VideoUnusable
+
+        try:
+            return self.source.next(timeout=timeout)
+        except VideoUnusable as exc:
+            raise Unusable(str(exc)) from None
 
     def reopen(
         self, ctx: Any, store: Store, arn: str, fence: Fence, stop: Callable[[], bool], error: Exception,
@@ -104,16 +111,16 @@ class Camera:
         same = {"STARTING": "STARTING", "RUNNING": "RUNNING"}
         move(store, arn, same, fence, status_message=message)
         self.source.close()
+        resume_after = self.source.last_fragment if self.catch_up else None
         while not stop() and (until is None or time.monotonic() < until):
             left = math.inf if until is None else until - time.monotonic()
             try:
-                # The open timeout is also the source's read timeout: never below MIN_OPEN_TIMEOUT_S.
-                source = self._open(max(MIN_OPEN_TIMEOUT_S, min(OPEN_TIMEOUT_S, left)))
+                source = self._open(resume_after)
             except Unusable:
                 ctx.wait_stop(max(0.0, min(delay, left)))
                 delay = min(RECONNECT_MAX_S, delay * 2)
                 continue
-            self.source, self._offset = source, self._last + 1.0 / self.fps
+            self.source = source
             move(store, arn, same, fence, status_message=None)
             return True
         return False
@@ -124,28 +131,17 @@ class Camera:
 
 @dataclasses.dataclass(frozen=True)
 class Position:
-    """Where a frame sits in MLHarbor's stand-in for Kinesis Video fragments (``FRAGMENT_SECONDS``
-    slices of the session, numbered from a base that grows with the session's start time)."""
+    """Where a frame sits in its Kinesis Video stream, as the records report it."""
 
     fragment_number: str
-    server_timestamp: float  # the slice's start, as decoded here
-    producer_timestamp: float  # the slice's start, as captured
-    offset: float  # seconds from the slice's start to the frame
+    server_timestamp: float  # the fragment's, epoch seconds
+    producer_timestamp: float  # the fragment's, epoch seconds
+    offset: float  # seconds from the fragment's first frame to this one
 
     @classmethod
-    def of(cls, frame: Any, base: int) -> Position:
-        fragment = int(frame.stream_seconds // FRAGMENT_SECONDS)
-        offset = frame.stream_seconds - fragment * FRAGMENT_SECONDS
-        return cls(
-            str(base + fragment),
-            round(frame.received_time - offset, 3),
-            round(frame.producer_time - offset, 3),
-            round(offset, 3),
-        )
-
-
-def fragment_base() -> int:
-    return int(time.time() * 1000) * 100_000
+    def of(cls, frame: Any) -> Position:
+        at = frame.fragment
+        return cls(at.fragment_number, at.server_timestamp, at.producer_timestamp, at.offset)
 
 
 class Unusable(Exception):

@@ -29,6 +29,7 @@ from mlharbor.runtime import WorkContext
 from mlharbor.services import attempts
 from mlharbor.services.attempts import Fence, work_id
 from mlharbor.services.rekognition import sessions as ss
+from mlharbor.services.rekognition import video_input
 from mlharbor.services.rekognition.connected_home import ConnectedHomeSession
 from mlharbor.services.rekognition.face_search import FaceSearchSession
 from mlharbor.store.db import Store
@@ -97,13 +98,13 @@ class StreamSupervisor:
         self.started_at = time.time()
         self._died_at: dict[str, float] = {}  # work id → when its death was first noticed
 
-    def payload(self, arn: str, fence: Fence) -> dict[str, Any]:
+    def payload(self, row: Row[Any], fence: Fence) -> dict[str, Any]:
         settings = self.server.settings
         return attempts.payload(
             settings,
-            arn,
+            row.arn,
             fence,
-            video_streams=settings.video_streams,
+            kvs=video_input.endpoint_payload(self.server, row.account_id),
             fps=settings.stream_analysis_fps,
             start_grace=settings.stream_start_grace_seconds,
         )
@@ -160,4 +161,4 @@ class StreamSupervisor:
             self._submit(row, Fence(row.incarnation, row.attempt + 1))
 
     def _submit(self, row: Row[Any], fence: Fence) -> None:
-        self.server.executor.submit(_work_id(row, fence), TARGET, self.payload(row.arn, fence))
+        self.server.executor.submit(_work_id(row, fence), TARGET, self.payload(row, fence))
