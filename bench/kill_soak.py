@@ -22,8 +22,9 @@ One run against a real ``mlharbor serve`` (started as the other benchmarks start
 * Processes are found without knowing work ids: every process the server starts inherits a marker in its
   environment (``MLHARBOR_SOAK_TAG``); ``multiprocessing``'s command lines tell workers
   (``spawn_main``) from the resource tracker, and what a worker has loaded (``/proc/<pid>/maps``: dlib or
-  spaCy) and which camera's video it holds open (``/proc/<pid>/fd``) tell which it is. A monitor thread
-  samples them every 0.5 s.
+  spaCy), or its name (stream workers name themselves after their processor, the built-in producers that
+  put each camera's video into Kinesis Video ``mlharbor-pull``) tell which it is. A monitor thread samples
+  them every 0.5 s.
 
 Checks (each PASS or FAIL; the exit status is 1 on any FAIL):
 
@@ -90,6 +91,9 @@ BUCKET = "soak"
 TAG_VAR = "MLHARBOR_SOAK_TAG"
 CAMERAS = ("cam0", "cam1")
 PROCESSORS = {"p0": "cam0", "p1": "cam1"}
+# Worker process names (services/kinesisvideo/puller.py, services/rekognition/streaming.py).
+PULLER_NAME = "mlharbor-pull"
+STREAM_WORKER_PREFIX = "mlharbor-sp "
 TRAINED = {"TRAINED", "TRAINED_WITH_WARNING"}
 RECOGNIZER_FINAL = TRAINED | {"IN_ERROR", "STOPPED"}
 JOB_FINAL = {"COMPLETED", "FAILED", "STOPPED"}
@@ -117,7 +121,7 @@ class Proc:
     ppid: int
     role: str  # "server", "tracker" (multiprocessing's resource tracker) or "worker"
     kind: str  # workers: "stream" (dlib loaded), "spacy" (spaCy loaded) or "loading"
-    camera: str | None  # stream workers: the camera whose video file it holds open
+    camera: str | None  # stream workers: the camera their processor reads
 
     @property
     def key(self) -> tuple[int, int]:
@@ -125,9 +129,8 @@ class Proc:
 
 
 class ProcessTable:
-    def __init__(self, tag: str, videos: dict[str, Path]) -> None:
+    def __init__(self, tag: str) -> None:
         self.marker = f"{TAG_VAR}={tag}".encode()
-        self.videos = {str(path.resolve()): camera for camera, path in videos.items()}
         self._kinds: dict[tuple[int, int], str] = {}
 
     def scan(self) -> dict[tuple[int, int], Proc]:
@@ -141,7 +144,9 @@ class ProcessTable:
                     if self.marker not in f.read().split(b"\0"):
                         continue
                 with open(f"/proc/{pid}/stat", "rb") as f:
-                    fields = f.read().rsplit(b")", 1)[1].split()
+                    stat = f.read()
+                comm = stat[stat.index(b"(") + 1 : stat.rindex(b")")].decode(errors="replace")
+                fields = stat.rsplit(b")", 1)[1].split()
                 with open(f"/proc/{pid}/cmdline", "rb") as f:
                     cmdline = f.read()
             except OSError:
@@ -158,9 +163,13 @@ class ProcessTable:
             else:
                 role = "other"
             kind, camera = "", None
-            if role == "worker":
+            if role == "worker" and comm == PULLER_NAME:
+                kind = "pull"  # the built-in producer putting a camera's video into Kinesis Video
+            elif role == "worker" and comm.startswith(STREAM_WORKER_PREFIX):
+                # A stream worker names itself after its processor; it reads its camera through GetMedia.
+                kind, camera = "stream", PROCESSORS.get(comm[len(STREAM_WORKER_PREFIX) :])
+            elif role == "worker":
                 kind = self._kind(pid, start)
-                camera = self._camera(pid) if kind == "stream" else None
             found[(pid, start)] = Proc(pid, start, ppid, role, kind, camera)
         return found
 
@@ -177,17 +186,6 @@ class ProcessTable:
                 return "loading"
             self._kinds[(pid, start)] = kind
         return kind
-
-    def _camera(self, pid: int) -> str | None:
-        try:
-            for fd in os.scandir(f"/proc/{pid}/fd"):
-                with contextlib.suppress(OSError):
-                    camera = self.videos.get(os.readlink(fd.path))
-                    if camera:
-                        return camera
-        except OSError:
-            pass
-        return None
 
 
 class Monitor(threading.Thread):
@@ -364,7 +362,7 @@ class Soak:
             self.videos[camera] = write_video(
                 self.workdir / f"{camera}.mp4", portrait_frames(20, size=(320, 240)), fps=10
             )
-        self.table = ProcessTable(self.tag, self.videos)
+        self.table = ProcessTable(self.tag)
         self.monitor = Monitor(self.table, a.orphan_deadline)
         data_dir = self.workdir / "mlharbor-data"
         if a.database == "postgresql":
@@ -938,15 +936,16 @@ class Soak:
             workers = self.live_workers()
             cameras = Counter(p.camera for p in workers if p.kind == "stream")
             wanted = Counter(PROCESSORS[n] for n, s in statuses.items() if s == "RUNNING")
-            others = [p for p in workers if p.kind != "stream"]
-            ok = cameras == wanted and not others
+            pullers = [p for p in workers if p.kind == "pull"]
+            others = [p for p in workers if p.kind not in ("stream", "pull")]
+            ok = cameras == wanted and not others and len(pullers) == len(CAMERAS)
             if ok or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
         self.check_now(
             "live server's workers are the wanted ones", ok,
-            f"stream workers per camera {dict(cameras)} (wanted {dict(wanted)}); other workers "
-            f"{[(p.pid, p.kind) for p in others]}",
+            f"stream workers per camera {dict(cameras)} (wanted {dict(wanted)}); {len(pullers)} pullers "
+            f"(one per camera); other workers {[(p.pid, p.kind) for p in others]}",
         )  # fmt: skip
 
     def job_output_lines(self) -> tuple[int, str]:

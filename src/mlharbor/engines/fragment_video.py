@@ -195,7 +195,7 @@ class FragmentVideoSource:
                         return
 
     def _decode(self, decoder: Any, block: mkv.Frame, fragment: dict[str, str], offset: float) -> bool:
-        packet = av.Packet(block.raw[block.data_offset :])
+        packet = av.Packet(block.data)
         packet.pts = packet.dts = block.timecode
         try:
             decoded = decoder.decode(packet)

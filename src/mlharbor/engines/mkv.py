@@ -90,11 +90,29 @@ class Frame:
     keyframe: bool
     raw: bytes  # the whole SimpleBlock or BlockGroup element
     data_offset: int  # where the frame's bytes start in ``raw``
+    data_end: int  # and where they end (a BlockGroup has more elements after its Block)
+
+    @property
+    def data(self) -> bytes:
+        """The coded frame (no lacing: what video producers send)."""
+        return self.raw[self.data_offset : self.data_end]
 
 
 @dataclass(frozen=True, slots=True)
 class ClusterEnd:
-    raw: bytes  # the whole Cluster, rewritten with its known size
+    """A complete Cluster, rewritten with its known size: ``head`` (its ID and size) then ``parts`` (its
+    elements as received), kept apart so whoever stores it copies the bytes once."""
+
+    head: bytes
+    parts: tuple[bytes, ...]
+
+    @property
+    def raw(self) -> bytes:
+        return b"".join((self.head, *self.parts))
+
+    def document(self, header: bytes) -> bytes:
+        """``header`` (EBML .. Tracks) and this Cluster: a one-fragment MKV, in one copy."""
+        return b"".join((header, self.head, *self.parts))
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,17 +370,17 @@ class MkvParser:
         assert self._cluster_timecode is not None
         if ident == SIMPLE_BLOCK:
             track, relative, flags, offset = _block(view, hlen)
-            return Frame(track, self._cluster_timecode + relative, bool(flags & 0x80), raw, offset)
-        block_at, referenced = None, False
-        for child_id, start, _end in _spans(view, hlen):
+            return Frame(track, self._cluster_timecode + relative, bool(flags & 0x80), raw, offset, len(raw))
+        block, referenced = None, False
+        for child_id, start, end in _spans(view, hlen):
             if child_id == BLOCK:
-                block_at = start
+                block = (start, end)
             elif child_id == REFERENCE_BLOCK:
                 referenced = True
-        if block_at is None:
+        if block is None:
             raise MkvError("a BlockGroup without a Block")
-        track, relative, _flags, offset = _block(view, block_at)
-        return Frame(track, self._cluster_timecode + relative, not referenced, raw, offset)
+        track, relative, _flags, offset = _block(view[: block[1]], block[0])
+        return Frame(track, self._cluster_timecode + relative, not referenced, raw, offset, block[1])
 
     def _header(self) -> Header:
         assert self._ebml is not None and self._tracks_raw is not None
@@ -374,7 +392,7 @@ class MkvParser:
             raise MkvError("a Cluster without a Timecode")
         self._state, self._cluster_left = "segment", None
         parts, self._cluster = self._cluster, []
-        return ClusterEnd(element(CLUSTER, b"".join(parts)))
+        return ClusterEnd(_id_bytes(CLUSTER) + _size(sum(map(len, parts))), tuple(parts))
 
 
 def _spans(view: memoryview, pos: int) -> list[tuple[int, int, int]]:

@@ -68,7 +68,7 @@ _MAX_CONSECUTIVE_DECODE_ERRORS = 100
 _JOIN_SECONDS = 1.0
 # Used as a frame's duration when neither the frame nor the stream tells it.
 _DEFAULT_FRAME_SECONDS = 0.04
-_NETWORK_TIMEOUT_OPTIONS = {"rtsp": "timeout", "rtsps": "timeout"}
+NETWORK_TIMEOUT_OPTIONS = {"rtsp": "timeout", "rtsps": "timeout"}
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: frames compare by identity (== on arrays is elementwise)
@@ -99,7 +99,7 @@ class VideoError(Exception):
     'cannot open rtsp://x: Connection refused'."""
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
     """The URL without a password, for messages and logs."""
     parts = urlsplit(url)
     if not parts.scheme or parts.password is None:
@@ -110,7 +110,7 @@ def _redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
-def _reason(exc: BaseException) -> str:
+def reason_of(exc: BaseException) -> str:
     """A short reason from an exception: FFmpeg's strerror without the repeated file name."""
     if isinstance(exc, VideoError):
         return str(exc)
@@ -120,7 +120,7 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _local_path(url: str) -> str | None:
+def local_path(url: str) -> str | None:
     """The filesystem path of a FILE source, or None for a network source."""
     if url.startswith("file://"):
         parts = urlsplit(url)
@@ -151,8 +151,8 @@ class VideoSource:
         self.fps = float(fps)
         self.max_side = max_side
         self.loop_files = loop_files
-        self._path = _local_path(url)
-        self._name = _redact(url)
+        self._path = local_path(url)
+        self._name = redact(url)
         # Counters (written by the decoder thread, or under the lock; read freely).
         self.frames_decoded = 0
         self.frames_delivered = 0
@@ -292,9 +292,9 @@ class VideoSource:
             target = self.url
             scheme = urlsplit(self.url).scheme.lower()
             micros = str(int(timeout * 1_000_000))
-            if scheme in _NETWORK_TIMEOUT_OPTIONS:
+            if scheme in NETWORK_TIMEOUT_OPTIONS:
                 options["rtsp_transport"] = "tcp"
-                options[_NETWORK_TIMEOUT_OPTIONS[scheme]] = micros
+                options[NETWORK_TIMEOUT_OPTIONS[scheme]] = micros
             else:
                 options["rw_timeout"] = micros
         started = time.monotonic()
@@ -302,7 +302,7 @@ class VideoSource:
             # PyAV's timeout is an interrupt callback: it bounds opening, probing and every later read.
             return av.open(target, mode="r", options=options, timeout=(timeout, timeout))
         except (av.error.FFmpegError, OSError, ValueError) as exc:
-            reason = _reason(exc)
+            reason = reason_of(exc)
             if isinstance(exc, av.error.ExitError) or time.monotonic() - started >= 0.9 * timeout:
                 reason = f"no answer within {timeout:g} s"
             raise VideoError(f"cannot open {self._name}: {reason}") from exc
@@ -335,7 +335,7 @@ class VideoSource:
         except Exception as exc:  # any failure ends the source; next() reports it
             if not self._stop.is_set():
                 expected = isinstance(exc, VideoError | av.error.FFmpegError | OSError)
-                reason = _reason(exc)
+                reason = reason_of(exc)
                 if isinstance(exc, av.error.ExitError | TimeoutError):  # PyAV's or FFmpeg's read timeout
                     reason = f"no data within {self._read_timeout:g} s"
                 message = f"cannot read {self._name}: {reason}"

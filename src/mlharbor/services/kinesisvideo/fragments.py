@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import Connection, Row, delete, func, insert, select, update
+from sqlalchemy import Connection, Row, bindparam, delete, func, insert, select, update
 
 from mlharbor.blobs.store import BlobStore, S3Uri
 from mlharbor.store.tables import video_fragments as table
@@ -74,19 +74,27 @@ class Stored:
         return self.producer_ts + self.duration_ms / 1000
 
 
-def record(conn: Connection, fragment: Stored, stream_incarnation: str) -> bool:
-    """Index a stored fragment if its stream still exists (the same one, not a re-created namesake)."""
-    alive = conn.execute(
-        select(streams_table.c.arn).where(
-            streams_table.c.arn == fragment.stream_arn,
-            streams_table.c.incarnation == stream_incarnation,
+_COLUMNS = [c.name for c in table.columns]
+# One prebuilt statement (compiled once): the row goes in only if its stream still exists, is the same one
+# (not a re-created namesake) and is ACTIVE. Ingest runs it once per fragment, so it is kept cheap.
+_RECORD = insert(table).from_select(
+    _COLUMNS,
+    select(*[bindparam(name, type_=table.c[name].type) for name in _COLUMNS]).where(
+        select(streams_table.c.arn)
+        .where(
+            streams_table.c.arn == bindparam("stream_arn"),
+            streams_table.c.incarnation == bindparam("stream_incarnation"),
             streams_table.c.status == "ACTIVE",
         )
-    ).first()
-    if alive is None:
-        return False
-    conn.execute(insert(table).values(**{name: getattr(fragment, name) for name in Stored.__slots__}))
-    return True
+        .exists()
+    ),
+).returning(table.c.fragment_number)  # psycopg reports no rowcount for INSERT .. SELECT
+
+
+def record(conn: Connection, fragment: Stored, stream_incarnation: str) -> bool:
+    """Index a stored fragment if its stream still exists (the same one, not a re-created namesake)."""
+    values = {name: getattr(fragment, name) for name in Stored.__slots__}
+    return conn.execute(_RECORD, {**values, "stream_incarnation": stream_incarnation}).first() is not None
 
 
 def read(blobs: BlobStore, fragment: Stored) -> tuple[bytes, bytes]:

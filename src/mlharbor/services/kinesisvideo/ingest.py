@@ -346,7 +346,7 @@ class _Session:
             )
         self.acks.put_nowait(self._ack("RECEIVED", fragment))
         self.live.end(self.arn)
-        self.to_store.put_nowait((fragment, self.header.raw + event.raw))
+        self.to_store.put_nowait((fragment, event.document(self.header.raw)))
 
     def _error(self, error_id: int, message: str) -> None:
         log.info("PutMedia on %s: ERROR %d: %s", self.arn, error_id, message)

@@ -64,7 +64,6 @@ pullers from other workers.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import queue
@@ -80,6 +79,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from mlharbor.runtime import ExecutorClosed, WorkAlreadyRunning, WorkContext, WorkStatus
+from mlharbor.runtime.process_name import name_process
 
 if TYPE_CHECKING:
     from mlharbor.context import Server
@@ -391,9 +391,9 @@ def _open_container(url: str, timeout: float) -> Any:
     import av
     import av.error
 
-    from mlharbor.engines.video import _NETWORK_TIMEOUT_OPTIONS, _local_path, _reason, _redact
+    from mlharbor.engines.video import NETWORK_TIMEOUT_OPTIONS, local_path, reason_of, redact
 
-    path = _local_path(url)
+    path = local_path(url)
     options: dict[str, str] = {}
     if path is not None:
         target = "file:" + os.path.abspath(path)
@@ -401,19 +401,19 @@ def _open_container(url: str, timeout: float) -> Any:
         target = url
         scheme = urlsplit(url).scheme.lower()
         micros = str(int(timeout * 1_000_000))
-        if scheme in _NETWORK_TIMEOUT_OPTIONS:
+        if scheme in NETWORK_TIMEOUT_OPTIONS:
             options["rtsp_transport"] = "tcp"
-            options[_NETWORK_TIMEOUT_OPTIONS[scheme]] = micros
+            options[NETWORK_TIMEOUT_OPTIONS[scheme]] = micros
         else:
             options["rw_timeout"] = micros
     started = time.monotonic()
     try:
         return av.open(target, mode="r", options=options, timeout=(timeout, timeout))
     except (av.error.FFmpegError, OSError, ValueError) as exc:
-        reason = _reason(exc)
+        reason = reason_of(exc)
         if isinstance(exc, av.error.ExitError) or time.monotonic() - started >= 0.9 * timeout:
             reason = f"no answer within {timeout:g} s"
-        raise SourceError(f"cannot open {_redact(url)}: {reason}") from exc
+        raise SourceError(f"cannot open {redact(url)}: {reason}") from exc
 
 
 class _Source:
@@ -423,11 +423,11 @@ class _Source:
     after the units it read. A thread stuck in a network read ends within the read timeout."""
 
     def __init__(self, url: str, transcode: bool, timeout: float = OPEN_TIMEOUT_S) -> None:
-        from mlharbor.engines.video import _local_path, _redact
+        from mlharbor.engines.video import local_path, redact
 
         self.url = url
-        self.name = _redact(url)
-        self.is_file = _local_path(url) is not None
+        self.name = redact(url)
+        self.is_file = local_path(url) is not None
         self._transcode = transcode
         self._timeout = timeout
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=QUEUE_UNITS)
@@ -552,9 +552,9 @@ def _describe(exc: BaseException, name: str, timeout: float) -> str:
         return str(exc)
     if isinstance(exc, av.error.ExitError | TimeoutError):
         return f"cannot read {name}: no data within {timeout:g} s"
-    from mlharbor.engines.video import _reason
+    from mlharbor.engines.video import reason_of
 
-    return f"cannot read {name}: {_reason(exc)}"
+    return f"cannot read {name}: {reason_of(exc)}"
 
 
 # --- The worker: one PutMedia request ---------------------------------------------------------------------
@@ -807,17 +807,11 @@ def _even(n: int) -> int:
 # --- The worker ---------------------------------------------------------------------------------------------
 def pull_worker(ctx: WorkContext, payload: dict[str, Any]) -> dict[str, Any]:
     """Pull ``payload["url"]`` into the Kinesis Video stream ``payload["stream_name"]`` until stopped."""
-    _name_process(PROCESS_NAME)
+    name_process(PROCESS_NAME)
     from mlharbor.logs import setup_logging
 
     setup_logging(payload.get("log_format", "text"))
     return Puller(ctx, payload).run()
-
-
-def _name_process(name: str) -> None:
-    """Set this process's name (Linux ``prctl(PR_SET_NAME)``); nothing elsewhere."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None).prctl(15, name.encode()[:15], 0, 0, 0)
 
 
 class Puller:
@@ -825,12 +819,12 @@ class Puller:
     a time (``_Upload``), reopen or reconnect with backoff, until the executor asks it to stop."""
 
     def __init__(self, ctx: WorkContext, payload: dict[str, Any]) -> None:
-        from mlharbor.engines.video import _redact
+        from mlharbor.engines.video import redact
 
         self.ctx = ctx
         self.payload = payload
         self.name = payload["stream_name"]
-        self.source_name = _redact(payload["url"])
+        self.source_name = redact(payload["url"])
         self.rotate_seconds = float(payload.get("rotate_seconds", DEFAULT_ROTATE_SECONDS))
         self.transcode = False  # once a source needed it, for good
         self.upload: _Upload | None = None

@@ -26,6 +26,7 @@ from sqlalchemy import Row, select
 
 from mlharbor.context import Server
 from mlharbor.runtime import WorkContext
+from mlharbor.runtime.process_name import name_process
 from mlharbor.services import attempts
 from mlharbor.services.attempts import Fence, work_id
 from mlharbor.services.rekognition import sessions as ss
@@ -54,7 +55,11 @@ def _work_id(row: Row[Any], fence: Fence) -> str:
 
 
 # --- The worker -----------------------------------------------------------------------------------------
+PROCESS_PREFIX = "mlharbor-sp "  # a stream worker's process name: this, then its processor's name (cut)
+
+
 def stream_worker(ctx: WorkContext, payload: dict[str, Any]) -> dict[str, Any]:
+    name_process(PROCESS_PREFIX + payload["arn"].rsplit("/", 1)[-1])
     return attempts.run_worker(ctx, payload, _session)
 
 
