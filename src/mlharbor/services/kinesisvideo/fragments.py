@@ -77,18 +77,22 @@ class Stored:
 _COLUMNS = [c.name for c in table.columns]
 # One prebuilt statement (compiled once): the row goes in only if its stream still exists, is the same one
 # (not a re-created namesake) and is ACTIVE. Ingest runs it once per fragment, so it is kept cheap.
-_RECORD = insert(table).from_select(
-    _COLUMNS,
-    select(*[bindparam(name, type_=table.c[name].type) for name in _COLUMNS]).where(
-        select(streams_table.c.arn)
-        .where(
-            streams_table.c.arn == bindparam("stream_arn"),
-            streams_table.c.incarnation == bindparam("stream_incarnation"),
-            streams_table.c.status == "ACTIVE",
-        )
-        .exists()
-    ),
-).returning(table.c.fragment_number)  # psycopg reports no rowcount for INSERT .. SELECT
+_RECORD = (
+    insert(table)
+    .from_select(
+        _COLUMNS,
+        select(*[bindparam(name, type_=table.c[name].type) for name in _COLUMNS]).where(
+            select(streams_table.c.arn)
+            .where(
+                streams_table.c.arn == bindparam("stream_arn"),
+                streams_table.c.incarnation == bindparam("stream_incarnation"),
+                streams_table.c.status == "ACTIVE",
+            )
+            .exists()
+        ),
+    )
+    .returning(table.c.fragment_number)
+)  # psycopg reports no rowcount for INSERT .. SELECT
 
 
 def record(conn: Connection, fragment: Stored, stream_incarnation: str) -> bool:
