@@ -40,6 +40,7 @@ import av
 import numpy
 from PIL import Image
 
+from mlharbor.engines import mkv
 from mlharbor.services.kinesisvideo.producer import (  # noqa: F401  (re-exported: tests import them from here)
     USER_AGENT,
     PutMedia,
@@ -51,29 +52,12 @@ from mlharbor.services.kinesisvideo.producer import (  # noqa: F401  (re-exporte
 # ---------------------------------------------------------------------------------------------------
 # MKV
 
-EBML_HEADER = 0x1A45DFA3
-SEGMENT = 0x18538067
-CLUSTER = 0x1F43B675
-TIMECODE = 0xE7
-SIMPLE_BLOCK = 0xA3
-BLOCK_GROUP = 0xA0
-BLOCK = 0xA1
-REFERENCE_BLOCK = 0xFB
-# Elements that end an unknown-size Cluster: the Segment's children, and a new EBML stream.
-_LEVEL1 = frozenset(
-    {
-        0x114D9B74,  # SeekHead
-        0x1549A966,  # Info
-        0x1654AE6B,  # Tracks
-        0x1F43B675,  # Cluster
-        0x1C53BB6B,  # Cues
-        0x1941A469,  # Attachments
-        0x1043A770,  # Chapters
-        0x1254C367,  # Tags
-        EBML_HEADER,
-        SEGMENT,
-    }
-)
+# The element IDs are MLHarbor's (engines/mkv.py); the walker below is the tests' own, so what the server
+# writes is checked by code other than the server's parser.
+EBML_HEADER, SEGMENT, CLUSTER, TIMECODE = mkv.EBML, mkv.SEGMENT, mkv.CLUSTER, mkv.TIMECODE
+SIMPLE_BLOCK, BLOCK_GROUP, BLOCK = mkv.SIMPLE_BLOCK, mkv.BLOCK_GROUP, mkv.BLOCK
+REFERENCE_BLOCK = mkv.REFERENCE_BLOCK
+_LEVEL1 = mkv.TOP_LEVEL  # what ends an unknown-size Cluster: the Segment's children, a new EBML stream
 BACKGROUND = (128, 128, 128)
 
 

@@ -45,7 +45,7 @@ CHAPTERS = 0x1043A770
 ATTACHMENTS = 0x1941A469
 
 # Children of a Segment: one of these ends an unknown-size Cluster.
-_TOP_LEVEL = frozenset({SEEK_HEAD, INFO, TRACKS, CLUSTER, CUES, TAGS, CHAPTERS, ATTACHMENTS, EBML, SEGMENT})
+TOP_LEVEL = frozenset({SEEK_HEAD, INFO, TRACKS, CLUSTER, CUES, TAGS, CHAPTERS, ATTACHMENTS, EBML, SEGMENT})
 UNKNOWN_SIZE = b"\x01\xff\xff\xff\xff\xff\xff\xff"
 DEFAULT_TIMECODE_SCALE = 1_000_000  # ns per timecode tick: milliseconds
 # Header elements (EBML header, Info, Tracks, Tags, ...) are small; a bigger one is not a video stream.
@@ -342,7 +342,7 @@ class MkvParser:
         return pos + hlen + size
 
     def _cluster_child(self, pos: int, ident: int, size: int, hlen: int, events: list[Event]) -> int | None:
-        if self._cluster_left is None and ident in _TOP_LEVEL:
+        if self._cluster_left is None and ident in TOP_LEVEL:
             events.append(self._end_cluster())
             return pos
         element = self._whole(pos, size, hlen, self.max_element)

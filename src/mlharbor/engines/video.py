@@ -134,6 +134,36 @@ def local_path(url: str) -> str | None:
     return url
 
 
+def open_container(url: str, timeout: float) -> Any:
+    """Open ``url`` (a file path or URL) for reading with PyAV, every step bounded by ``timeout`` seconds:
+    PyAV's interrupt timeout for opening, probing and each later read, FFmpeg's own socket timeouts, RTSP
+    over TCP. Raises ``VideoError`` with a short reason."""
+    timeout = max(0.1, float(timeout))
+    path = local_path(url)
+    options: dict[str, str] = {}
+    if path is not None:
+        # "file:" makes FFmpeg take the rest literally (a ':' in a path is not a protocol).
+        target = "file:" + os.path.abspath(path)
+    else:
+        target = url
+        scheme = urlsplit(url).scheme.lower()
+        micros = str(int(timeout * 1_000_000))
+        if scheme in NETWORK_TIMEOUT_OPTIONS:
+            options["rtsp_transport"] = "tcp"
+            options[NETWORK_TIMEOUT_OPTIONS[scheme]] = micros
+        else:
+            options["rw_timeout"] = micros
+    started = time.monotonic()
+    try:
+        # PyAV's timeout is an interrupt callback: it bounds opening, probing and every later read.
+        return av.open(target, mode="r", options=options, timeout=(timeout, timeout))
+    except (av.error.FFmpegError, OSError, ValueError) as exc:
+        reason = reason_of(exc)
+        if isinstance(exc, av.error.ExitError) or time.monotonic() - started >= 0.9 * timeout:
+            reason = f"no answer within {timeout:g} s"
+        raise VideoError(f"cannot open {redact(url)}: {reason}") from exc
+
+
 class VideoSource:
     """Frames of a video file or stream, sampled to ``fps`` and always the newest; see the module docstring.
 
@@ -283,29 +313,8 @@ class VideoSource:
     # -- opening -----------------------------------------------------------------------------------------
 
     def _open_container(self, timeout: float) -> Any:
-        timeout = self._read_timeout = max(0.1, float(timeout))
-        options: dict[str, str] = {}
-        if self._path is not None:
-            # "file:" makes FFmpeg take the rest literally (a ':' in a path is not a protocol).
-            target = "file:" + os.path.abspath(self._path)
-        else:
-            target = self.url
-            scheme = urlsplit(self.url).scheme.lower()
-            micros = str(int(timeout * 1_000_000))
-            if scheme in NETWORK_TIMEOUT_OPTIONS:
-                options["rtsp_transport"] = "tcp"
-                options[NETWORK_TIMEOUT_OPTIONS[scheme]] = micros
-            else:
-                options["rw_timeout"] = micros
-        started = time.monotonic()
-        try:
-            # PyAV's timeout is an interrupt callback: it bounds opening, probing and every later read.
-            return av.open(target, mode="r", options=options, timeout=(timeout, timeout))
-        except (av.error.FFmpegError, OSError, ValueError) as exc:
-            reason = reason_of(exc)
-            if isinstance(exc, av.error.ExitError) or time.monotonic() - started >= 0.9 * timeout:
-                reason = f"no answer within {timeout:g} s"
-            raise VideoError(f"cannot open {self._name}: {reason}") from exc
+        self._read_timeout = max(0.1, float(timeout))
+        return open_container(self.url, self._read_timeout)
 
     def _close_container(self) -> None:
         container, self._container = self._container, None

@@ -17,8 +17,7 @@ from tests.conftest import unique
 from tests.kvs_producer import clusters, encode_mkv
 
 # What ends an unknown-size Cluster (a live fragment in GetMedia's output): the next level-1 element.
-_LEVEL1 = frozenset({mkv.SEEK_HEAD, mkv.INFO, mkv.TRACKS, mkv.CLUSTER, mkv.CUES, mkv.TAGS, mkv.CHAPTERS,
-                     mkv.ATTACHMENTS, mkv.EBML, mkv.SEGMENT})  # fmt: skip
+_LEVEL1 = mkv.TOP_LEVEL
 FRAGMENT_NUMBER = "AWS_KINESISVIDEO_FRAGMENT_NUMBER"
 CONTINUATION_TOKEN = "AWS_KINESISVIDEO_CONTINUATION_TOKEN"
 

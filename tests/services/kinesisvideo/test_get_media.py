@@ -46,16 +46,6 @@ PRODUCER_TIMESTAMP = "AWS_KINESISVIDEO_PRODUCER_TIMESTAMP"
 MILLIS_BEHIND_NOW = "AWS_KINESISVIDEO_MILLIS_BEHIND_NOW"
 
 
-@pytest.fixture
-def kvs(server):  # type: ignore[no-untyped-def]
-    return server.client("kinesisvideo")
-
-
-@pytest.fixture
-def media(server):  # type: ignore[no-untyped-def]
-    return server.client("kinesis-video-media", read_timeout=20)
-
-
 class Recorded:
     """A stream holding four fragments, sent one by one (so their server timestamps differ)."""
 

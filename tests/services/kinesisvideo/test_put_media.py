@@ -37,16 +37,6 @@ pytestmark = pytest.mark.storage
 EARLIEST = {"StartSelectorType": "EARLIEST"}
 
 
-@pytest.fixture
-def kvs(server):  # type: ignore[no-untyped-def]
-    return server.client("kinesisvideo")
-
-
-@pytest.fixture
-def media(server):  # type: ignore[no-untyped-def]
-    return server.client("kinesis-video-media", read_timeout=20)
-
-
 def events(acks: list[dict[str, Any]], number: str) -> list[str]:
     return [a["EventType"] for a in acks if a.get("FragmentNumber") == number]
 

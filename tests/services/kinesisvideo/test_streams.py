@@ -18,11 +18,6 @@ pytestmark = pytest.mark.storage
 ARN = re.compile(rf"arn:aws:kinesisvideo:{REGION}:000000000000:stream/([a-zA-Z0-9_.-]+)/([0-9]+)")
 
 
-@pytest.fixture
-def kvs(server):  # type: ignore[no-untyped-def]
-    return server.client("kinesisvideo")
-
-
 def error(call, **params) -> tuple[int, str]:  # type: ignore[no-untyped-def]
     with pytest.raises(ClientError) as excinfo:
         call(**params)

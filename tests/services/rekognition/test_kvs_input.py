@@ -27,9 +27,17 @@ from tests.conftest import (
     wait_until,
 )
 from tests.engines.video_files import portrait_frames
-from tests.kvs_producer import PutMedia, clusters, encode_mkv
+from tests.kvs_producer import PutMedia, clusters, encode_mkv, put_media
+from tests.services.rekognition import label_model
 from tests.services.rekognition.aws_peers import moto
-from tests.services.rekognition.test_stream_processors import Records, data_stream, processor, status
+from tests.services.rekognition.test_stream_processors import (
+    Records,
+    data_stream,
+    home_processor,
+    outputs,
+    processor,
+    status,
+)
 
 pytestmark = pytest.mark.storage
 DATA = Path(__file__).parent.parent.parent / "data"
@@ -40,6 +48,7 @@ def kvs_server(tmp_path_factory, moto_endpoint) -> Iterator[RunningServer]:  # t
     tmp = tmp_path_factory.mktemp("kvs-input")
     url, drop = _fresh_database(tmp)
     server = start_server(tmp, url, env=aws_env(moto_endpoint, tmp))
+    label_model.install(server.data_dir / "models")  # red blocks are PERSON (connected home tests)
     yield server
     stop_server(server)
     drop()
@@ -163,6 +172,46 @@ def test_a_processor_fails_when_its_stream_is_missing_deleted_or_not_h264(kvs_se
     wait_until(lambda: status(rek, name) == "RUNNING", timeout=60, what="RUNNING")
     with Camera(kvs_server, mpeg4, mpeg4_mkv()):
         assert "not H.264" in failed_with(name)
+
+
+def test_connected_home_starts_at_a_position_in_the_archive(kvs_server, moto_endpoint):
+    """Video pushed before the session exists: an empty porch for 2 s, then a person for 2 s. A session
+    whose StartSelector is a producer time (or a fragment) in the past reads it from the archive."""
+    rek, kvs = kvs_server.client("rekognition"), kvs_server.client("kinesisvideo")
+    archive = kvs_server.client("kinesis-video-archived-media")
+    stream = unique("porch")
+    kvs.create_stream(StreamName=stream, DataRetentionInHours=1)
+    empty = label_model.frame_with((128, 128, 128), (0, 0, 1, 1))
+    person = label_model.frame_with((255, 0, 0), (128, 96, 256, 192))
+    start = time.time() - 60  # a minute ago
+    video = encode_mkv([empty] * 20 + [person] * 20, fps=10, size=(640, 480), fragment_seconds=1)
+    status_code, _ = put_media(kvs_server.url, video, stream_name=stream, start_timestamp=start)
+    assert status_code == 200
+    fragments = sorted(
+        archive.list_fragments(StreamName=stream)["Fragments"], key=lambda f: f["FragmentNumber"]
+    )
+    assert len(fragments) == 4
+
+    inbox, _s3, bucket = outputs(moto_endpoint)
+    selectors = {
+        "ProducerTimestamp": int((start + 2.0) * 1000),  # the first person frame, in milliseconds
+        "FragmentNumber": fragments[2]["FragmentNumber"],
+    }
+    for key, value in selectors.items():
+        name = home_processor(rek, stream, inbox.topic, bucket)
+        rek.start_stream_processor(
+            Name=name,
+            StartSelector={"KVSStreamStartSelector": {key: value}},
+            StopSelector={"MaxDurationInSeconds": 2},
+        )
+        wait_until(lambda name=name: status(rek, name) == "STOPPED", timeout=60, what=f"{key}: STOPPED")
+        detected = [m for m in inbox.of(name) if m["eventNamespace"]["type"] == "LABEL_DETECTED"]
+        assert detected, f"{key}: no person found in the archive"
+        mapping = detected[0]["labels"][0]["videoMapping"]["kinesisVideoMapping"]
+        assert mapping["fragmentNumber"] == fragments[2]["FragmentNumber"]
+        assert abs(mapping["producerTimestamp"] - fragments[2]["ProducerTimestamp"].timestamp() * 1000) <= 1
+        assert mapping["frameOffsetMillis"] == 0
+        rek.delete_stream_processor(Name=name)  # one processor per Kinesis Video stream
 
 
 def mpeg4_mkv() -> bytes:

@@ -65,7 +65,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import queue
 import re
 import struct
@@ -76,7 +75,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from mlharbor.runtime import ExecutorClosed, WorkAlreadyRunning, WorkContext, WorkStatus
 from mlharbor.runtime.process_name import name_process
@@ -386,34 +384,13 @@ class _Timeline:
 
 
 def _open_container(url: str, timeout: float) -> Any:
-    """Open ``url`` for reading, bounded as ``engines/video.py`` does (PyAV's interrupt timeout for every
-    step, FFmpeg's socket timeouts, RTSP over TCP)."""
-    import av
-    import av.error
+    """Open ``url`` for reading, bounded as stream processors' sources are (``engines.video``)."""
+    from mlharbor.engines.video import VideoError, open_container
 
-    from mlharbor.engines.video import NETWORK_TIMEOUT_OPTIONS, local_path, reason_of, redact
-
-    path = local_path(url)
-    options: dict[str, str] = {}
-    if path is not None:
-        target = "file:" + os.path.abspath(path)
-    else:
-        target = url
-        scheme = urlsplit(url).scheme.lower()
-        micros = str(int(timeout * 1_000_000))
-        if scheme in NETWORK_TIMEOUT_OPTIONS:
-            options["rtsp_transport"] = "tcp"
-            options[NETWORK_TIMEOUT_OPTIONS[scheme]] = micros
-        else:
-            options["rw_timeout"] = micros
-    started = time.monotonic()
     try:
-        return av.open(target, mode="r", options=options, timeout=(timeout, timeout))
-    except (av.error.FFmpegError, OSError, ValueError) as exc:
-        reason = reason_of(exc)
-        if isinstance(exc, av.error.ExitError) or time.monotonic() - started >= 0.9 * timeout:
-            reason = f"no answer within {timeout:g} s"
-        raise SourceError(f"cannot open {redact(url)}: {reason}") from exc
+        return open_container(url, timeout)
+    except VideoError as exc:
+        raise SourceError(str(exc)) from exc
 
 
 class _Source:
