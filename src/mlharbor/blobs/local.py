@@ -173,6 +173,13 @@ class LocalBlobStore(BlobStore):
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
+        # The rename is durable once its folder is: without this a power cut could lose an object whose
+        # write was acknowledged (a PERSISTED fragment, a trained model).
+        folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
 
     def _bucket_dir(self, bucket: str) -> Path:
         # S3Uri already keeps "/", "." and ".." out of bucket names; the folder must not be a

@@ -149,6 +149,16 @@ def read_vint(
 
 def _element_header(buf: bytearray, pos: int) -> tuple[int, int, int] | None:
     """(id, size or -1, header length) of the element at ``pos``, or None if incomplete."""
+    # Fast path for what every block in a Cluster has: a one-byte ID and a one- to three-byte size (the
+    # parser's cost is per element, and a video stream is mostly blocks).
+    if pos + 4 <= len(buf) and buf[pos] & 0x80:
+        first = buf[pos + 1]
+        if first & 0x80 and first != 0xFF:
+            return buf[pos], first & 0x7F, 2
+        if first & 0x40 and not (first == 0x7F and buf[pos + 2] == 0xFF):
+            return buf[pos], ((first & 0x3F) << 8) | buf[pos + 2], 3
+        if first & 0x20 and not (first == 0x3F and buf[pos + 2] == 0xFF and buf[pos + 3] == 0xFF):
+            return buf[pos], ((first & 0x1F) << 16) | (buf[pos + 2] << 8) | buf[pos + 3], 4
     ident = read_vint(buf, pos, keep_marker=True)
     if ident is None:
         return None
