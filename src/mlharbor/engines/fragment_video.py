@@ -33,10 +33,9 @@ from typing import Any, Protocol
 
 import av
 import av.error
-import numpy
 
 from mlharbor.engines import mkv
-from mlharbor.engines.video import FragmentPosition, Frame, VideoError
+from mlharbor.engines.video import FragmentPosition, Frame, VideoError, to_rgb
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +221,7 @@ class FragmentVideoSource:
             self._first_time = producer
         received = time.time()
         frame = Frame(
-            pixels=self._to_rgb(picture),
+            pixels=to_rgb(picture, self.max_side),
             index=self._sampled,
             stream_seconds=round(producer - self._first_time, 6),
             producer_time=producer,
@@ -247,17 +246,6 @@ class FragmentVideoSource:
             self._slot = frame
             self._cond.notify_all()
         return True
-
-    def _to_rgb(self, picture: Any) -> numpy.ndarray:
-        width, height = picture.width, picture.height
-        longer = max(width, height)
-        if self.max_side is None or longer <= self.max_side:
-            return picture.to_ndarray(format="rgb24")
-        scale = self.max_side / longer
-        return picture.reformat(
-            width=max(1, round(width * scale)), height=max(1, round(height * scale)), format="rgb24",
-            interpolation="AREA",
-        ).to_ndarray()  # fmt: skip
 
 
 def _video_track(header: mkv.Header, name: str) -> tuple[int, mkv.Track]:

@@ -44,6 +44,7 @@ container. Always ``close()`` a source (or use it as a context manager): a loopi
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -212,7 +213,6 @@ class VideoSource:
         self._loop_end = 0.0  # stream time where the current loop of a file ends
         self._next_sample: float | None = None
         self._sampled = 0
-        self._sizes: dict[tuple[int, int], tuple[int, int]] = {}
 
     # -- public ------------------------------------------------------------------------------------------
 
@@ -421,7 +421,7 @@ class VideoSource:
         due = t if self._next_sample is None else self._next_sample + period
         self._next_sample = due if due > t + _EPSILON else t + period
         received = time.time()
-        pixels = self._to_rgb(frame)
+        pixels = to_rgb(frame, self.max_side)
         # Not after it arrived: a network source may send faster than real time (a burst after a stall).
         producer = min(self._open_time + t, received)
         if not self.is_file:
@@ -445,18 +445,20 @@ class VideoSource:
             self._cond.notify_all()
         return True
 
-    def _to_rgb(self, frame: Any) -> numpy.ndarray:
-        size = (frame.width, frame.height)
-        target = self._sizes.get(size)
-        if target is None:
-            target = size
-            longer = max(size)
-            if self.max_side is not None and longer > self.max_side:
-                scale = self.max_side / longer
-                target = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
-            self._sizes[size] = target
-        if target == size:
-            return frame.to_ndarray(format="rgb24")
-        return frame.reformat(
-            width=target[0], height=target[1], format="rgb24", interpolation="AREA"
-        ).to_ndarray()
+
+@functools.lru_cache(maxsize=64)
+def _target_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
+    longer = max(width, height)
+    if max_side is None or longer <= max_side:
+        return width, height
+    scale = max_side / longer
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def to_rgb(frame: Any, max_side: int | None) -> numpy.ndarray:
+    """A decoded PyAV frame as RGB pixels, shrunk so its longer side is at most ``max_side``."""
+    target = _target_size(frame.width, frame.height, max_side)
+    if target == (frame.width, frame.height):
+        return frame.to_ndarray(format="rgb24")
+    width, height = target
+    return frame.reformat(width=width, height=height, format="rgb24", interpolation="AREA").to_ndarray()
