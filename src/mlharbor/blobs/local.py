@@ -175,7 +175,12 @@ class LocalBlobStore(BlobStore):
             raise
         # The rename is durable once its folder is: without this a power cut could lose an object whose
         # write was acknowledged (a PERSISTED fragment, a trained model).
-        folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        except (FileNotFoundError, NotADirectoryError):
+            # A concurrent delete() removed the new object and pruned its folder: put-then-delete,
+            # nothing left to make durable.
+            return
         try:
             os.fsync(folder)
         finally:
