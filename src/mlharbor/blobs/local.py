@@ -144,31 +144,36 @@ class LocalBlobStore(BlobStore):
         parsed = require_object_key(S3Uri.of(uri))
         if _is_marker(parsed.key):
             raise InvalidS3Uri(f"{parsed} ends with '/': the local store keeps no folder-marker objects")
-        # os.replace acts on a symlink itself, so a key that is a symlink gets replaced by a file.
-        path = self._object_path(parsed, follow_final=False)
-        if path.is_dir():
-            raise BlobConflict(f"cannot store {parsed}: objects under {parsed.key}/ exist")
         bucket_dir = self._bucket_dir(parsed.bucket)
+        # os.replace acts on a symlink itself, so a key that is a symlink gets replaced by a file.
+        path = self._resolve_inside(bucket_dir, parsed.key, parsed, follow_final=False)
+        folder = path.parent
+        # Same folder as the target so os.replace is a rename on one file system. mkstemp makes the file
+        # 0600: objects are the server's private data. The folder is made only when it is missing (the
+        # common case, a folder that exists, costs no mkdir).
         for attempt in range(5):
             try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                # Same folder as the target so os.replace is a rename on one file system. mkstemp
-                # makes the file 0600: objects are the server's private data.
-                fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=path.parent)
+                fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=folder)
                 break
-            except (FileExistsError, FileNotFoundError, NotADirectoryError):
-                # Either an object sits where a folder must go, or a concurrent delete() pruned a
-                # folder we had just made (then simply try again).
-                if _file_in_the_way(path.parent, bucket_dir):
+            except (FileNotFoundError, NotADirectoryError):
+                # Either an object sits where a folder must go, or the folder is missing (never made, or
+                # a concurrent delete() pruned it): make it and try again.
+                if _file_in_the_way(folder, bucket_dir):
                     raise BlobConflict(f"cannot store {parsed}: a parent of that key is an object") from None
                 if attempt == 4:
                     raise
+                with contextlib.suppress(FileExistsError, FileNotFoundError):
+                    folder.mkdir(parents=True, exist_ok=True)
         try:
             with os.fdopen(fd, "wb") as fh:
                 fill(fh)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)  # atomic: readers see the old object or the new one, never half
+        except IsADirectoryError:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise BlobConflict(f"cannot store {parsed}: objects under {parsed.key}/ exist") from None
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
@@ -176,15 +181,15 @@ class LocalBlobStore(BlobStore):
         # The rename is durable once its folder is: without this a power cut could lose an object whose
         # write was acknowledged (a PERSISTED fragment, a trained model).
         try:
-            folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+            folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
         except (FileNotFoundError, NotADirectoryError):
             # A concurrent delete() removed the new object and pruned its folder: put-then-delete,
             # nothing left to make durable.
             return
         try:
-            os.fsync(folder)
+            os.fsync(folder_fd)
         finally:
-            os.close(folder)
+            os.close(folder_fd)
 
     def _bucket_dir(self, bucket: str) -> Path:
         # S3Uri already keeps "/", "." and ".." out of bucket names; the folder must not be a

@@ -83,7 +83,8 @@ class ClusterStart:
     timecode: int  # in timecode-scale ticks
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass's __init__ costs ~3x, and a stream makes one Frame per frame.
+@dataclass(slots=True)
 class Frame:
     track: int
     timecode: int  # absolute: the cluster's timecode plus the block's own
@@ -213,6 +214,9 @@ def simple_tags(payload: bytes | memoryview) -> dict[str, str]:
                 if name is not None and value is not None:
                     values[bytes(name).decode("utf-8", "replace")] = bytes(value).decode("utf-8", "replace")
     return values
+
+
+_BLOCK_HEAD = struct.Struct(">hB")  # a block's timecode (relative to its Cluster's) and flags
 
 
 def _block(raw: memoryview, offset: int) -> tuple[int, int, int, int]:
@@ -355,15 +359,18 @@ class MkvParser:
         if self._cluster_left is None and ident in TOP_LEVEL:
             events.append(self._end_cluster())
             return pos
-        element = self._whole(pos, size, hlen, self.max_element)
-        if element is None:
-            return None
+        # (_whole's checks, inline: this runs once per frame)
+        if size < 0 or size > self.max_element:
+            self._whole(pos, size, hlen, self.max_element)  # raises the right MkvError
         total = hlen + size
+        if len(self._buf) - pos < total:
+            return None
         if self._cluster_left is not None:
             if total > self._cluster_left:
                 raise MkvError("an element crosses the end of its Cluster")
             self._cluster_left -= total
-        raw = bytes(element)
+        with memoryview(self._buf) as view:  # released at once: a bytearray with a view cannot grow
+            raw = bytes(view[pos : pos + total])
         if ident == TIMECODE:
             self._cluster_timecode = _uint(raw[hlen:])
             events.append(ClusterStart(self._cluster_timecode))
@@ -376,11 +383,15 @@ class MkvParser:
         return pos + total
 
     def _frame(self, ident: int, raw: bytes, hlen: int) -> Frame:
-        view = memoryview(raw)
         assert self._cluster_timecode is not None
         if ident == SIMPLE_BLOCK:
-            track, relative, flags, offset = _block(view, hlen)
+            if len(raw) >= hlen + 4 and raw[hlen] & 0x80 and raw[hlen] != 0xFF:  # tracks 1-126: all real ones
+                relative, flags = _BLOCK_HEAD.unpack_from(raw, hlen + 1)
+                track, offset = raw[hlen] & 0x7F, hlen + 4
+            else:
+                track, relative, flags, offset = _block(memoryview(raw), hlen)
             return Frame(track, self._cluster_timecode + relative, bool(flags & 0x80), raw, offset, len(raw))
+        view = memoryview(raw)
         block, referenced = None, False
         for child_id, start, end in _spans(view, hlen):
             if child_id == BLOCK:

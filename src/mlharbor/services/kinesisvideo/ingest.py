@@ -171,6 +171,7 @@ class _Session:
         self.limits = limits
         self.parser = mkv.MkvParser(max_element=MAX_FRAGMENT_BYTES)
         self.header: mkv.Header | None = None
+        self.max_fragment_ticks = 0.0
         self.fragment: _Fragment | None = None
         self.previous_end: float | None = None  # producer time of the previous fragment's last frame
         self.acks: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
@@ -276,14 +277,15 @@ class _Session:
 
     def _handle(self, events: list[mkv.Event]) -> None:
         for event in events:
-            if isinstance(event, mkv.Header):
-                self._on_header(event)
-            elif isinstance(event, mkv.ClusterStart):
-                self._on_cluster(event)
-            elif isinstance(event, mkv.Frame):
-                self._on_frame(event)
-            elif isinstance(event, mkv.ClusterEnd):  # (Tags events are off: a producer's tags are not kept)
-                self._on_cluster_end(event)
+            kind = type(event)
+            if kind is mkv.Frame:  # most events are frames: test for them first
+                self._on_frame(event)  # type: ignore[arg-type]
+            elif kind is mkv.ClusterStart:
+                self._on_cluster(event)  # type: ignore[arg-type]
+            elif kind is mkv.ClusterEnd:  # (Tags events are off: a producer's tags are not kept)
+                self._on_cluster_end(event)  # type: ignore[arg-type]
+            elif kind is mkv.Header:
+                self._on_header(event)  # type: ignore[arg-type]
         if self.fragment is not None and self.parser.cluster_bytes > MAX_FRAGMENT_BYTES:
             raise IngestError(FRAGMENT_TOO_LARGE, f"A fragment is larger than {MAX_FRAGMENT_BYTES} bytes.")
 
@@ -295,6 +297,8 @@ class _Session:
         if not header.tracks:
             raise IngestError(INVALID_MKV, "The Tracks element declares no track.")
         self.header = header
+        # FRAGMENT_TOO_LONG in timecode ticks, so that the per-frame check is one comparison.
+        self.max_fragment_ticks = MAX_FRAGMENT_SECONDS * 1e9 / header.timecode_scale
 
     def _seconds(self, timecode: int) -> float:
         assert self.header is not None
@@ -320,15 +324,15 @@ class _Session:
                 TRACK_NOT_IN_HEADER, f"A frame is on track {frame.track}, which Tracks does not declare."
             )
         fragment = self.fragment
+        timecode = frame.timecode
         if fragment.first_frame_tc is None:
-            fragment.first_frame_tc = frame.timecode
-        fragment.last_frame_tc = (
-            frame.timecode if fragment.last_frame_tc is None else max(fragment.last_frame_tc, frame.timecode)
-        )
-        if self._seconds(fragment.last_frame_tc - fragment.timecode) > MAX_FRAGMENT_SECONDS:
-            raise IngestError(
-                FRAGMENT_TOO_LONG, f"A fragment is longer than {MAX_FRAGMENT_SECONDS:g} seconds."
-            )
+            fragment.first_frame_tc = timecode
+        if fragment.last_frame_tc is None or timecode > fragment.last_frame_tc:
+            fragment.last_frame_tc = timecode
+            if timecode - fragment.timecode > self.max_fragment_ticks:
+                raise IngestError(
+                    FRAGMENT_TOO_LONG, f"A fragment is longer than {MAX_FRAGMENT_SECONDS:g} seconds."
+                )
         fragment.frames += 1
         fragment.tracks_seen.add(frame.track)
         self.live.frame(self.arn, frame.raw)
