@@ -184,7 +184,8 @@ def signed_post(
         body = body.encode()
     all_headers = {"Content-Type": "application/x-amz-json-1.1", **(headers or {})}
     if target is not None:
-        prefix = {"rekognition": "RekognitionService", "comprehend": "Comprehend_20171127"}[service]
+        prefix = {"rekognition": "RekognitionService", "comprehend": "Comprehend_20171127",
+                  "kinesis": "Kinesis_20131202"}[service]  # fmt: skip
         all_headers["X-Amz-Target"] = f"{prefix}.{target}"
     request = AWSRequest(method="POST", url=url.rstrip("/") + path, data=body, headers=all_headers)
     if sign:

@@ -25,6 +25,7 @@ from mlharbor.runtime.reconciler import Reconciler
 from mlharbor.services.comprehend.detection import JobSupervisor
 from mlharbor.services.comprehend.endpoints import EndpointSupervisor
 from mlharbor.services.comprehend.training import TrainingSupervisor
+from mlharbor.services.kinesis.retention import RetentionPass as KinesisRetention
 from mlharbor.services.kinesisvideo.puller import PullSupervisor
 from mlharbor.services.kinesisvideo.retention import RetentionPass
 from mlharbor.services.rekognition.collections import Indexes
@@ -63,6 +64,7 @@ def build_server(settings: Settings) -> Server:
     reconciler.register("video stream pullers", pullers.reconcile)
     server.shutdown_hooks.append(pullers.stop)
     reconciler.register("video fragment retention", RetentionPass(server).reconcile)
+    reconciler.register("kinesis record retention", KinesisRetention(server).reconcile)
     return server
 
 

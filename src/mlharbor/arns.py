@@ -56,6 +56,10 @@ def video_stream(region: str, account_id: str, name: str, created_ms: int) -> st
     return str(Arn(PARTITION, "kinesisvideo", region, account_id, f"stream/{name}/{created_ms}"))
 
 
+def kinesis_stream(region: str, account_id: str, name: str) -> str:
+    return str(Arn(PARTITION, "kinesis", region, account_id, f"stream/{name}"))
+
+
 def named_stream(arn: str) -> tuple[str, str, str] | None:
     """(region, account, NAME) of a Kinesis data stream (``...:kinesis:R:A:stream/NAME``) or Kinesis Video
     stream (``...:kinesisvideo:R:A:stream/NAME/CREATION-TIME``) ARN; None if it names no stream."""

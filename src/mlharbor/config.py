@@ -133,6 +133,11 @@ class Settings(BaseSettings):
         description="a GetMedia reader that has caught up and gets no new data for this long is answered to "
         "the end (it resumes with its continuation token)",
     )
+    kinesis_iterator_lifetime_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="a Kinesis shard iterator expires this long after it was issued (AWS: 5 minutes)",
+    )
     inference_unit_limits: bool = Field(
         default=True,
         description="enforce AWS's endpoint throughput per inference unit (100 characters/s and 2 "

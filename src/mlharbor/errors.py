@@ -221,6 +221,20 @@ class InvalidMediaFrameException(AwsError):
     pass
 
 
+# --- Kinesis Data Streams (InvalidArgumentException, ResourceNotFoundException, ... are above) -------------
+class ExpiredIteratorException(AwsError):
+    pass
+
+
+class ExpiredNextTokenException(AwsError):
+    pass
+
+
+class InternalFailureException(AwsError):
+    status = 500
+    default_message = "Internal service failure."
+
+
 # --- Comprehend ---------------------------------------------------------------------------------------------
 class BatchSizeLimitExceededException(AwsError):
     pass

@@ -95,6 +95,16 @@ KINESIS_VIDEO_DIALECT = Dialect(
 )
 
 
+KINESIS_DIALECT = Dialect(
+    validation=lambda v: errors.ValidationException(str(v)),
+    bad_token=errors.InvalidArgumentException,
+    throttled=errors.LimitExceededException,
+    overloaded=errors.LimitExceededException,
+    internal=errors.InternalFailureException,
+    code_and_logref=False,
+)
+
+
 @dataclass(frozen=True)
 class Service:
     name: str  # botocore service name, e.g. "rekognition"
@@ -151,6 +161,7 @@ class Service:
 def build_services() -> dict[str, Service]:
     """Target prefix -> service. Imported late so handlers can import shared modules freely."""
     from mlharbor.services.comprehend.operations import OPERATIONS as COMPREHEND_OPERATIONS
+    from mlharbor.services.kinesis.operations import OPERATIONS as KINESIS_OPERATIONS
     from mlharbor.services.kinesisvideo.archive import OPERATIONS as ARCHIVED_MEDIA_OPERATIONS
     from mlharbor.services.kinesisvideo.ingest import put_media
     from mlharbor.services.kinesisvideo.media import OPERATIONS as MEDIA_OPERATIONS
@@ -168,6 +179,7 @@ def build_services() -> dict[str, Service]:
         ),
         Service("kinesis-video-media", KINESIS_VIDEO_DIALECT, MEDIA_OPERATIONS),
         Service("kinesis-video-archived-media", KINESIS_VIDEO_DIALECT, ARCHIVED_MEDIA_OPERATIONS),
+        Service("kinesis", KINESIS_DIALECT, KINESIS_OPERATIONS),
     ]
     for service in services:
         # Load models and resolve every shape now, before the port opens, so no request pays for it.

@@ -216,6 +216,54 @@ video_streams = Table(
 )
 
 
+# Kinesis Data Streams. A stream's shards and records hang off its ``stream_id`` (new for every CreateStream),
+# so a stream re-created under the same name (same ARN) never sees its namesake's records; the retention pass
+# deletes the records of streams that are gone.
+kinesis_streams = Table(
+    "kinesis_streams",
+    metadata,
+    Column("stream_id", String(32), primary_key=True),
+    Column("arn", String(1024), nullable=False),
+    Column("account_id", String(12), nullable=False),
+    Column("region", String(32), nullable=False),
+    Column("name", String(128), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("version", Integer, nullable=False, default=0),  # compare-and-set counter
+    Column("mode", String(16), nullable=False),  # PROVISIONED | ON_DEMAND
+    Column("retention_hours", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("encryption_type", String(8), nullable=False, default="NONE"),
+    Column("key_id", String(2048)),
+    Column("max_record_kib", Integer, nullable=False),
+    Column("distribution", String(24), nullable=False),  # RecordDistributionStrategy
+    UniqueConstraint("account_id", "region", "name", name="uq_kinesis_stream_name"),
+)
+
+# ``next_sequence`` is the shard's record counter: PutRecord(s) take numbers from it in the transaction that
+# stores the records, so numbers only grow, in commit order (the row lock orders writers on PostgreSQL).
+kinesis_shards = Table(
+    "kinesis_shards",
+    metadata,
+    Column("stream_id", String(32), primary_key=True),
+    Column("shard_index", Integer, primary_key=True),
+    Column("start_hash", String(40), nullable=False),  # decimal strings: 2**128 does not fit a BIGINT
+    Column("end_hash", String(40), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("next_sequence", BigInteger, nullable=False),
+)
+
+kinesis_records = Table(
+    "kinesis_records",
+    metadata,
+    Column("stream_id", String(32), primary_key=True),
+    Column("shard_index", Integer, primary_key=True),
+    Column("sequence", BigInteger, primary_key=True),
+    Column("partition_key", String(256), nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    Column("arrival", Float, nullable=False),
+    Index("ix_kinesis_records_arrival", "stream_id", "shard_index", "arrival"),
+)
+
 # Kinesis Video fragments: one Cluster each, stored as a whole MKV document (header + Cluster) in the object
 # store. Fragment numbers are 47-digit decimal strings, so string order is number order.
 video_fragments = Table(
