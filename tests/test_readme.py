@@ -168,15 +168,17 @@ def python_script() -> str:
 def test_python_blocks_run_as_one_session(readme_server, tmp_path):
     put_readme_data(readme_server.data_dir)
     (tmp_path / ".mlharbor").symlink_to(readme_server.data_dir)  # make serve's data folder, relative
+    shutil.copy(ROOT / "tests" / "data" / "grace_hopper.jpg", tmp_path)  # "a photo of a face"
     script = tmp_path / "readme.py"
     script.write_text(python_script().replace(README_URL, readme_server.url))
     run = subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=120
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300
     )
     assert run.returncode == 0, f"{run.stdout}\n{run.stderr}\n{readme_server.log()[-3000:]}"
     printed = run.stdout
+    assert re.search(r"^grace [0-9]{47}$", printed, re.MULTILINE), printed  # the face found, its fragment
     for promised in (
-        "STOPPED",  # the new stream processor
+        "STOPPED",  # the stream processor, stopped
         "['front-door']",  # the list of processors
         "ResourceNotFoundException",  # the missing processor
         "TRAINED",  # the recognizer

@@ -51,6 +51,14 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="allow a non-loopback host with the built-in test/test credential",
     )
+    push = sub.add_parser(
+        "put-media",
+        help="put a video file, RTSP or HTTP source into a Kinesis Video stream (PutMedia) until interrupted",
+    )
+    push.add_argument("source", help="a video file (played at its own speed, looped), rtsp:// or http:// URL")
+    push.add_argument("--stream-name", required=True, help="the Kinesis Video stream (it must exist)")
+    push.add_argument("--endpoint-url", default="http://127.0.0.1:4580", help="default http://127.0.0.1:4580")
+    push.add_argument("--region", help="default: boto3's configured region, else us-east-1")
     return parser
 
 
@@ -166,4 +174,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"invalid configuration: {exc}", file=sys.stderr)
             return 2
         return serve(settings)
+    if args.command == "put-media":
+        from mlharbor.services.kinesisvideo import push
+
+        setup_logging("text")
+        return push.run(args.stream_name, args.source, args.endpoint_url, args.region)
     return 2

@@ -292,3 +292,16 @@ def test_a_camera_that_never_answers_times_out(silent_server):
     assert time.monotonic() - started < 4
     redacted = f"rtsp://admin:***@127.0.0.1:{silent_server}/stream"  # no password in messages
     assert str(failure.value) == f"cannot open {redacted}: no answer within 1 s"
+
+
+def test_a_frame_whose_rows_ffmpeg_pads_still_shows_its_face(tmp_path):
+    # 410 pixels wide: FFmpeg pads each RGB row from 1,230 to 1,248 bytes. Such a frame used to reach the face
+    # detector as a strided view, which dlib read as noise: no face, in any video of that width.
+    from mlharbor.engines.faces import DlibEngine
+
+    path = write_video(tmp_path / "narrow.mp4", portrait_frames(3, size=(410, 480)), fps=10)
+    with VideoSource(str(path), max_side=1280) as source:
+        frame = source.next(timeout=5)
+    assert frame is not None and frame.pixels.shape == (480, 410, 3)
+    assert frame.pixels.flags["C_CONTIGUOUS"]
+    assert len(DlibEngine().detect(frame.pixels)) == 1

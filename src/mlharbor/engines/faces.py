@@ -146,6 +146,9 @@ class DlibEngine:
     def detect(self, image: numpy.ndarray, upsample: int = 0) -> list[Face]:
         """Faces in an RGB image, most confident first. ``upsample`` 1 finds faces down to ~40 px at 4×
         the cost of 0 (~80 ms vs ~20 ms on a 640×480 frame)."""
+        # dlib reads rows as if packed: a decoded frame whose rows are padded (a width like 410) would be
+        # seen as noise, and no face found. (No copy when the array is packed already.)
+        image = numpy.ascontiguousarray(image)
         rects, scores, _ = self._detector.run(image, upsample, 0.0)
         height, width = image.shape[:2]
         faces = []
@@ -167,6 +170,7 @@ class DlibEngine:
         """The faces with their 128-d descriptors (aligned by their landmarks)."""
         if not faces:
             return []
+        image = numpy.ascontiguousarray(image)  # (see detect)
         shapes = self._dlib.full_object_detections()
         for face in faces:
             b = face.box

@@ -458,7 +458,9 @@ def _target_size(width: int, height: int, max_side: int | None) -> tuple[int, in
 def to_rgb(frame: Any, max_side: int | None) -> numpy.ndarray:
     """A decoded PyAV frame as RGB pixels, shrunk so its longer side is at most ``max_side``."""
     target = _target_size(frame.width, frame.height, max_side)
-    if target == (frame.width, frame.height):
-        return frame.to_ndarray(format="rgb24")
-    width, height = target
-    return frame.reformat(width=width, height=height, format="rgb24", interpolation="AREA").to_ndarray()
+    if target != (frame.width, frame.height):
+        width, height = target
+        frame = frame.reformat(width=width, height=height, format="rgb24", interpolation="AREA")
+    # FFmpeg pads each row to an aligned size (a 410-pixel-wide frame has 1,248-byte rows): the array is a
+    # strided view then, which dlib would read as noise. Packed here, once (no copy when already packed).
+    return numpy.ascontiguousarray(frame.to_ndarray(format="rgb24"))

@@ -57,7 +57,7 @@ class ConnectedHomeSession:
         self.folder = S3Uri(destination["Bucket"], prefix)
         self.blobs = open_blob_store(payload["object_store"], Path(payload["data_dir"]))
         self.kms_key_id = row.spec.get("KmsKeyId")
-        self.notifier = Notifier(row.spec["NotificationChannel"]["SNSTopicArn"])
+        self.notifier = Notifier(row.spec["NotificationChannel"]["SNSTopicArn"], payload.get("sns"))
         try:
             self.notifier.check()
         except NotificationUnavailable as exc:

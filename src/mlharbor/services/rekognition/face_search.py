@@ -53,7 +53,7 @@ class FaceSearchSession:
             raise ss.Unusable("Collection not found")
         step()
         try:
-            self.sink = KinesisSink(row.output_stream_arn, partition_key=row.name)
+            self.sink = KinesisSink(row.output_stream_arn, row.name, payload.get("kinesis"))
             self.sink.check()
         except SinkUnavailable as exc:
             raise ss.Unusable(str(exc)) from None

@@ -1,9 +1,13 @@
-"""Where stream processors put their results: a Kinesis data stream (face search).
+"""Where stream processors put their results: a Kinesis data stream (face search), an SNS topic (connected
+home notifications).
 
-boto3 with its standard configuration (``AWS_ENDPOINT_URL_KINESIS``, credentials, the stream ARN's region).
-Records wait in a bounded buffer and go out with PutRecords; a failed call (Kinesis unreachable,
-throttled) leaves them buffered and the next attempt waits with exponential backoff, so an outage never
-blocks the analysis loop or crashes the worker. Past ``MAX_BUFFERED`` records the oldest are dropped (a
+Both are this MLHarbor server's own Kinesis and SNS by default, or boto3's standard configuration
+(``AWS_ENDPOINT_URL_KINESIS`` / ``AWS_ENDPOINT_URL_SNS``, credentials, the ARN's region) when the server
+was told to use another endpoint (``endpoints``).
+
+Records wait in a bounded buffer and go out with PutRecords; a failed call (Kinesis unreachable, throttled)
+leaves them buffered and the next attempt waits with exponential backoff, so an outage never blocks the
+analysis loop or crashes the worker. Past ``MAX_BUFFERED`` records the oldest are dropped (a
 live stream cannot wait for ever); ``error`` says what is wrong until a call succeeds again.
 """
 
@@ -16,6 +20,7 @@ from collections import deque
 from typing import Any
 
 from mlharbor import arns
+from mlharbor.services.rekognition import endpoints
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +35,7 @@ class SinkUnavailable(Exception):
 
 
 class KinesisSink:
-    def __init__(self, stream_arn: str, partition_key: str) -> None:
+    def __init__(self, stream_arn: str, partition_key: str, endpoint: dict[str, Any] | None = None) -> None:
         import boto3
         from botocore.config import Config
 
@@ -40,13 +45,10 @@ class KinesisSink:
         region, _, self.stream_name = named
         self.stream_arn = stream_arn
         self.partition_key = partition_key
-        self._client = boto3.client(
-            "kinesis",
-            region_name=region,
-            # One try per call, short timeouts: the analysis loop (and a Stop) never waits long on Kinesis;
-            # the sink retries with backoff itself.
-            config=Config(retries={"total_max_attempts": 1}, connect_timeout=1, read_timeout=1),
-        )
+        # One try per call, short timeouts: the analysis loop (and a Stop) never waits long on Kinesis; the
+        # sink retries with backoff itself.
+        config = Config(retries={"total_max_attempts": 1}, connect_timeout=1, read_timeout=1)
+        self._client = boto3.client("kinesis", **endpoints.client_args(endpoint, region, config))
         self._buffer: deque[bytes] = deque(maxlen=MAX_BUFFERED)
         self._backoff = 0.0
         self._next_try = 0.0
@@ -119,21 +121,20 @@ class NotificationUnavailable(Exception):
 
 
 class Notifier:
-    """Connected home notifications: SNS Publish to the processor's topic (boto3 standard configuration,
-    ``AWS_ENDPOINT_URL_SNS``), subject "Rekognition Stream Processing Event", the message a JSON document."""
+    """Connected home notifications: SNS Publish to the processor's topic, subject "Rekognition Stream
+    Processing Event", the message a JSON document."""
 
     SUBJECT = "Rekognition Stream Processing Event"
 
-    def __init__(self, topic_arn: str) -> None:
+    def __init__(self, topic_arn: str, endpoint: dict[str, Any] | None = None) -> None:
         import boto3
         from botocore.config import Config
 
         parsed = arns.parse(topic_arn)
         self.topic_arn = topic_arn
+        config = Config(retries={"total_max_attempts": 3}, connect_timeout=1, read_timeout=2)
         self._client = boto3.client(
-            "sns",
-            region_name=parsed.region if parsed else None,
-            config=Config(retries={"total_max_attempts": 3}, connect_timeout=1, read_timeout=2),
+            "sns", **endpoints.client_args(endpoint, parsed.region if parsed else None, config)
         )
 
     def check(self) -> None:

@@ -29,8 +29,8 @@ from mlharbor.runtime import WorkContext
 from mlharbor.runtime.process_name import name_process
 from mlharbor.services import attempts
 from mlharbor.services.attempts import Fence, work_id
+from mlharbor.services.rekognition import endpoints
 from mlharbor.services.rekognition import sessions as ss
-from mlharbor.services.rekognition import video_input
 from mlharbor.services.rekognition.connected_home import ConnectedHomeSession
 from mlharbor.services.rekognition.face_search import FaceSearchSession
 from mlharbor.store.db import Store
@@ -109,7 +109,7 @@ class StreamSupervisor:
             settings,
             row.arn,
             fence,
-            kvs=video_input.endpoint_payload(self.server, row.account_id),
+            **endpoints.payload(self.server, row.account_id),
             fps=settings.stream_analysis_fps,
             start_grace=settings.stream_start_grace_seconds,
         )

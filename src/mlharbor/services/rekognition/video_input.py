@@ -1,31 +1,22 @@
 """A stream processor's video, read the way Rekognition reads it: GetDataEndpoint, then GetMedia on the
 Kinesis Video stream the processor's Input names.
 
-The Kinesis Video endpoint is this MLHarbor server by default (its URL and a key of the processor's
-account come in the worker's payload), or whatever boto3's standard configuration names when
-``AWS_ENDPOINT_URL_KINESIS_VIDEO`` is set (real AWS, another server), so a processor can analyse a stream
+The Kinesis Video endpoint is this MLHarbor server by default, or whatever boto3's standard configuration
+names when ``AWS_ENDPOINT_URL_KINESIS_VIDEO`` is set (``endpoints``), so a processor can analyse a stream
 that lives elsewhere. The stream is named by the name in the Input ARN, in the processor's region: the
 ARN's creation-time part is not compared (docs/COMPATIBILITY.md).
 """
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime
 from typing import Any
 
 from mlharbor.engines.fragment_video import Answer, Connect, VideoUnusable, chunks_of
 from mlharbor.engines.video import VideoError
+from mlharbor.services.rekognition import endpoints
 
-EXTERNAL_ENDPOINT_VARIABLE = "AWS_ENDPOINT_URL_KINESIS_VIDEO"
 READ_TIMEOUT_S = 15.0  # GetMedia answers within this even when the stream is quiet (it ends the answer)
-
-
-def endpoint_payload(server: Any, account_id: str) -> dict[str, str | None]:
-    """What the worker needs to reach Kinesis Video: this server (URL and a key), or boto3's defaults."""
-    if os.environ.get(EXTERNAL_ENDPOINT_VARIABLE):
-        return {"endpoint": None}
-    return dict(server.own_endpoint(account_id))
 
 
 def not_found(name: str, account_id: str) -> str:
@@ -66,18 +57,10 @@ def connector(
     from botocore.config import Config
     from botocore.exceptions import BotoCoreError, ClientError
 
-    args: dict[str, Any] = {
-        "region_name": region,
-        "config": Config(
-            retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=5, read_timeout=READ_TIMEOUT_S
-        ),
-    }
-    if kvs.get("endpoint"):
-        args.update(
-            endpoint_url=kvs["endpoint"],
-            aws_access_key_id=kvs["access_key"],
-            aws_secret_access_key=kvs["secret_key"],
-        )
+    config = Config(
+        retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=5, read_timeout=READ_TIMEOUT_S
+    )
+    args = endpoints.client_args(kvs, region, config)
     control = boto3.client("kinesisvideo", **args)
 
     def connect(after: str | None) -> Answer:
