@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test install install-test lint bench bench-train bench-faces bench-stream bench-kvs bench-soak clean
+.PHONY: serve test install install-test lint bench bench-train bench-faces bench-stream bench-kvs bench-outputs bench-soak clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 is required ($(PYTHON) not found)"; exit 1; }
@@ -43,6 +43,12 @@ bench-stream: install-test
 # latency, face search on KVS vs the file path of commit 947b175 (~15 min); KVS_ARGS="--quick" smoke-tests.
 bench-kvs: install-test
 	$(BIN)/python bench/kvs.py $(KVS_ARGS)
+
+# Stream processor outputs on MLHarbor's endpoint vs moto_server: PutRecords / GetRecords records/s, PutRecord →
+# readable latency, face search frame → record (embedded Kinesis vs moto), SNS Publish → HTTP subscriber
+# (~6 min); OUTPUTS_ARGS="--quick" smoke-tests.
+bench-outputs: install-test
+	$(BIN)/python bench/outputs.py $(OUTPUTS_ARGS)
 
 # kill -9 soak: 8 random kills of the server / its workers during training and streaming (~3 min, SQLite);
 # SOAK_ARGS="--database postgresql" runs it on a fresh PostgreSQL database. Exits non-zero on any FAIL.

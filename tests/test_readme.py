@@ -20,6 +20,7 @@ A block of any other kind fails ``test_every_block_is_run``: decide how to run i
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -27,6 +28,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tomllib
@@ -171,13 +173,22 @@ def test_python_blocks_run_as_one_session(readme_server, tmp_path):
     shutil.copy(ROOT / "tests" / "data" / "grace_hopper.jpg", tmp_path)  # "a photo of a face"
     script = tmp_path / "readme.py"
     script.write_text(python_script().replace(README_URL, readme_server.url))
-    run = subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300
-    )
-    assert run.returncode == 0, f"{run.stdout}\n{run.stderr}\n{readme_server.log()[-3000:]}"
-    printed = run.stdout
+    # In a session of its own: what the README starts (its camera, put-media) must not outlive a failed run
+    # and hold the pipes open.
+    run = subprocess.Popen(
+        [sys.executable, str(script)], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        stdout, stderr = run.communicate(timeout=300)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(run.pid, signal.SIGKILL)
+    assert run.returncode == 0, f"{stdout}\n{stderr}\n{readme_server.log()[-3000:]}"
+    printed = stdout
     assert re.search(r"^grace [0-9]{47}$", printed, re.MULTILINE), printed  # the face found, its fragment
     for promised in (
+        "LABEL_DETECTED PERSON",  # the connected home notification, delivered over HTTP by SNS
         "STOPPED",  # the stream processor, stopped
         "['front-door']",  # the list of processors
         "ResourceNotFoundException",  # the missing processor

@@ -30,6 +30,7 @@ from mlharbor.services.kinesisvideo.puller import PullSupervisor
 from mlharbor.services.kinesisvideo.retention import RetentionPass
 from mlharbor.services.rekognition.collections import Indexes
 from mlharbor.services.rekognition.streaming import StreamSupervisor
+from mlharbor.services.sns.delivery import Deliverer as SnsDeliverer
 from mlharbor.store.db import Store
 
 
@@ -65,6 +66,12 @@ def build_server(settings: Settings) -> Server:
     server.shutdown_hooks.append(pullers.stop)
     reconciler.register("video fragment retention", RetentionPass(server).reconcile)
     reconciler.register("kinesis record retention", KinesisRetention(server).reconcile)
+    # SNS HTTP/S deliveries: Publish hands its own to the deliverer at once; this pass sends retries and what
+    # other (or stopped) servers left.
+    sns = SnsDeliverer(server)
+    server.extras["sns.deliverer"] = sns
+    reconciler.register("sns deliveries", sns.reconcile)
+    server.close_hooks.append(sns.close)
     return server
 
 

@@ -68,3 +68,24 @@ def named_stream(arn: str) -> tuple[str, str, str] | None:
         return None
     parts = parsed.resource.split("/")
     return (parsed.region, parsed.account_id, parts[1]) if len(parts) > 1 and parts[1] else None
+
+
+# --- SNS: a topic is arn:aws:sns:REGION:ACCOUNT:NAME; a subscription is the topic's ARN, ":", and a UUID.
+def sns_topic(region: str, account_id: str, name: str) -> str:
+    return str(Arn(PARTITION, "sns", region, account_id, name))
+
+
+def sns_subscription(topic_arn: str, subscription_id: str) -> str:
+    return f"{topic_arn}:{subscription_id}"
+
+
+def sns_parts(arn: str) -> tuple[str, str, str, str | None] | None:
+    """(region, account, topic name, subscription id or None) of an SNS topic or subscription ARN; None if the
+    text is no SNS ARN."""
+    parsed = parse(arn)
+    if parsed is None or parsed.service != "sns" or not parsed.region or not parsed.account_id:
+        return None
+    name, colon, subscription = parsed.resource.partition(":")
+    if not name or ":" in subscription or (colon and not subscription):
+        return None
+    return parsed.region, parsed.account_id, name, subscription or None

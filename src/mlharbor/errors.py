@@ -335,3 +335,147 @@ def by_code(code: str) -> type[AwsError] | None:
     if isinstance(cls, type) and issubclass(cls, AwsError):
         return cls
     return None
+
+
+# --- Query protocol (api/query.py): its common errors, for any query service --------------------------------
+class InvalidAction(AwsError):
+    default_message = "The action or operation requested is invalid."
+
+
+class MissingAction(AwsError):
+    default_message = "The request must contain the parameter Action."
+
+
+class MalformedQueryString(AwsError):
+    pass
+
+
+class InvalidParameterValue(AwsError):
+    pass
+
+
+# --- SNS (the model's error shapes; api/query.py puts each on the wire under the model's code and status) ---
+class AuthorizationErrorException(AwsError):
+    status = 403
+
+
+class BatchEntryIdsNotDistinctException(AwsError):
+    pass
+
+
+class BatchRequestTooLongException(AwsError):
+    pass
+
+
+class ConcurrentAccessException(AwsError):
+    pass
+
+
+class EmptyBatchRequestException(AwsError):
+    pass
+
+
+class EndpointDisabledException(AwsError):
+    pass
+
+
+class FilterPolicyLimitExceededException(AwsError):
+    status = 403
+
+
+class InternalErrorException(AwsError):
+    status = 500
+    default_message = "Internal error"
+
+
+class InvalidBatchEntryIdException(AwsError):
+    pass
+
+
+class InvalidParameterValueException(AwsError):
+    pass
+
+
+class InvalidSecurityException(AwsError):
+    status = 403
+
+
+class InvalidStateException(AwsError):
+    pass
+
+
+class KMSAccessDeniedException(AwsError):
+    pass
+
+
+class KMSDisabledException(AwsError):
+    pass
+
+
+class KMSInvalidStateException(AwsError):
+    pass
+
+
+class KMSNotFoundException(AwsError):
+    pass
+
+
+class KMSOptInRequired(AwsError):
+    status = 403
+
+
+class KMSThrottlingException(AwsError):
+    pass
+
+
+class NotFoundException(AwsError):
+    status = 404
+
+
+class OptedOutException(AwsError):
+    pass
+
+
+class PlatformApplicationDisabledException(AwsError):
+    pass
+
+
+class ReplayLimitExceededException(AwsError):
+    status = 403
+
+
+class StaleTagException(AwsError):
+    pass
+
+
+class SubscriptionLimitExceededException(AwsError):
+    status = 403
+
+
+class TagLimitExceededException(AwsError):
+    pass
+
+
+class TagPolicyException(AwsError):
+    pass
+
+
+class ThrottledException(AwsError):
+    status = 429
+    default_message = "Rate exceeded"
+
+
+class TooManyEntriesInBatchRequestException(AwsError):
+    pass
+
+
+class TopicLimitExceededException(AwsError):
+    status = 403
+
+
+class UserErrorException(AwsError):
+    pass
+
+
+class VerificationException(AwsError):
+    pass

@@ -1,6 +1,9 @@
 """The front door: awsJson 1.1 (POST / + X-Amz-Target), Smithy RPC v2 CBOR
-(POST /service/<Service>/operation/<Op>, which Comprehend's model lists first) and rest-json (the
-operation named by the request's method and path, as the model's ``http`` trait says: Kinesis Video).
+(POST /service/<Service>/operation/<Op>, which Comprehend's model lists first), rest-json (the
+operation named by the request's method and path, as the model's ``http`` trait says: Kinesis Video) and
+the query protocol (POST / with a form: the service named by the signature's credential scope, the
+operation by the form's Action; SNS). Query services may also serve a few unsigned GETs (SNS's
+SubscribeURL, UnsubscribeURL and signing certificate).
 
 Order of checks, as AWS does: load shedding, body size, signature, operation, account rate,
 decoding, model validation, then the handler. Whatever fails, nothing has been changed.
@@ -24,16 +27,17 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import cbor2
 from starlette.concurrency import run_in_threadpool
 
 from mlharbor import errors
+from mlharbor.api import query
 from mlharbor.api.auth import Authenticator
 from mlharbor.api.metrics import Metrics
-from mlharbor.api.services import Service, is_blocking, rest_routes
+from mlharbor.api.services import DocumentHandler, Handler, Service, is_blocking, rest_routes
 from mlharbor.api.shapes import Wire, parse_input, serialize_output
 from mlharbor.api.throttle import Receiving, Throttle, Upload
 from mlharbor.context import Call, Server
@@ -61,7 +65,7 @@ class ClientGone(Exception):
 @dataclass(frozen=True, slots=True)
 class Route:
     wire: Wire
-    prefix: str | None
+    prefix: str | None  # the services key: X-Amz-Target prefix, rest-json service, "query:<signing name>"
     operation: str | None
     rest: bool = False  # rest-json: JSON bodies, errors with the model's HTTP status
 
@@ -77,9 +81,15 @@ class Reply:
 def route_of(
     method: str, path: str, headers: dict[str, list[str]], rest: dict[tuple[str, str], tuple[str, str]]
 ) -> Route:
-    if "x-amz-target" not in headers and (method, path) in rest:
-        key, operation = rest[(method, path)]
-        return Route(Wire.JSON, key, operation, rest=True)
+    if "x-amz-target" not in headers:
+        if (method, path) in rest:
+            key, operation = rest[(method, path)]
+            return Route(Wire.JSON, key, operation, rest=True)
+        if path == "/" and headers.get("content-type", [""])[0].lower().startswith(query.FORM_CONTENT_TYPE):
+            # The query protocol names no service in the request: the signature's credential scope does.
+            # The operation is the form's Action, known once the body has arrived.
+            scope = _scope_service(headers)
+            return Route(Wire.QUERY, f"query:{scope}" if scope else None, None)
     if path.startswith("/service/"):
         # /service/<ServiceName>/operation/<OperationName>
         parts = path.split("/")
@@ -109,6 +119,19 @@ class Gateway:
         self.metrics = metrics
         self.max_body = server.settings.max_body_bytes
         self.rest = rest_routes(services)
+        # Unsigned GET entry points of query services: Action -> (service, handler); path prefix -> document.
+        self.unsigned: dict[str, tuple[Service, Handler]] = {}
+        self.documents: list[tuple[str, Service, DocumentHandler]] = []
+        for service in services.values():
+            for action, handler in service.unsigned.items():
+                if action in self.unsigned or action not in service.operations:
+                    raise ValueError(f"unsigned action {action} is taken or not in {service.name}'s model")
+                self.unsigned[action] = (service, handler)
+            self.documents += [(prefix, service, handler) for prefix, handler in service.documents.items()]
+        # The envelope of a query request whose service is unknown (no or another credential scope): the
+        # query services' XML, in the namespace of the one there is.
+        query_services = [s for s in services.values() if s.is_query]
+        self.query_fallback = query_services[0] if len(query_services) == 1 else None
         metrics.receiving.set_function(lambda: receiving.count)  # read at scrape time: free per request
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -120,6 +143,10 @@ class Gateway:
         if service is not None and route.rest and scope["path"] in service.raw and scope["method"] == "POST":
             await self._raw(scope, receive, send, headers, request_id, service, started)
             return
+        if scope["method"] == "GET" and await self._unsigned(
+            scope, receive, send, headers, request_id, started
+        ):
+            return
         operation = route.operation if service and route.operation in service.operations else None
         entered = body_read = False
         try:
@@ -128,6 +155,9 @@ class Gateway:
                 raise errors.UnknownOperationException("Only POST is supported")
             body = await self._read_body(receive, headers)
             body_read = True
+            if route.wire is Wire.QUERY:
+                route = replace(route, operation=query.action_of(body))
+                operation = route.operation if service and route.operation in service.operations else None
             self.throttle.enter()
             entered = True
             self.metrics.in_flight.inc()
@@ -183,6 +213,10 @@ class Gateway:
             body=body,
             service=service.signing_name if service else None,
         )
+        if route.wire is Wire.QUERY and (service is None or operation is None):
+            if route.operation is None:
+                raise errors.MissingAction()
+            raise errors.InvalidAction(f"Could not find operation {route.operation}")
         if service is None or operation is None:
             raise errors.UnknownOperationException(
                 f"Unknown operation {route.prefix}.{route.operation}"
@@ -192,19 +226,32 @@ class Gateway:
         if route.wire is Wire.CBOR and "smithy-rpc-v2-cbor" not in service.model.metadata.get(
             "protocols", []
         ):
-            raise errors.UnknownOperationException(f"{service.target_prefix} does not speak rpc-v2-cbor")
+            prefix = service.model.metadata.get("targetPrefix", service.name)
+            raise errors.UnknownOperationException(f"{prefix} does not speak rpc-v2-cbor")
         self.throttle.admit(identity.account_id, service.name, operation)
         op_model = service.operations[operation]
-        params = parse_input(op_model.input_shape, _decode(body, route.wire), route.wire)
-        handler = service.handlers.get(operation)
-        if handler is None:
-            raise errors.NotImplementedException(
-                f"MLHarbor does not implement {service.model.metadata['serviceId']} {operation} yet"
-            )
+        decoded = (
+            query.to_params(op_model.input_shape, query.decode_form(body))
+            if route.wire is Wire.QUERY
+            else _decode(body, route.wire)
+        )
+        params = parse_input(op_model.input_shape, decoded, route.wire)
         call = Call(
             self.server, service.name, operation, identity.account_id, identity.region, request_id,
             _endpoint(scope, headers),
         )  # fmt: skip
+        return await self._invoke(service, service.handlers.get(operation), call, params, route)
+
+    async def _invoke(
+        self, service: Service, handler: Handler | None, call: Call, params: dict[str, Any], route: Route
+    ) -> Reply:
+        """Run the operation's handler and put its result on the route's wire."""
+        operation, request_id = call.operation, call.request_id
+        op_model = service.operations[operation]
+        if handler is None:
+            raise errors.NotImplementedException(
+                f"MLHarbor does not implement {service.model.metadata['serviceId']} {operation} yet"
+            )
         if is_blocking(handler):
             result = await run_in_threadpool(handler, call, params)
         else:
@@ -215,7 +262,77 @@ class Gateway:
         if route.rest and output is not None and "payload" in output.serialization:
             return _payload_reply(output, result or {}, request_id)
         payload = serialize_output(output, result, route.wire)
+        if route.wire is Wire.QUERY:
+            return _xml_reply(200, query.encode_result(op_model, payload, request_id), request_id)
         return _encode(200, payload, route.wire, request_id, rest=route.rest)
+
+    async def _unsigned(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        headers: dict[str, list[str]],
+        request_id: str,
+        started: float,
+    ) -> bool:
+        """Answer an unsigned GET that a query service serves (``/?Action=...`` whose action it lists, or one
+        of its documents); False if the request is none of those. The body of a GET is never read."""
+        path = scope["path"]
+        service: Service | None = None
+        operation = "unknown"
+        try:
+            if path == "/":
+                query_string = scope.get("query_string", b"")
+                target = self.unsigned.get(query.action_of(query_string) or "")
+                if target is None:
+                    return False
+                service, handler = target
+                fields = query.decode_form(query_string)
+                operation = fields["Action"]
+                self.throttle.check()
+                self.throttle.admit("unsigned", service.name, operation)
+                op_model = service.operations[operation]
+                params = parse_input(
+                    op_model.input_shape, query.to_params(op_model.input_shape, fields), Wire.QUERY
+                )
+                call = Call(
+                    self.server, service.name, operation, "", "", request_id, _endpoint(scope, headers)
+                )
+                self.throttle.enter()
+                try:
+                    reply = await self._invoke(
+                        service, handler, call, params, Route(Wire.QUERY, None, operation)
+                    )
+                finally:
+                    self.throttle.leave()
+            else:
+                document = next(((s, h) for prefix, s, h in self.documents if path.startswith(prefix)), None)
+                if document is None:
+                    return False
+                service, read = document
+                operation = "GetDocument"
+                self.throttle.check()
+                found = await run_in_threadpool(read, self.server, path)
+                reply = (
+                    Reply(200, found[1], [(b"content-type", found[0].encode())])
+                    if found is not None
+                    else Reply(404, b"Not Found", [(b"content-type", b"text/plain")])
+                )
+        except errors.AwsError as exc:
+            reply = self._error(exc, request_id, service, Wire.QUERY)
+        except errors.Neutral as exc:
+            reply = self._error(_translate(service, exc), request_id, service, Wire.QUERY)
+        except Exception:
+            log.exception("unhandled error in unsigned GET %s request_id=%s", path, request_id)
+            internal = service.dialect.internal() if service else errors.InternalServerException()
+            reply = self._error(internal, request_id, service, Wire.QUERY)
+        reply.headers.append((b"content-length", str(len(reply.body)).encode()))
+        await send({"type": "http.response.start", "status": reply.status, "headers": reply.headers})
+        await send({"type": "http.response.body", "body": reply.body})
+        self.metrics.observe(
+            service.name if service else "unknown", operation, reply.status, time.perf_counter() - started
+        )
+        return True
 
     async def _raw(
         self,
@@ -313,6 +430,10 @@ class Gateway:
             self.receiving.progress(upload, size)
 
     def _error(self, exc: errors.AwsError, request_id: str, service: Service | None, wire: Wire) -> Reply:
+        if wire is Wire.QUERY:
+            known = service or self.query_fallback
+            status, body = query.encode_error(exc, known.model if known else None, request_id)
+            return _xml_reply(status, body, request_id)
         code = exc.code
         body: dict[str, Any]
         if wire is Wire.CBOR and service is not None:
@@ -365,6 +486,22 @@ async def _stream(chunks: AsyncIterator[bytes], send: Send, receive: Receive) ->
         aclose = getattr(chunks, "aclose", None)
         if aclose is not None:
             await aclose()
+
+
+def _xml_reply(status: int, body: bytes, request_id: str) -> Reply:
+    return Reply(
+        status, body, [(b"content-type", query.CONTENT_TYPE), (b"x-amzn-requestid", request_id.encode())]
+    )
+
+
+def _scope_service(headers: dict[str, list[str]]) -> str | None:
+    """The service named by the SigV4 credential scope (Credential=AKID/date/region/SERVICE/aws4_request)."""
+    authorization = headers.get("authorization", [""])[0]
+    start = authorization.find("Credential=")
+    if start < 0:
+        return None
+    scope = authorization[start + len("Credential=") :].split(",", 1)[0].strip().split("/")
+    return scope[3] if len(scope) == 5 else None
 
 
 def _translate(service: Service | None, exc: errors.Neutral) -> errors.AwsError:

@@ -18,6 +18,9 @@ Handler = Callable[[Call, dict[str, Any]], Any]  # returns the output dict (or N
 # answer streams out). It gets the authenticated call and the request's headers, and raises AwsError
 # only before it has started its response.
 RawHandler = Callable[[Call, dict[str, list[str]], Any, Any], Awaitable[None]]
+# A document served by an unsigned GET (SNS's signing certificate): the server and the request's path in,
+# (content type, body) out, or None when there is no such document (404).
+DocumentHandler = Callable[[Any, str], tuple[str, bytes] | None]
 
 
 def blocking(handler: Handler) -> Handler:
@@ -105,6 +108,16 @@ KINESIS_DIALECT = Dialect(
 )
 
 
+SNS_DIALECT = Dialect(
+    validation=lambda v: errors.InvalidParameterException(str(v)),
+    bad_token=errors.InvalidParameterException,
+    throttled=errors.ThrottledException,
+    overloaded=errors.ThrottledException,
+    internal=errors.InternalErrorException,
+    code_and_logref=False,
+)
+
+
 @dataclass(frozen=True)
 class Service:
     name: str  # botocore service name, e.g. "rekognition"
@@ -112,6 +125,12 @@ class Service:
     handlers: Mapping[str, Handler]
     # path -> (operation name, handler) for operations the model does not describe (always POST)
     raw: Mapping[str, tuple[str, RawHandler]] = field(default_factory=dict)
+    # Query services: actions also served as an unsigned GET /?Action=...&..., for requests that carry their
+    # own secret (SNS's SubscribeURL and UnsubscribeURL tokens). The Call has no account or region: the
+    # handler takes them from its parameters. Their model operation gives the input and output shapes.
+    unsigned: Mapping[str, Handler] = field(default_factory=dict)
+    # Path prefix -> documents served by unsigned GET (SNS's SigningCertURL).
+    documents: Mapping[str, DocumentHandler] = field(default_factory=dict)
 
     @cached_property
     def model(self) -> ServiceModel:
@@ -122,8 +141,15 @@ class Service:
         return self.model.metadata["protocol"] == "rest-json"
 
     @cached_property
+    def is_query(self) -> bool:
+        return self.model.metadata["protocol"] == "query"
+
+    @cached_property
     def key(self) -> str:
-        """How requests name the service: the X-Amz-Target prefix, or (rest-json) the service name."""
+        """How requests name the service: the X-Amz-Target prefix, (rest-json) the service name, or (query,
+        dispatched by the credential scope) ``query:`` and the signing name."""
+        if self.is_query:
+            return f"query:{self.signing_name}"
         return self.name if self.is_rest else self.model.metadata["targetPrefix"]
 
     @cached_property
@@ -167,6 +193,7 @@ def build_services() -> dict[str, Service]:
     from mlharbor.services.kinesisvideo.media import OPERATIONS as MEDIA_OPERATIONS
     from mlharbor.services.kinesisvideo.operations import OPERATIONS as KINESIS_VIDEO_OPERATIONS
     from mlharbor.services.rekognition.operations import OPERATIONS as REKOGNITION_OPERATIONS
+    from mlharbor.services.sns import operations as sns
 
     services = [
         Service("rekognition", REKOGNITION_DIALECT, REKOGNITION_OPERATIONS),
@@ -179,6 +206,7 @@ def build_services() -> dict[str, Service]:
         ),
         Service("kinesis-video-media", KINESIS_VIDEO_DIALECT, MEDIA_OPERATIONS),
         Service("kinesis-video-archived-media", KINESIS_VIDEO_DIALECT, ARCHIVED_MEDIA_OPERATIONS),
+        Service("sns", SNS_DIALECT, sns.OPERATIONS, unsigned=sns.UNSIGNED, documents=sns.DOCUMENTS),
         Service("kinesis", KINESIS_DIALECT, KINESIS_OPERATIONS),
     ]
     for service in services:

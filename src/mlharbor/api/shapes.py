@@ -10,9 +10,10 @@ import base64
 import binascii
 import math
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import Enum
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any
 
 import regex
@@ -22,10 +23,12 @@ from mlharbor.errors import ConstraintViolations, SerializationException
 
 
 class Wire(Enum):
-    """How scalars travel: awsJson 1.1 (base64 blobs, epoch-number timestamps) or Smithy RPC v2 CBOR."""
+    """How scalars travel: awsJson 1.1 (base64 blobs, epoch-number timestamps), Smithy RPC v2 CBOR, or the
+    query protocol (api/query.py reads form fields into typed values: bytes, datetimes; XML answers)."""
 
     JSON = "json"
     CBOR = "cbor"
+    QUERY = "query"
 
 
 Violation = tuple[str, object, str]
@@ -251,7 +254,7 @@ def _check_range(shape: Shape, number: float, path: str, out: list[Violation]) -
 
 
 def _decode_blob(value: Any, path: str, shape: Shape, wire: Wire) -> bytes:
-    if isinstance(value, bytes | bytearray) and wire is Wire.CBOR:
+    if isinstance(value, bytes | bytearray) and wire is not Wire.JSON:
         return bytes(value)
     if isinstance(value, str):
         try:
@@ -292,36 +295,64 @@ def serialize_output(
 
 
 def _out_structure(shape: StructureShape, value: dict[str, Any], wire: Wire) -> dict[str, Any]:
-    members = shape.members
+    converters = _member_converters(shape, wire)
     out: dict[str, Any] = {}
     for name, item in value.items():
         if item is None:
             continue
-        member = members.get(name)
-        if member is None:
-            raise ValueError(f"{shape.name} has no member {name!r}")
-        out[name] = _out(member, item, wire)
+        try:
+            convert = converters[name]
+        except KeyError:
+            raise ValueError(f"{shape.name} has no member {name!r}") from None
+        out[name] = item if convert is None else convert(item)
     return out
 
 
-def _out(shape: Shape, value: Any, wire: Wire) -> Any:
+# Outputs are shaped by converters built once per (shape, wire) from the model: a GetRecords of 1,000 records
+# walks the same Record shape 1,000 times, and looking its members' types up each time cost more than the
+# conversions. A converter of None means the value goes out as it is (strings, integers, booleans).
+Converter = Callable[[Any], Any] | None
+
+
+@cache
+def _member_converters(shape: StructureShape, wire: Wire) -> dict[str, Converter]:
+    return {name: _converter(member, wire) for name, member in shape.members.items()}
+
+
+@cache
+def _converter(shape: Shape, wire: Wire) -> Converter:
     kind = shape.type_name
     if kind == "structure":
-        return _out_structure(shape, value, wire)  # type: ignore[arg-type]
+        # Members are looked up on first use, not here: recursive shapes would never finish building.
+        return lambda value: _out_structure(shape, value, wire)  # type: ignore[arg-type]
     if kind == "list":
-        member = shape.member  # type: ignore[attr-defined]
-        return [_out(member, item, wire) for item in value]
+        inner = _converter(shape.member, wire)  # type: ignore[attr-defined]
+        if inner is None:
+            return list
+        return lambda value: [inner(item) for item in value]
     if kind == "map":
-        inner = shape.value  # type: ignore[attr-defined]
-        return {k: _out(inner, v, wire) for k, v in value.items()}
+        inner = _converter(shape.value, wire)  # type: ignore[attr-defined]
+        if inner is None:
+            return dict
+        return lambda value: {k: inner(v) for k, v in value.items()}
     if kind == "timestamp":
-        if isinstance(value, datetime):
-            aware = value if value.tzinfo else value.replace(tzinfo=UTC)
-            return aware if wire is Wire.CBOR else round(aware.timestamp(), 3)
-        return float(value)
+        return lambda value: _out_timestamp(value, wire)
     if kind == "blob":
-        data = bytes(value)
-        return data if wire is Wire.CBOR else base64.b64encode(data).decode("ascii")
+        if wire is Wire.JSON:
+            return lambda value: base64.b64encode(bytes(value)).decode("ascii")
+        return bytes
     if kind in ("float", "double"):
-        return float(value)
-    return value
+        return float
+    return None
+
+
+def _out_timestamp(value: Any, wire: Wire) -> Any:
+    if isinstance(value, datetime):
+        aware = value if value.tzinfo else value.replace(tzinfo=UTC)
+        return aware if wire is not Wire.JSON else round(aware.timestamp(), 3)
+    return float(value)
+
+
+def _out(shape: Shape, value: Any, wire: Wire) -> Any:
+    convert = _converter(shape, wire)
+    return value if convert is None else convert(value)

@@ -285,3 +285,91 @@ video_fragments = Table(
     Index("ix_video_fragments_server", "stream_arn", "server_ts"),
     Index("ix_video_fragments_expiry", "expires_at"),
 )
+
+
+# --- SNS
+sns_topics = Table(
+    "sns_topics",
+    metadata,
+    Column("arn", String(512), primary_key=True),
+    Column("account_id", String(12), nullable=False),
+    Column("region", String(32), nullable=False),
+    Column("name", String(256), nullable=False),
+    Column("attributes", JSON, nullable=False),  # the attributes set by the user (name -> string)
+    Column("subscriptions_deleted", Integer, nullable=False, default=0),
+    Column("version", Integer, nullable=False, default=0),  # compare-and-set counter of attribute changes
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("account_id", "region", "name", name="uq_sns_topic_name"),
+)
+
+# status: PendingConfirmation -> Confirmed -> Deleted (kept while its UnsubscribeConfirmation's token may
+# restore it). endpoint_key is the hash of (protocol, endpoint) while the subscription is not Deleted, NULL
+# after: one live subscription per endpoint and topic, enforced by the database.
+sns_subscriptions = Table(
+    "sns_subscriptions",
+    metadata,
+    Column("arn", String(600), primary_key=True),
+    Column("topic_arn", String(512), nullable=False),
+    Column("account_id", String(12), nullable=False),
+    Column("region", String(32), nullable=False),
+    Column("protocol", String(16), nullable=False),
+    Column("endpoint", Text, nullable=False),
+    Column("endpoint_key", String(64)),
+    Column("status", String(32), nullable=False),
+    Column("version", Integer, nullable=False, default=0),
+    Column("token", String(128), nullable=False),
+    Column("token_expires_at", Float, nullable=False),
+    Column("authenticated", Boolean, nullable=False, default=False),  # ConfirmationWasAuthenticated
+    Column("unsubscribe_needs_auth", Boolean, nullable=False, default=False),  # AuthenticateOnUnsubscribe
+    Column("attributes", JSON, nullable=False),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("topic_arn", "endpoint_key", name="uq_sns_subscription_endpoint"),
+    Index("ix_sns_subscriptions_owner", "account_id", "region", "arn"),
+    Index("ix_sns_subscriptions_token", "topic_arn", "token"),
+    Index("ix_sns_subscriptions_expiry", "status", "token_expires_at"),
+)
+
+# The outbox: a message (a notification, or a confirmation sent to one subscription) and one delivery row per
+# subscription it goes to, written in the transaction that acknowledges it. A delivery is claimable once
+# due_at has passed; claiming sets claim and moves due_at to the end of the lease, so a claimer that dies
+# leaves it to be claimed again. A delivery is deleted once delivered or given up.
+sns_messages = Table(
+    "sns_messages",
+    metadata,
+    Column("message_id", String(36), primary_key=True),
+    Column("account_id", String(12), nullable=False),
+    Column("region", String(32), nullable=False),
+    Column("topic_arn", String(512), nullable=False),
+    Column(
+        "kind", String(32), nullable=False
+    ),  # Notification | SubscriptionConfirmation | UnsubscribeConfirmation
+    Column("message", Text, nullable=False),
+    Column("subject", Text),
+    Column("structure", String(8)),  # "json": the message holds one text per protocol
+    Column("attributes", JSON),  # MessageAttributes as the Notification shows them
+    Column("token", String(128)),  # confirmations: the token the SubscribeURL carries
+    Column("timestamp", String(32), nullable=False),
+    Column("signature_version", String(1), nullable=False),
+    Column(
+        "base_url", String(2048), nullable=False
+    ),  # SubscribeURL, UnsubscribeURL, SigningCertURL start here
+    Column("created_at", Float, nullable=False),
+)
+
+sns_deliveries = Table(
+    "sns_deliveries",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("message_id", String(36), nullable=False),
+    Column("subscription_arn", String(600), nullable=False),
+    Column("endpoint", Text, nullable=False),
+    Column("raw", Boolean, nullable=False),
+    Column("policy", JSON, nullable=False),  # the effective retry and request policy when published
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("due_at", Float, nullable=False),
+    Column("claim", String(36)),
+    Column("last_error", Text),
+    Column("created_at", Float, nullable=False),
+    Index("ix_sns_deliveries_due", "due_at"),
+    Index("ix_sns_deliveries_message", "message_id"),
+)

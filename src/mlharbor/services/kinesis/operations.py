@@ -282,7 +282,7 @@ def _entry(record: dict[str, Any], stream: Any) -> records.Entry:
     return records.Entry(record["Data"], key or "", record.get("ExplicitHashKey"))
 
 
-def _place(stream: Any, shard_rows: list[Any], entry: records.Entry) -> int:
+def _place(stream: Any, router: streams.Router, entry: records.Entry) -> int:
     if stream.distribution == "AUTO":
         key = records.random_hash_key()
     else:
@@ -291,7 +291,7 @@ def _place(stream: Any, shard_rows: list[Any], entry: records.Entry) -> int:
             raise InvalidArgumentException(
                 f"ExplicitHashKey {entry.explicit_hash_key} is larger than 2^128 - 1."
             )
-    return int(streams.shard_for(shard_rows, key).shard_index)
+    return router.shard(key)
 
 
 def _check_size(stream: Any, entries: list[records.Entry], where: str) -> None:
@@ -316,7 +316,7 @@ def put_record(call: Call, params: dict[str, Any]) -> dict[str, Any]:
         shard_rows = streams.shards(conn, stream.stream_id)
     entry = _entry(params, stream)
     _check_size(stream, [entry], "data")
-    shard = _place(stream, shard_rows, entry)
+    shard = _place(stream, streams.Router(shard_rows), entry)
     if stream.mode == "PROVISIONED" and not _limits(call).admit(
         stream.stream_id, shard, len(entry.data) + len(entry.partition_key)
     ):
@@ -342,7 +342,8 @@ def put_records(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     _check_size(stream, entries, "records.{n}.member.data")
     if sum(len(e.data) + len(e.partition_key.encode("utf-8")) for e in entries) > MAX_PUT_RECORDS_BYTES:
         raise InvalidArgumentException("Records size exceeds 10 MB limit")
-    shards = [_place(stream, shard_rows, e) for e in entries]
+    router = streams.Router(shard_rows)
+    shards = [_place(stream, router, e) for e in entries]
     limits = _limits(call)
     admitted = [
         stream.mode != "PROVISIONED"
@@ -432,16 +433,17 @@ def get_records(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     last = rows[-1].sequence if rows else max(position.after, 0)
     behind = 0 if last >= tip or not rows else max(0, int((now - rows[-1].arrival) * 1000))
     next_position = iterators.Position(stream.stream_id, position.shard, last)
+    first, encryption = sequences.base(position.shard), stream.encryption_type
     return {
         "Records": [
             {
-                "SequenceNumber": sequences.format(position.shard, r.sequence),
-                "ApproximateArrivalTimestamp": r.arrival,
-                "Data": r.data,
-                "PartitionKey": r.partition_key,
-                "EncryptionType": stream.encryption_type,
-            }  # fmt: skip
-            for r in rows
+                "SequenceNumber": str(first + sequence),
+                "ApproximateArrivalTimestamp": arrival,
+                "Data": data,
+                "PartitionKey": key,
+                "EncryptionType": encryption,
+            }
+            for sequence, key, data, arrival in rows
         ],
         "NextShardIterator": iterators.issue(call.server.pager, call.account_id, call.region, next_position),
         "MillisBehindLatest": behind,

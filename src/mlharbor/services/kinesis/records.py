@@ -103,7 +103,7 @@ def read(
         _READ, {"sid": stream_id, "shard": shard, "after": after, "cutoff": cutoff, "limit": limit}
     )
     for row in result:
-        size += len(row.data) + len(row.partition_key.encode("utf-8"))
+        size += len(row[2]) + len(row[1]) * 4  # data, and the partition key at most 4 bytes a character
         if out and size > MAX_BYTES_PER_READ:
             break
         out.append(row)

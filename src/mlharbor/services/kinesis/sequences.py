@@ -18,6 +18,11 @@ def format(shard_index: int, counter: int) -> str:  # noqa: A001 - the module's 
     return str(_BASE + shard_index * _SHARD_SPAN + counter)
 
 
+def base(shard_index: int) -> int:
+    """The number of the shard's counter 0: ``str(base(s) + n) == format(s, n)``, for formatting many."""
+    return _BASE + shard_index * _SHARD_SPAN
+
+
 def parse(value: str, shard_index: int, where: str) -> int:
     """The counter of a sequence number given for shard ``shard_index``; InvalidArgumentException (AWS's
     wording) when it is not one of this shard's."""

@@ -8,6 +8,7 @@ parent.
 
 from __future__ import annotations
 
+import bisect
 import secrets
 import string
 from typing import Any
@@ -130,11 +131,20 @@ def shard_index(value: str) -> int | None:
     return int(digits) if digits.isdigit() and len(digits) <= 12 else None
 
 
-def shard_for(shard_rows: list[Row[Any]], hash_key: int) -> Row[Any]:
-    for row in shard_rows:
-        if int(row.start_hash) <= hash_key <= int(row.end_hash):
-            return row
-    raise InvalidArgumentException(f"The hash key {hash_key} is outside every shard's range.")
+class Router:
+    """Which shard holds a hash key: the shards' ranges as numbers, sorted, searched by bisection (a
+    PutRecords of 500 records asks 500 times)."""
+
+    def __init__(self, shard_rows: list[Row[Any]]) -> None:
+        ranges = sorted((int(r.start_hash), int(r.end_hash), int(r.shard_index)) for r in shard_rows)
+        self._starts = [start for start, _, _ in ranges]
+        self._ranges = ranges
+
+    def shard(self, hash_key: int) -> int:
+        at = bisect.bisect_right(self._starts, hash_key) - 1
+        if at < 0 or hash_key > self._ranges[at][1]:
+            raise InvalidArgumentException(f"The hash key {hash_key} is outside every shard's range.")
+        return self._ranges[at][2]
 
 
 def describe_shard(row: Row[Any]) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""Amazon SNS: topics, HTTP/HTTPS subscriptions, durable signed delivery."""
