@@ -85,7 +85,8 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     insecure_open_bind: bool = False
     object_store: Literal["local", "s3"] = "local"
-    max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    # 16 MiB: a Kinesis PutRecords or PutRecord carries up to 10 MiB of data, base64 in JSON (13.4 MiB).
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
     request_body_timeout_seconds: float = Field(
         default=20.0,
         gt=0,

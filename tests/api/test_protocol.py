@@ -84,8 +84,8 @@ def test_body_that_is_json_but_not_an_object(server):
     assert (response.status_code, response.json()["__type"]) == (400, "SerializationException")
 
 
-def test_body_over_10_mib_is_refused_and_server_survives(server):
-    big = b'{"Name": "' + b"x" * (10 * 1024 * 1024 + 10) + b'"}'
+def test_body_over_16_mib_is_refused_and_server_survives(server):
+    big = b'{"Name": "' + b"x" * (16 * 1024 * 1024 + 10) + b'"}'
     response = signed_post(server.url, service="rekognition", target="DescribeStreamProcessor", body=big)
     assert response.status_code == 413
     assert response.json()["__type"] == "RequestEntityTooLargeException"
@@ -94,7 +94,7 @@ def test_body_over_10_mib_is_refused_and_server_survives(server):
 
 def test_chunked_body_over_the_limit_is_refused(server):
     def chunks():  # no Content-Length: the limit must hold while streaming
-        for _ in range(11):
+        for _ in range(17):
             yield b"x" * (1024 * 1024)
 
     response = requests.post(

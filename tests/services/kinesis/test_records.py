@@ -284,3 +284,13 @@ def test_records_past_retention_are_not_read_and_are_trimmed(make_server):
         return count
 
     wait_until(lambda: remaining() == 1, timeout=10, what="the retention pass to trim old records")
+
+
+def test_a_stream_can_take_records_up_to_its_max_record_size(kinesis, new_stream):
+    name = new_stream(1, MaxRecordSizeInKiB=10240)  # AWS's largest: 10 MiB records, 13.4 MiB of base64 JSON
+    data = bytes(range(256)) * (10 * 1024 * 1024 // 256 - 1)
+    answer = kinesis.put_record(StreamName=name, Data=data, PartitionKey="k")
+    iterator = kinesis.get_shard_iterator(StreamName=name, ShardId=answer["ShardId"],
+                                          ShardIteratorType="TRIM_HORIZON")["ShardIterator"]  # fmt: skip
+    [record] = kinesis.get_records(ShardIterator=iterator)["Records"]
+    assert record["Data"] == data
