@@ -1006,10 +1006,11 @@ def file_path_run(tmp: Path, worktree: Path, video: Path, env: dict[str, str], m
 
 
 def kvs_path_run(
-    tmp: Path, media: Media, env: dict[str, str], moto: tuple[str, int], args: argparse.Namespace
+    tmp: Path, media: Media, env: dict[str, str], moto: tuple[str, int] | None, args: argparse.Namespace
 ) -> FaceRun:
-    """Today's server; a producer streams the MKV into Kinesis Video and the processor reads it (GetMedia)."""
-    tmp.mkdir()
+    """Today's server; a producer streams the MKV into Kinesis Video and the processor reads it (GetMedia).
+    Records go to (and are polled on) ``moto``, or, when None, the server's own Kinesis."""
+    tmp.mkdir(parents=True)
     server = start_server(tmp, env)
     producer = None
     try:
@@ -1017,7 +1018,9 @@ def kvs_path_run(
         arn = aws_client(server, "kinesisvideo").describe_stream(StreamName="cam")["StreamInfo"]["StreamARN"]
         producer = BackgroundProducer(server.url, "cam", media)
         producer.start()
-        run = face_run(server, moto, arn, args, 60)
+        run = face_run(server, moto or (server.url, server.proc.pid), arn, args, 60)
+        if moto is None:
+            run.polling_cpu = None  # face_run would count the whole server (the processor's worker too)
         p = producer.producer
         run.note += f" producer at most {p.max_late * 1000:.0f} ms late"
         if p.error or p.errors:

@@ -627,33 +627,6 @@ def part_tip(tmp: Path, cores: kvs.Cores, args: argparse.Namespace) -> tuple[Tip
 
 
 # --- part 4: face search frame → record, embedded Kinesis vs moto -------------------------------------------
-def face_path_run(
-    tmp: Path, media: kvs.Media, env: dict[str, str], moto: tuple[str, int] | None, args: argparse.Namespace
-) -> kvs.FaceRun:
-    """``kvs.kvs_path_run`` with the output stream (and the poller) on ``moto``, or, when None, on the
-    server itself."""
-    tmp.mkdir(parents=True)
-    server = start_server(tmp, env)
-    producer = None
-    try:
-        kvs.create_streams(server, ["cam"])
-        arn = aws_client(server, "kinesisvideo").describe_stream(StreamName="cam")["StreamInfo"]["StreamARN"]
-        producer = kvs.BackgroundProducer(server.url, "cam", media)
-        producer.start()
-        run = kvs.face_run(server, moto or (server.url, server.proc.pid), arn, args, 60)
-        if moto is None:
-            run.polling_cpu = None  # face_run would count the whole server (the processor's worker too)
-        p = producer.producer
-        run.note += f" producer at most {p.max_late * 1000:.0f} ms late"
-        if p.error or p.errors:
-            run.note += f"; producer: {p.error or p.errors[0]}"
-        return run
-    finally:
-        if producer is not None:
-            producer.stop()
-        stop_process(server.proc)
-
-
 def part_faces(tmp: Path, args: argparse.Namespace) -> tuple[kvs.FaceRun, kvs.FaceRun]:
     fps = args.face_fps
     print(f"\n== 4. Face search frame → record readable by GetRecords: embedded Kinesis vs moto_server, "
@@ -678,10 +651,9 @@ def part_faces(tmp: Path, args: argparse.Namespace) -> tuple[kvs.FaceRun, kvs.Fa
                 ("embedded (MLHarbor's own Kinesis)", own_runs, embedded, None),
                 ("moto_server's Kinesis", moto_runs, to_moto, (moto_url, moto.pid)),
             ):
+                run_dir = folder / f"{len(own_runs) + len(moto_runs)}"
                 try:
-                    runs.append(
-                        face_path_run(folder / f"{len(own_runs) + len(moto_runs)}", media, env, target, args)
-                    )
+                    runs.append(kvs.kvs_path_run(run_dir, media, env, target, args))
                 except Exception as exc:
                     runs.append(kvs.FaceRun(problem=f"{type(exc).__name__}: {exc}"))
                 kvs.report_face(f"run {i + 1}, {label}", runs[-1])

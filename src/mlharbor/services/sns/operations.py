@@ -137,12 +137,18 @@ def set_topic_attributes(call: Call, params: dict[str, Any]) -> None:
             "Invalid parameter: AttributeName Reason: FifoTopic cannot be changed"
         )
     topics.check_attribute(name, value)
-    while True:  # compare-and-set: two changes of different attributes must both survive
+    _set_attribute(call, sns_topics, topics.find, params["TopicArn"], name, value)
+
+
+def _set_attribute(call: Call, table: Any, find: Any, arn: str, name: str, value: str) -> None:
+    """One attribute of a topic or subscription, by compare-and-set: two changes of different attributes
+    made at once must both survive."""
+    while True:
         with call.store.begin() as conn:
-            row = topics.find(conn, params["TopicArn"], call.account_id, call.region)
+            row = find(conn, arn, call.account_id, call.region)
             changed = conn.execute(
-                update(sns_topics)
-                .where(sns_topics.c.arn == row.arn, sns_topics.c.version == row.version)
+                update(table)
+                .where(table.c.arn == row.arn, table.c.version == row.version)
                 .values(attributes={**row.attributes, name: value}, version=row.version + 1)
             ).rowcount
         if changed:
@@ -334,16 +340,7 @@ def get_subscription_attributes(call: Call, params: dict[str, Any]) -> dict[str,
 def set_subscription_attributes(call: Call, params: dict[str, Any]) -> None:
     name = params["AttributeName"]
     value = subscriptions.check_attribute(name, params.get("AttributeValue", ""))
-    while True:
-        with call.store.begin() as conn:
-            row = subscriptions.find(conn, params["SubscriptionArn"], call.account_id, call.region)
-            changed = conn.execute(
-                update(sns_subscriptions)
-                .where(sns_subscriptions.c.arn == row.arn, sns_subscriptions.c.version == row.version)
-                .values(attributes={**row.attributes, name: value}, version=row.version + 1)
-            ).rowcount
-        if changed:
-            return
+    _set_attribute(call, sns_subscriptions, subscriptions.find, params["SubscriptionArn"], name, value)
 
 
 # --- Publish ------------------------------------------------------------------------------------------------
