@@ -479,3 +479,170 @@ class UserErrorException(AwsError):
 
 class VerificationException(AwsError):
     pass
+
+
+# --- Amazon S3 (services/s3, api/restxml.py, api/s3auth.py): S3's codes, statuses, standard messages ---
+class AccessDenied(AwsError):
+    status = 403
+    default_message = "Access Denied"
+
+
+class AuthorizationHeaderMalformed(AwsError):
+    default_message = "The authorization header you provided is malformed."
+
+
+class AuthorizationQueryParametersError(AwsError):
+    default_message = "Error parsing the X-Amz-Credential parameter."
+
+
+class BadDigest(AwsError):
+    default_message = (
+        "The Content-MD5 or checksum value that you specified did not match what the server received."
+    )
+
+
+class BucketAlreadyExists(AwsError):
+    status = 409
+    default_message = (
+        "The requested bucket name is not available. The bucket namespace is shared by all users of the "
+        "system. Please select a different name and try again."
+    )
+
+
+class BucketAlreadyOwnedByYou(AwsError):
+    status = 409
+    default_message = "Your previous request to create the named bucket succeeded and you already own it."
+
+
+class BucketNotEmpty(AwsError):
+    status = 409
+    default_message = "The bucket you tried to delete is not empty"
+
+
+class EntityTooLarge(AwsError):
+    default_message = "Your proposed upload exceeds the maximum allowed size"
+
+
+class EntityTooSmall(AwsError):
+    default_message = "Your proposed upload is smaller than the minimum allowed object size."
+
+
+class IncompleteBody(AwsError):
+    default_message = "You did not provide the number of bytes specified by the Content-Length HTTP header."
+
+
+class InternalError(AwsError):
+    status = 500
+    default_message = "We encountered an internal error. Please try again."
+
+
+class InvalidAccessKeyId(AwsError):
+    status = 403
+    default_message = "The AWS Access Key Id you provided does not exist in our records."
+
+
+class InvalidArgument(AwsError):
+    pass
+
+
+class InvalidBucketName(AwsError):
+    default_message = "The specified bucket is not valid."
+
+
+class InvalidDigest(AwsError):
+    default_message = "The Content-MD5 or checksum value that you specified is not valid."
+
+
+class InvalidPart(AwsError):
+    default_message = (
+        "One or more of the specified parts could not be found. The part might not have been uploaded, or "
+        "the specified entity tag might not have matched the part's entity tag."
+    )
+
+
+class InvalidPartOrder(AwsError):
+    default_message = "The list of parts was not in ascending order. Parts must be ordered by part number."
+
+
+class InvalidRange(AwsError):
+    status = 416
+    default_message = "The requested range is not satisfiable"
+
+
+class InvalidRequest(AwsError):
+    pass
+
+
+class KeyTooLongError(AwsError):
+    default_message = "Your key is too long"
+
+
+class MalformedXML(AwsError):
+    default_message = (
+        "The XML you provided was not well-formed or did not validate against our published schema"
+    )
+
+
+class MethodNotAllowed(AwsError):
+    status = 405
+    default_message = "The specified method is not allowed against this resource."
+
+
+class MissingContentLength(AwsError):
+    status = 411
+    default_message = "You must provide the Content-Length HTTP header."
+
+
+class NoSuchBucket(AwsError):
+    status = 404
+    default_message = "The specified bucket does not exist"
+
+
+class NoSuchKey(AwsError):
+    status = 404
+    default_message = "The specified key does not exist."
+
+
+class NoSuchUpload(AwsError):
+    status = 404
+    default_message = (
+        "The specified upload does not exist. The upload ID may be invalid, or the upload may have been "
+        "aborted or completed."
+    )
+
+
+class NotImplemented(AwsError):  # noqa: A001 - S3's code for an operation or header it does not implement
+    status = 501
+    default_message = "A header you provided implies functionality that is not implemented"
+
+
+class NotModified(AwsError):
+    status = 304
+    default_message = "Not Modified"
+
+
+class PreconditionFailed(AwsError):
+    status = 412
+    default_message = "At least one of the pre-conditions you specified did not hold"
+
+
+class RequestTimeTooSkewed(AwsError):
+    status = 403
+    default_message = "The difference between the request time and the current time is too large."
+
+
+class SignatureDoesNotMatch(AwsError):
+    status = 403
+    default_message = (
+        "The request signature we calculated does not match the signature you provided. Check your key and "
+        "signing method."
+    )
+
+
+class SlowDown(AwsError):
+    status = 503
+    default_message = "Please reduce your request rate."
+
+
+class XAmzContentSHA256Mismatch(AwsError):
+    default_message = "The provided 'x-amz-content-sha256' header does not match what was computed."
