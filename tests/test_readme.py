@@ -4,11 +4,12 @@ How each kind of block is run:
 
 * ``python``: all of them, in order, as one script (the README reads as one session: the later blocks use
   the clients the first one made), in a folder where ``.mlharbor`` is the server's data folder, with the
-  server's URL in place of ``http://127.0.0.1:4580``. The data the prose asks the reader to put in place
-  (training documents and annotations, documents to analyse) is written first; what the blocks print is
-  checked against what their comments promise.
-* ``sh``: each command. ``make TARGET`` is checked with ``make -n`` (the target exists; running it would
-  install packages or run the whole suite); ``aws ...`` is run against the server with only the
+  server's URL in place of ``http://127.0.0.1:4580``. The sh blocks between the first and the last python
+  block belong to that session (the reader uploads training data with ``aws s3 cp`` midway) and run in it,
+  in order. The files the prose asks the reader to have (training documents and annotations, documents to
+  analyse) are written first; what the blocks print is checked against what their comments promise.
+* ``sh`` (the others): each command. ``make TARGET`` is checked with ``make -n`` (the target exists; running
+  it would install packages or run the whole suite); ``aws ...`` is run against the server with only the
   environment the line sets.
 * ``toml``: a credentials file (every table has a ``secret_access_key``) is given to a server with
   ``--credentials`` and used to sign a request; any other TOML is the config file the README server runs
@@ -134,8 +135,9 @@ TEMPLATES = (
 )
 
 
-def put_readme_data(data_dir: Path) -> None:
-    """What the README's prose asks for: s3://training/docs.txt + annotations.csv, and s3://inbox/reviews/.
+def put_readme_data(folder: Path) -> None:
+    """What the README's prose asks for, in the reader's folder: docs.txt + annotations.csv, and week1.txt
+    (the README uploads them with the AWS CLI).
 
     40 documents, one PRODUCT each: above AWS's minimum of 25 annotations per type, small enough to train
     in seconds. The first is the README's example row (``docs.txt,0,14,27,PRODUCT``).
@@ -149,26 +151,53 @@ def put_readme_data(data_dir: Path) -> None:
         rows.append(["docs.txt", str(line), str(begin), str(begin + len(product)), "PRODUCT"])
     annotations = io.StringIO()
     csv.writer(annotations, lineterminator="\n").writerows(rows)
-    training = data_dir / "s3" / "training"
-    training.mkdir(parents=True, exist_ok=True)
-    (training / "docs.txt").write_text("\n".join(docs) + "\n")
-    (training / "annotations.csv").write_text(annotations.getvalue())
-    reviews = data_dir / "s3" / "inbox" / "reviews"
-    reviews.mkdir(parents=True, exist_ok=True)
-    (reviews / "week1.txt").write_text("I ordered the Kalo Series X.\nShipping was quick.\n")
+    (folder / "docs.txt").write_text("\n".join(docs) + "\n")
+    (folder / "annotations.csv").write_text(annotations.getvalue())
+    (folder / "week1.txt").write_text("I ordered the Kalo Series X.\nShipping was quick.\n")
+
+
+def session_blocks() -> list[Block]:
+    """The user story: every python block, and the sh blocks between the first and the last of them (the
+    README's reader runs those in their shell midway, e.g. ``aws s3 cp`` of the training data)."""
+    python = [i for i, block in enumerate(BLOCKS) if block.kind == "python"]
+    return [b for b in BLOCKS[python[0] : python[-1] + 1] if b.kind in ("python", "sh")]
+
+
+# Runs the session's shell lines from the script: ``export`` sets variables for later lines, ``aws`` runs
+# the CLI with only what the lines exported (no trace of the developer's own AWS configuration). It sits on
+# README lines that hold no code (before the first block), so every other line keeps its README number.
+SHELL_PRELUDE = """\
+import os as _os, shlex as _shlex, subprocess as _subprocess
+_exported = {"PATH": _os.environ["PATH"], "HOME": _os.getcwd(), "NO_PROXY": "127.0.0.1",
+             "AWS_CONFIG_FILE": "no-aws-config", "AWS_SHARED_CREDENTIALS_FILE": "no-aws-credentials"}
+def _sh(argv, line):
+    if argv[0] == "export":
+        _exported.update(a.split("=", 1) for a in argv[1:]); return
+    assert argv[0] == "aws", f"README.md:{line}: no way to run {argv[0]!r} in the session"
+    run = _subprocess.run([AWS_CLI, *argv[1:]], env=_exported, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, f"README.md:{line}: {_shlex.join(argv)}\\n{run.stdout}\\n{run.stderr}"
+"""
 
 
 def python_script() -> str:
-    """The README's python blocks as one script, each line at its README line number (for tracebacks)."""
+    """The session as one script, each line at its README line number (for tracebacks)."""
     lines = [""] * len(README.read_text().splitlines())
-    for block in of_kind("python"):
-        for offset, line in enumerate(block.code.splitlines()):
-            lines[block.line - 1 + offset] = line
+    prelude = SHELL_PRELUDE.replace("AWS_CLI", repr(_aws_cli())).splitlines()
+    first = session_blocks()[0].line - 1
+    assert len(prelude) < first and not any(lines[:first]), "the README needs more lines before its story"
+    lines[: len(prelude)] = prelude
+    for block in session_blocks():
+        if block.kind == "python":
+            for offset, line in enumerate(block.code.splitlines()):
+                lines[block.line - 1 + offset] = line
+        else:
+            for line, argv in shell_commands(block):
+                lines[line - 1] = f"_sh({argv!r}, {line})"
     return "\n".join(lines) + "\n"
 
 
 def test_python_blocks_run_as_one_session(readme_server, tmp_path):
-    put_readme_data(readme_server.data_dir)
+    put_readme_data(tmp_path)
     (tmp_path / ".mlharbor").symlink_to(readme_server.data_dir)  # make serve's data folder, relative
     shutil.copy(ROOT / "tests" / "data" / "grace_hopper.jpg", tmp_path)  # "a photo of a face"
     script = tmp_path / "readme.py"
@@ -192,10 +221,11 @@ def test_python_blocks_run_as_one_session(readme_server, tmp_path):
         "STOPPED",  # the stream processor, stopped
         "['front-door']",  # the list of processors
         "ResourceNotFoundException",  # the missing processor
-        "TRAINED",  # the recognizer
+        "TRAINED",  # the recognizer, trained from data uploaded with the AWS CLI
         "'Type': 'PRODUCT', 'Text': 'Kalo Series X', 'BeginOffset': 14, 'EndOffset': 27",  # DetectEntities
         "COMPLETED",  # the detection job
-        "{'File': 'week1.txt', 'Line': 0, 'Entities': [{'BeginOffset': 14,",  # its output archive
+        "s3://results/000000000000-NER-",  # where its output is
+        "{'File': 'week1.txt', 'Line': 0, 'Entities': [{'BeginOffset': 14,",  # the archive, downloaded
     ):
         assert promised in printed, f"README promised {promised!r}; it printed:\n{printed}"
 
@@ -224,7 +254,11 @@ def _aws_cli() -> str:
 
 
 def test_shell_blocks(readme_server, tmp_path):
-    commands = [(line, argv) for block in of_kind("sh") for line, argv in shell_commands(block)]
+    """The sh blocks outside the user story (that one runs them in its session)."""
+    story = session_blocks()
+    commands = [
+        (line, argv) for block in of_kind("sh") if block not in story for line, argv in shell_commands(block)
+    ]
     assert commands
     for line, argv in commands:
         assignments = {}

@@ -15,6 +15,8 @@ from mlharbor.api.auth import Authenticator
 from mlharbor.api.metrics import Metrics
 from mlharbor.api.pagination import Pager
 from mlharbor.api.protocol import Gateway, Receive, Scope, Send
+from mlharbor.api.s3auth import S3Authenticator
+from mlharbor.api.s3gateway import S3Gateway
 from mlharbor.api.services import build_services
 from mlharbor.api.throttle import Receiving, Throttle
 from mlharbor.blobs.store import BlobStore, open_blob_store
@@ -30,6 +32,8 @@ from mlharbor.services.kinesisvideo.puller import PullSupervisor
 from mlharbor.services.kinesisvideo.retention import RetentionPass
 from mlharbor.services.rekognition.collections import Indexes
 from mlharbor.services.rekognition.streaming import StreamSupervisor
+from mlharbor.services.s3.operations import XML_ROOTS as S3_XML_ROOTS
+from mlharbor.services.s3.sweep import TempSweep
 from mlharbor.services.sns.delivery import Deliverer as SnsDeliverer
 from mlharbor.store.db import Store
 
@@ -72,13 +76,18 @@ def build_server(settings: Settings) -> Server:
     server.extras["sns.deliverer"] = sns
     reconciler.register("sns deliveries", sns.reconcile)
     server.close_hooks.append(sns.close)
+    reconciler.register("object store temp files", TempSweep(server).reconcile)
     return server
 
 
 def _ensure_buckets(blobs: BlobStore, settings: Settings) -> None:
     """MLHarbor's own buckets exist before anything is stored in them. On S3 a name may be taken by another
     account: then the server still starts, and says which setting to change."""
-    own = {"video_bucket": settings.video_bucket, "models_bucket": settings.models_bucket}
+    own = {
+        "video_bucket": settings.video_bucket,
+        "models_bucket": settings.models_bucket,
+        "uploads_bucket": settings.uploads_bucket,
+    }
     for setting, bucket in own.items():
         try:
             blobs.ensure_bucket(bucket)
@@ -92,11 +101,14 @@ def _ensure_buckets(blobs: BlobStore, settings: Settings) -> None:
 def create_app(settings: Settings, server: Server | None = None) -> Application:
     server = server or build_server(settings)
     metrics = Metrics()
+    services = build_services()
+    throttle = Throttle(settings.throttle)
+    credentials = settings.load_credentials()
     gateway = Gateway(
         server,
-        build_services(),
-        Authenticator(settings.load_credentials(), settings.clock_skew_seconds),
-        Throttle(settings.throttle),
+        services,
+        Authenticator(credentials, settings.clock_skew_seconds),
+        throttle,
         Receiving(
             settings.throttle.max_receiving,
             settings.request_body_timeout_seconds,
@@ -104,6 +116,7 @@ def create_app(settings: Settings, server: Server | None = None) -> Application:
             settings.request_body_min_rate,
         ),
         metrics,
+        S3Gateway(server, services["s3"], S3Authenticator(credentials), throttle, metrics, S3_XML_ROOTS),
     )
 
     async def health(_: Request) -> Response:

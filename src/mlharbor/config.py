@@ -110,6 +110,9 @@ class Settings(BaseSettings):
     video_bucket: str = Field(
         default="mlharbor-video", description="object-store bucket for Kinesis Video fragments"
     )
+    uploads_bucket: str = Field(
+        default="mlharbor-uploads", description="object-store bucket for the parts of S3 multipart uploads"
+    )
     video_idle_ack_seconds: float = Field(
         default=3.0, gt=0, description="PutMedia sends an IDLE ACK after this long without data"
     )

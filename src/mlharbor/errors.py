@@ -23,7 +23,8 @@ class AwsError(Exception):
 
     @property
     def code(self) -> str:
-        return type(self).__name__
+        # A class may name its code where the name would shadow a Python builtin (S3's NotImplemented).
+        return getattr(type(self), "wire_code", None) or type(self).__name__
 
 
 # --- Protocol and authentication (both services) ----------------------------------------------------
@@ -527,6 +528,10 @@ class EntityTooSmall(AwsError):
     default_message = "Your proposed upload is smaller than the minimum allowed object size."
 
 
+class IllegalLocationConstraintException(AwsError):
+    pass
+
+
 class IncompleteBody(AwsError):
     default_message = "You did not provide the number of bytes specified by the Content-Length HTTP header."
 
@@ -611,7 +616,10 @@ class NoSuchUpload(AwsError):
     )
 
 
-class NotImplemented(AwsError):  # noqa: A001 - S3's code for an operation or header it does not implement
+class S3NotImplemented(AwsError):
+    """S3's ``NotImplemented``: an operation or header it does not implement (the name is Python's)."""
+
+    wire_code = "NotImplemented"
     status = 501
     default_message = "A header you provided implies functionality that is not implemented"
 

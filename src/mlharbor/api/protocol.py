@@ -37,6 +37,7 @@ from mlharbor import errors
 from mlharbor.api import query
 from mlharbor.api.auth import Authenticator
 from mlharbor.api.metrics import Metrics
+from mlharbor.api.s3gateway import S3Gateway, is_s3_request
 from mlharbor.api.services import DocumentHandler, Handler, Service, is_blocking, rest_routes
 from mlharbor.api.shapes import Wire, parse_input, serialize_output
 from mlharbor.api.throttle import Receiving, Throttle, Upload
@@ -110,8 +111,11 @@ class Gateway:
         throttle: Throttle,
         receiving: Receiving,
         metrics: Metrics,
+        s3: S3Gateway | None = None,
     ) -> None:
         self.server = server
+        # S3 (rest-xml) has its own front door: its bodies stream, it signs four ways and answers in XML.
+        self.s3 = s3
         self.services = services
         self.authenticator = authenticator
         self.throttle = throttle
@@ -138,6 +142,15 @@ class Gateway:
         started = time.perf_counter()
         request_id = str(uuid.uuid4())
         headers = _header_lists(scope)
+        if self.s3 is not None and is_s3_request(scope["method"], scope.get("query_string", b""), headers):
+            # An unsigned GET may still be one a query service serves (SNS's SubscribeURL).
+            if not (
+                scope["method"] == "GET"
+                and "authorization" not in headers
+                and await self._unsigned(scope, receive, send, headers, request_id, started)
+            ):
+                await self.s3(scope, receive, send, headers)
+            return
         route = route_of(scope["method"], scope["path"], headers, self.rest)
         service = self.services.get(route.prefix or "")
         if service is not None and route.rest and scope["path"] in service.raw and scope["method"] == "POST":

@@ -108,6 +108,16 @@ KINESIS_DIALECT = Dialect(
 )
 
 
+S3_DIALECT = Dialect(
+    validation=lambda v: errors.InvalidArgument(str(v)),
+    bad_token=errors.InvalidArgument,
+    throttled=errors.SlowDown,
+    overloaded=errors.SlowDown,
+    internal=errors.InternalError,
+    code_and_logref=False,
+)
+
+
 SNS_DIALECT = Dialect(
     validation=lambda v: errors.InvalidParameterException(str(v)),
     bad_token=errors.InvalidParameterException,
@@ -145,12 +155,16 @@ class Service:
         return self.model.metadata["protocol"] == "query"
 
     @cached_property
+    def is_rest_xml(self) -> bool:
+        return self.model.metadata["protocol"] == "rest-xml"
+
+    @cached_property
     def key(self) -> str:
-        """How requests name the service: the X-Amz-Target prefix, (rest-json) the service name, or (query,
-        dispatched by the credential scope) ``query:`` and the signing name."""
+        """How requests name the service: the X-Amz-Target prefix, (rest-json, rest-xml) the service name, or
+        (query, dispatched by the credential scope) ``query:`` and the signing name."""
         if self.is_query:
             return f"query:{self.signing_name}"
-        return self.name if self.is_rest else self.model.metadata["targetPrefix"]
+        return self.name if self.is_rest or self.is_rest_xml else self.model.metadata["targetPrefix"]
 
     @cached_property
     def target_prefix(self) -> str:
@@ -193,6 +207,7 @@ def build_services() -> dict[str, Service]:
     from mlharbor.services.kinesisvideo.media import OPERATIONS as MEDIA_OPERATIONS
     from mlharbor.services.kinesisvideo.operations import OPERATIONS as KINESIS_VIDEO_OPERATIONS
     from mlharbor.services.rekognition.operations import OPERATIONS as REKOGNITION_OPERATIONS
+    from mlharbor.services.s3.operations import OPERATIONS as S3_OPERATIONS
     from mlharbor.services.sns import operations as sns
 
     services = [
@@ -208,6 +223,7 @@ def build_services() -> dict[str, Service]:
         Service("kinesis-video-archived-media", KINESIS_VIDEO_DIALECT, ARCHIVED_MEDIA_OPERATIONS),
         Service("sns", SNS_DIALECT, sns.OPERATIONS, unsigned=sns.UNSIGNED, documents=sns.DOCUMENTS),
         Service("kinesis", KINESIS_DIALECT, KINESIS_OPERATIONS),
+        Service("s3", S3_DIALECT, S3_OPERATIONS),
     ]
     for service in services:
         # Load models and resolve every shape now, before the port opens, so no request pays for it.

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import BinaryIO
+from types import TracebackType
+from typing import BinaryIO, Self
 
 _SCHEME = "s3://"
 # Deliberately looser than today's S3 bucket rules (legacy buckets may hold uppercase and
@@ -36,7 +38,13 @@ class BlobNotFound(KeyError):
 
 
 class BlobConflict(ValueError):
-    """The local back end cannot hold both ``a/b`` and ``a/b/...``: a path is a file or a folder."""
+    """The local back end cannot hold both ``a/b`` and ``a/b/...``: a path is a file or a folder. Also
+    raised by :meth:`BlobStore.delete_bucket` for a bucket that still holds objects."""
+
+
+class BlobChanged(BlobNotFound):
+    """The version of an object that an :class:`ObjectReader` opened is gone (replaced or deleted) and its
+    bytes can no longer be read. Only the S3 back end raises it: the local reader holds the file open."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +105,99 @@ class ObjectInfo:
     last_modified: datetime  # timezone-aware, UTC
 
 
+@dataclass(frozen=True, slots=True)
+class ObjectMeta:
+    """What the S3 API reports about one version of an object."""
+
+    size: int
+    # S3 ETag without quotes: the hex MD5 of the bytes, or what the writer committed ("<hex>-3").
+    etag: str
+    last_modified: datetime  # timezone-aware, UTC
+    # Opaque to the store: what the writer committed; {} for objects written by put/put_file. Left out of
+    # the hash (a dict has none) so metas can still go in sets and dict keys.
+    attributes: Mapping[str, str] = field(hash=False)
+
+    def __post_init__(self) -> None:
+        # A private plain dict: the caller's mapping may change later, and a dict serializes to JSON.
+        object.__setattr__(self, "attributes", dict(self.attributes))
+
+
+def check_commit(etag: str, attributes: Mapping[str, str]) -> dict[str, str]:
+    """Validate what :meth:`ObjectWriter.commit` stores; returns the attributes as a plain dict."""
+    if not isinstance(etag, str) or not etag or '"' in etag:
+        raise ValueError(f"etag must be a non-empty string without quotes, got {etag!r}")
+    copied = dict(attributes)
+    for name, value in copied.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise TypeError(f"attributes must map str to str, got {name!r}: {value!r}")
+    return copied
+
+
+class ObjectWriter(ABC):
+    """A new object being written; a context manager that aborts unless committed.
+
+    Bytes go to a temporary file, never to memory. One writer belongs to one thread at a time.
+    """
+
+    bytes_written: int
+
+    @abstractmethod
+    def write(self, data: bytes | memoryview) -> None:
+        """Append ``data``. Raises ValueError once the writer is committed or aborted."""
+
+    @abstractmethod
+    def commit(self, *, etag: str, attributes: Mapping[str, str]) -> ObjectMeta:
+        """Make the object visible under its key with this etag and these attributes, durably and
+        atomically: readers see the old object or the new one, never part of it. A crash before
+        commit leaves no object. Commit once; on failure the writer is aborted."""
+
+    @abstractmethod
+    def abort(self) -> None:
+        """Drop what was written. Does nothing after commit() or a previous abort()."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.abort()  # a no-op after commit(): leaving the block without committing discards the object
+
+
+class ObjectReader(ABC):
+    """One version of an object, opened: meta and bytes always agree even if the object is replaced
+    meanwhile (the S3 back end raises :class:`BlobChanged` rather than mix versions)."""
+
+    meta: ObjectMeta
+
+    @abstractmethod
+    def chunks(self, start: int = 0, end: int | None = None, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """The bytes ``[start, end)`` (``end`` None or past the end: up to the end), in pieces of at most
+        ``chunk_size`` bytes. May be called more than once. ValueError if ``start`` is negative or after
+        ``end`` or the object's end."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def _bounds(self, start: int, end: int | None, chunk_size: int) -> tuple[int, int]:
+        """Validated ``[start, end)`` for :meth:`chunks`, with ``end`` clamped to the size."""
+        size = self.meta.size
+        end = size if end is None else min(end, size)
+        if start < 0 or start > end:
+            raise ValueError(f"invalid byte range [{start}, {end}) of an object of {size} bytes")
+        if chunk_size <= 0:
+            raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+        return start, end
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
 def require_object_key(uri: S3Uri) -> S3Uri:
     """Single-object operations need a key; ``s3://bucket`` alone names no object."""
     if not uri.key:
@@ -153,6 +254,71 @@ class BlobStore(ABC):
         for info in infos:
             self.delete(info.uri)
         return len(infos)
+
+    # --- what the S3 API needs ------------------------------------------------------------------------
+    @abstractmethod
+    def open_write(self, uri: S3Uri | str) -> ObjectWriter:
+        """A writer for a new version of the object. The key is checked now (:class:`InvalidS3Uri`, and
+        :class:`BlobConflict` where the back end can know it), not at commit."""
+
+    @abstractmethod
+    def open_object(self, uri: S3Uri | str) -> ObjectReader:
+        """The current version of the object, opened. Raises :class:`BlobNotFound`."""
+
+    def stat(self, uri: S3Uri | str) -> ObjectMeta:
+        """The object's meta. Raises :class:`BlobNotFound`."""
+        with self.open_object(uri) as reader:
+            return reader.meta
+
+    @abstractmethod
+    def list_page(
+        self, bucket: str, *, prefix: str = "", start_after: str = "", delimiter: str = "", limit: int = 1000
+    ) -> list[tuple[str, ObjectMeta | None]]:
+        """One page of ListObjectsV2: ``(key, meta)`` for objects and ``(common_prefix, None)`` for
+        delimiter roll-ups (``prefix`` + the text up to and including the first ``delimiter`` after it),
+        in S3 order (keys compared as UTF-8 bytes), only entries after ``start_after`` (a common prefix
+        is an entry too: ``start_after=P`` resumes past everything under P), at most ``limit`` entries.
+        Ask for one more than the page size to learn whether the listing is truncated. A missing bucket
+        lists as []. The cost of a page is proportional to the page, not to the bucket.
+
+        ``meta.attributes`` may be {} here (the S3 back end does not fetch them); :meth:`stat` has them.
+        """
+
+    def compose(
+        self,
+        uri: S3Uri | str,
+        parts: Sequence[S3Uri | str],
+        *,
+        etag: str,
+        attributes: Mapping[str, str],
+    ) -> ObjectMeta:
+        """A new object holding the parts' bytes one after another, written atomically (multipart
+        completion). Raises :class:`BlobNotFound` if a part is missing. The parts stay as they are."""
+        sources = [S3Uri.of(part) for part in parts]
+        # Generic version: stream every part through a writer. Back ends override it with a server-side
+        # or in-kernel copy.
+        with self.open_write(uri) as writer:
+            for source in sources:
+                with self.open_object(source) as reader:
+                    for chunk in reader.chunks():
+                        writer.write(chunk)
+            return writer.commit(etag=etag, attributes=attributes)
+
+    def copy(
+        self, src: S3Uri | str, dest: S3Uri | str, *, etag: str, attributes: Mapping[str, str]
+    ) -> ObjectMeta:
+        """A new object at ``dest`` with ``src``'s bytes (CopyObject); ``src == dest`` replaces only the
+        etag and attributes. Raises :class:`BlobNotFound` if ``src`` is missing."""
+        return self.compose(dest, [src], etag=etag, attributes=attributes)
+
+    @abstractmethod
+    def create_bucket(self, bucket: str) -> None:
+        """Create ``bucket``; an existing bucket is fine."""
+
+    @abstractmethod
+    def delete_bucket(self, bucket: str) -> None:
+        """Remove an empty bucket; :class:`BlobConflict` if it still holds objects; a missing bucket
+        is fine."""
 
 
 def open_blob_store(kind: str, data_dir: Path) -> BlobStore:

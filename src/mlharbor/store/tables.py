@@ -373,3 +373,45 @@ sns_deliveries = Table(
     Index("ix_sns_deliveries_due", "due_at"),
     Index("ix_sns_deliveries_message", "message_id"),
 )
+
+
+# --- S3: who owns each bucket name (names are global, as in AWS), and multipart uploads in progress. Objects,
+# with their ETag and attributes, live in the object store only, so objects the ML services write there are
+# readable through the S3 API as they are.
+s3_buckets = Table(
+    "s3_buckets",
+    metadata,
+    Column("name", String(63), primary_key=True),
+    Column("account_id", String(12), nullable=False),
+    Column("region", String(32), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Index("ix_s3_buckets_owner", "account_id", "name"),
+)
+
+# An upload's parts are objects in the uploads bucket (each upload of a part a new object, blob_key, so a part
+# uploaded twice never mixes bytes); the row names the one that counts.
+s3_uploads = Table(
+    "s3_uploads",
+    metadata,
+    Column("upload_id", String(64), primary_key=True),
+    Column("bucket", String(63), nullable=False),
+    Column("key", String(1024).with_variant(String(1024, collation="C"), "postgresql"), nullable=False),
+    Column("account_id", String(12), nullable=False),
+    Column("attributes", JSON, nullable=False),  # the object's attributes, given at CreateMultipartUpload
+    Column("checksum_algorithm", String(16)),
+    Column("checksum_type", String(16)),  # COMPOSITE | FULL_OBJECT
+    Column("initiated_at", Float, nullable=False),
+    Index("ix_s3_uploads_bucket", "bucket", "key", "initiated_at"),
+)
+
+s3_parts = Table(
+    "s3_parts",
+    metadata,
+    Column("upload_id", String(64), primary_key=True),
+    Column("part_number", Integer, primary_key=True),
+    Column("blob_key", String(256), nullable=False),
+    Column("etag", String(64), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("checksums", JSON, nullable=False),  # algorithm -> base64 value of this part
+    Column("last_modified", Float, nullable=False),
+)
