@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test install install-test lint bench bench-train bench-faces bench-stream bench-kvs bench-outputs bench-soak clean
+.PHONY: serve test install install-test lint bench bench-train bench-faces bench-stream bench-kvs bench-outputs bench-s3 bench-soak clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 is required ($(PYTHON) not found)"; exit 1; }
@@ -49,6 +49,11 @@ bench-kvs: install-test
 # (~6 min); OUTPUTS_ARGS="--quick" smoke-tests.
 bench-outputs: install-test
 	$(BIN)/python bench/outputs.py $(OUTPUTS_ARGS)
+
+# S3 on MLHarbor's endpoint: 4 KB PUT/GET objects/s vs moto_server, 64 MB PUT/GET MB/s vs plain file copies on the
+# same disk, ListObjectsV2 over 100k keys, server RSS while streaming 1 GB (~6 min); S3_ARGS="--quick" smoke-tests.
+bench-s3: install-test
+	$(BIN)/python bench/s3.py $(S3_ARGS)
 
 # kill -9 soak: 8 random kills of the server / its workers during training and streaming (~3 min, SQLite);
 # SOAK_ARGS="--database postgresql" runs it on a fresh PostgreSQL database. Exits non-zero on any FAIL.

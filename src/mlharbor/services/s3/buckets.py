@@ -67,6 +67,7 @@ def create(store: Store, call: Call, name: str, region: str) -> bool:
                     name=name, account_id=call.account_id, region=region, created_at=time.time()
                 )
             )
+        forget(call, name)
     except IntegrityError:
         with store.read() as conn:
             existing = conn.execute(select(s3_buckets).where(s3_buckets.c.name == name)).first()
@@ -78,13 +79,18 @@ def create(store: Store, call: Call, name: str, region: str) -> bool:
     return True
 
 
-def find(conn: Connection, call: Call, name: str, *, any_region: bool = False) -> Row[Any]:
+# Bucket records change rarely and are read by every request: each server keeps the ones it read for a
+# second (docs/COMPATIBILITY.md, decision 63). A change made on this server is seen at once.
+CACHE_SECONDS = 1.0
+
+
+def find(call: Call, name: str, *, any_region: bool = False) -> Row[Any]:
     """The caller's bucket: NoSuchBucket if nobody has it, AccessDenied if another account (or MLHarbor) does,
     AuthorizationHeaderMalformed naming the right region if the request was signed for another one (what
     S3 answers, and what botocore's region redirector follows)."""
     if name in own_buckets(call):
         raise AccessDenied()
-    row = conn.execute(select(s3_buckets).where(s3_buckets.c.name == name)).first()
+    row = _read(call, name)
     if row is None:
         raise NoSuchBucket(BucketName=name)
     if row.account_id != call.account_id:
@@ -98,6 +104,27 @@ def find(conn: Connection, call: Call, name: str, *, any_region: bool = False) -
     return row
 
 
+def _read(call: Call, name: str) -> Row[Any] | None:
+    cache: dict[str, tuple[Row[Any], float]] = call.server.extras.setdefault("s3.buckets", {})
+    now = time.monotonic()
+    hit = cache.get(name)
+    if hit is not None and hit[1] > now:
+        return hit[0]
+    with call.store.read() as conn:
+        row = conn.execute(select(s3_buckets).where(s3_buckets.c.name == name)).first()
+    if row is None:
+        cache.pop(name, None)
+    else:
+        if len(cache) > 10_000:
+            cache.clear()
+        cache[name] = (row, now + CACHE_SECONDS)
+    return row
+
+
+def forget(call: Call, name: str) -> None:
+    call.server.extras.get("s3.buckets", {}).pop(name, None)
+
+
 def listing(conn: Connection, account_id: str) -> list[Row[Any]]:
     return list(
         conn.execute(
@@ -106,5 +133,6 @@ def listing(conn: Connection, account_id: str) -> list[Row[Any]]:
     )
 
 
-def remove(conn: Connection, name: str) -> None:
+def remove(conn: Connection, call: Call, name: str) -> None:
     conn.execute(delete(s3_buckets).where(s3_buckets.c.name == name))
+    forget(call, name)

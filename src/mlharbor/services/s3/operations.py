@@ -39,6 +39,7 @@ from mlharbor.services.s3 import buckets, multipart, objects
 STATUS = "__status__"  # a result key the front door takes as the HTTP status
 RAW_BODY = "__body__"  # a result key the front door sends as the whole XML body
 XMLNS_RESULT_MAX_KEYS = 1000
+INLINE_BYTES = 1024 * 1024  # a GetObject body up to this size is sent whole, not streamed
 # S3's XML root elements, which botocore's model does not name (its parser ignores the root).
 XML_ROOTS = {
     "ListObjects": "ListBucketResult",
@@ -92,15 +93,13 @@ def _illegal_location(constraint: str | None, region: str) -> IllegalLocationCon
 
 @blocking
 def head_bucket(call: Call, params: dict[str, Any]) -> dict[str, Any]:
-    with call.store.read() as conn:
-        row = _bucket(conn, call, params)
+    row = _bucket(call, params)
     return {"BucketRegion": row.region}
 
 
 @blocking
 def get_bucket_location(call: Call, params: dict[str, Any]) -> dict[str, Any]:
-    with call.store.read() as conn:
-        row = _bucket(conn, call, params, any_region=True)
+    row = _bucket(call, params, any_region=True)
     # us-east-1 is the empty constraint, as S3 answers. The answer is the root element's text, which the
     # model-driven writer cannot produce.
     text = "" if row.region == "us-east-1" else row.region
@@ -149,8 +148,7 @@ def list_buckets(call: Call, params: dict[str, Any]) -> dict[str, Any]:
 @blocking
 def delete_bucket(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     blobs = call.server.blobs
-    with call.store.read() as conn:
-        row = _bucket(conn, call, params)
+    row = _bucket(call, params)
     if blobs.list_page(row.name, limit=1):
         raise BucketNotEmpty(BucketName=row.name)
     try:
@@ -161,7 +159,7 @@ def delete_bucket(call: Call, params: dict[str, Any]) -> dict[str, Any]:
         uploads = multipart.in_bucket(conn, row.name)
         for upload_id in uploads:
             multipart.remove(conn, upload_id)
-        buckets.remove(conn, row.name)
+        buckets.remove(conn, call, row.name)
     for upload_id in uploads:
         _delete_part_blobs(call, upload_id)
     return {}
@@ -175,8 +173,7 @@ def owner(account_id: str) -> dict[str, str]:
 # --- Objects ------------------------------------------------------------------------------------------
 @blocking
 def put_object(call: Call, params: dict[str, Any]) -> dict[str, Any]:
-    with call.store.read() as conn:
-        row = _bucket(conn, call, params)
+    row = _bucket(call, params)
     location = objects.uri(row.name, params["Key"])
     attributes = objects.attributes_from(params)
     meta, payload = _write_body(call, location, params["Body"], attributes, params.get("ChecksumAlgorithm"))
@@ -220,8 +217,7 @@ def _sse(attributes: dict[str, str] | Any) -> dict[str, Any]:
 
 @blocking
 def get_object(call: Call, params: dict[str, Any]) -> dict[str, Any]:
-    with call.store.read() as conn:
-        row = _bucket(conn, call, params)
+    row = _bucket(call, params)
     objects.refuse_unsupported(params)
     location = objects.uri(row.name, params["Key"])
     reader = objects.open_existing(call.server.blobs, location)
@@ -238,7 +234,12 @@ def get_object(call: Call, params: dict[str, Any]) -> dict[str, Any]:
         if not whole:
             result["ContentRange"] = f"bytes {start}-{end - 1}/{meta.size}"
             result[STATUS] = 206
-        result["Body"] = objects.body_chunks(reader, start, end)
+        if end - start <= INLINE_BYTES:
+            # Read here, in the handler's thread: streaming it would cost a thread hop per chunk.
+            result["Body"] = b"".join(reader.chunks(start, end))
+            reader.close()
+        else:
+            result["Body"] = objects.body_chunks(reader, start, end)
     except BaseException:
         reader.close()
         raise
@@ -276,8 +277,7 @@ def _response_overrides(params: dict[str, Any]) -> dict[str, Any]:
 
 @blocking
 def head_object(call: Call, params: dict[str, Any]) -> dict[str, Any]:
-    with call.store.read() as conn:
-        row = _bucket(conn, call, params)
+    row = _bucket(call, params)
     objects.refuse_unsupported(params)
     location = objects.uri(row.name, params["Key"])
     meta = objects.stat_existing(call.server.blobs, location)
@@ -294,8 +294,7 @@ def head_object(call: Call, params: dict[str, Any]) -> dict[str, Any]:
 
 @blocking
 def delete_object(call: Call, params: dict[str, Any]) -> dict[str, Any]:
-    with call.store.read() as conn:
-        row = _bucket(conn, call, params)
+    row = _bucket(call, params)
     objects.refuse_unsupported(params, writing=True)
     _delete_key(call, row.name, params["Key"])
     return {}
@@ -310,8 +309,7 @@ def _delete_key(call: Call, bucket: str, key: str) -> None:
 
 @blocking
 def delete_objects(call: Call, params: dict[str, Any]) -> dict[str, Any]:
-    with call.store.read() as conn:
-        row = _bucket(conn, call, params)
+    row = _bucket(call, params)
     objects.refuse_unsupported(params)
     request = params["Delete"]
     entries = request.get("Objects", [])
@@ -342,10 +340,9 @@ def delete_objects(call: Call, params: dict[str, Any]) -> dict[str, Any]:
 
 @blocking
 def copy_object(call: Call, params: dict[str, Any]) -> dict[str, Any]:
-    with call.store.read() as conn:
-        row = _bucket(conn, call, params)
-        source_bucket, source_key = _copy_source(params["CopySource"])
-        source_row = buckets.find(conn, call, source_bucket) if source_bucket != row.name else row
+    row = _bucket(call, params)
+    source_bucket, source_key = _copy_source(params["CopySource"])
+    source_row = buckets.find(call, source_bucket) if source_bucket != row.name else row
     objects.refuse_unsupported(params, writing=True)
     blobs = call.server.blobs
     source = objects.uri(source_row.name, source_key)
@@ -400,8 +397,7 @@ def _copy_source(header: str) -> tuple[str, str]:
 # --- Listing ------------------------------------------------------------------------------------------
 @blocking
 def list_objects_v2(call: Call, params: dict[str, Any]) -> dict[str, Any]:
-    with call.store.read() as conn:
-        row = _bucket(conn, call, params)
+    row = _bucket(call, params)
     prefix = params.get("Prefix") or ""
     delimiter = params.get("Delimiter") or ""
     max_keys = _max_keys(params.get("MaxKeys"))
@@ -436,8 +432,7 @@ def list_objects_v2(call: Call, params: dict[str, Any]) -> dict[str, Any]:
 
 @blocking
 def list_objects(call: Call, params: dict[str, Any]) -> dict[str, Any]:
-    with call.store.read() as conn:
-        row = _bucket(conn, call, params)
+    row = _bucket(call, params)
     prefix = params.get("Prefix") or ""
     delimiter = params.get("Delimiter") or ""
     max_keys = _max_keys(params.get("MaxKeys"))
@@ -529,8 +524,7 @@ def _encoder(encoding: str | None) -> Any:
 # --- Multipart uploads --------------------------------------------------------------------------------
 @blocking
 def create_multipart_upload(call: Call, params: dict[str, Any]) -> dict[str, Any]:
-    with call.store.read() as conn:
-        row = _bucket(conn, call, params)
+    row = _bucket(call, params)
     location = objects.uri(row.name, params["Key"])
     attributes = objects.attributes_from(params)
     algorithm = params.get("ChecksumAlgorithm")
@@ -576,7 +570,7 @@ def _check_key_storable(call: Call, location: S3Uri) -> None:
 @blocking
 def upload_part(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     with call.store.read() as conn:
-        row = _bucket(conn, call, params)
+        row = _bucket(call, params)
         upload = multipart.find(conn, row.name, params["Key"], params["UploadId"])
     number = params["PartNumber"]
     multipart.check_part_number(number)
@@ -608,10 +602,10 @@ def _record_part(
 @blocking
 def upload_part_copy(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     with call.store.read() as conn:
-        row = _bucket(conn, call, params)
+        row = _bucket(call, params)
         upload = multipart.find(conn, row.name, params["Key"], params["UploadId"])
         source_bucket, source_key = _copy_source(params["CopySource"])
-        source_row = buckets.find(conn, call, source_bucket) if source_bucket != row.name else row
+        source_row = buckets.find(call, source_bucket) if source_bucket != row.name else row
     objects.refuse_unsupported(params)
     number = params["PartNumber"]
     multipart.check_part_number(number)
@@ -675,7 +669,7 @@ def _checksum_of(call: Call, location: S3Uri, algorithm: str) -> str:
 @blocking
 def complete_multipart_upload(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     with call.store.read() as conn:
-        row = _bucket(conn, call, params)
+        row = _bucket(call, params)
         upload = multipart.find(conn, row.name, params["Key"], params["UploadId"])
         stored = {p.part_number: p for p in multipart.parts(conn, upload.upload_id)}
     objects.refuse_unsupported(params, writing=True)
@@ -776,7 +770,7 @@ def _multipart_checksum(
 @blocking
 def abort_multipart_upload(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     with call.store.begin() as conn:
-        row = _bucket(conn, call, params)
+        row = _bucket(call, params)
         upload = multipart.find(conn, row.name, params["Key"], params["UploadId"])
         multipart.remove(conn, upload.upload_id)
     _delete_part_blobs(call, upload.upload_id)
@@ -792,7 +786,7 @@ def list_parts(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     limit = min(params.get("MaxParts") or 1000, 1000)
     marker = params.get("PartNumberMarker") or 0
     with call.store.read() as conn:
-        row = _bucket(conn, call, params)
+        row = _bucket(call, params)
         upload = multipart.find(conn, row.name, params["Key"], params["UploadId"])
         rows = multipart.parts(conn, upload.upload_id, after=int(marker), limit=limit + 1)
     truncated = len(rows) > limit
@@ -835,7 +829,7 @@ def list_multipart_uploads(call: Call, params: dict[str, Any]) -> dict[str, Any]
     upload_id_marker = params.get("UploadIdMarker") or ""
     encode = _encoder(params.get("EncodingType"))
     with call.store.read() as conn:
-        row = _bucket(conn, call, params)
+        row = _bucket(call, params)
         rows = multipart.page(conn, row.name, prefix, key_marker, upload_id_marker, 100_000)
     uploads: list[dict[str, Any]] = []
     prefixes: list[str] = []
@@ -893,8 +887,8 @@ def list_multipart_uploads(call: Call, params: dict[str, Any]) -> dict[str, Any]
 
 
 # --- Shared -------------------------------------------------------------------------------------------
-def _bucket(conn: Any, call: Call, params: dict[str, Any], any_region: bool = False) -> Any:
-    row = buckets.find(conn, call, params["Bucket"], any_region=any_region)
+def _bucket(call: Call, params: dict[str, Any], any_region: bool = False) -> Any:
+    row = buckets.find(call, params["Bucket"], any_region=any_region)
     expected = params.get("ExpectedBucketOwner")
     if expected is not None and expected != row.account_id:
         raise AccessDenied()
