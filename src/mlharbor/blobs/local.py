@@ -51,6 +51,8 @@ import stat
 import tempfile
 import threading
 import time
+from bisect import bisect_left, bisect_right
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -86,6 +88,17 @@ _IO_CHUNK = 1 << 20
 _NO_XATTRS = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP})
 # copy_file_range refuses these combinations of files and file systems; compose then copies by hand.
 _NO_COPY_RANGE = frozenset({errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EPERM})
+_MAX_BUCKET_PATHS = 1024  # bucket folder paths kept (a Path costs ~2 µs to build)
+# list_page keeps each folder's sorted names (see _Listings) while the folder's ctime says it is unchanged.
+# A change to a folder (a file created, renamed in or removed) sets its ctime from the kernel's coarse
+# clock: one tick (1-10 ms on Linux), whole seconds on some file systems (ext3's small inodes, HFS+; FAT's
+# mtime: 2 s). Two changes within one tick leave the same ctime, so a listing read between them would
+# pass as current and miss the second change. Hence a listing is only kept if the folder was last changed
+# at least this long before it was read: any later change then sets a different ctime, and each use
+# compares it. Folders changed in the last seconds are read afresh (correct, costs the full read).
+_LISTING_SAFE_AGE_NS = 2_000_000_000
+# Names kept in all cached listings together (a name costs ~60-100 bytes): least recently used go first.
+_LISTING_BUDGET = 1_000_000
 
 
 class LocalBlobStore(BlobStore):
@@ -95,6 +108,8 @@ class LocalBlobStore(BlobStore):
         # False once the file system said it keeps no user xattrs (degraded mode, see the docstring).
         self._xattrs = hasattr(os, "setxattr")
         self._xattr_lock = threading.Lock()
+        self._bucket_paths: dict[str, Path] = {}
+        self._listings = _Listings(_LISTING_BUDGET)
 
     @property
     def root(self) -> Path:
@@ -430,10 +445,20 @@ class LocalBlobStore(BlobStore):
         raise AssertionError("unreachable")  # the loop returns or raises
 
     def _bucket_dir(self, bucket: str) -> Path:
-        # S3Uri already keeps "/", "." and ".." out of bucket names; the folder must not be a
-        # symlink either (the root is resolved, so any difference after resolving is a link).
-        path = self._root / bucket
-        if path.resolve() != path:
+        # S3Uri already keeps "/", "." and ".." out of bucket names; the folder must not be a symlink
+        # either. The root is resolved, so only the last component can be a link: one lstat tells (what
+        # Path.resolve found with an lstat per component of the whole path, ~30 µs a call).
+        path = self._bucket_paths.get(bucket)
+        if path is None:
+            path = self._root / bucket
+            if len(self._bucket_paths) >= _MAX_BUCKET_PATHS:  # names come from callers: keep it bounded
+                self._bucket_paths.clear()
+            self._bucket_paths[bucket] = path
+        try:
+            st = os.lstat(path)
+        except OSError:  # missing (created on the first put), or the root is not there: nothing to follow
+            return path
+        if stat.S_ISLNK(st.st_mode):
             raise InvalidS3Uri(f"s3://{bucket}/: the bucket folder leads outside the object store")
         return path
 
@@ -441,10 +466,32 @@ class LocalBlobStore(BlobStore):
         return self._resolve_inside(self._bucket_dir(uri.bucket), uri.key, uri, follow_final=follow_final)
 
     def _resolve_inside(self, base: Path, rel: str, uri: S3Uri, *, follow_final: bool = True) -> Path:
-        """``base / rel`` with each segment checked and symlinks resolved; refused if it leaves base."""
-        for segment in rel.split("/"):
+        """``base / rel`` with each segment checked and symlinks resolved; refused if it leaves base.
+
+        ``base`` is a bucket folder (:meth:`_bucket_dir`: no symlink, under the resolved root), so when no
+        component below it is a symlink the path resolves to itself. That is checked with one lstat per
+        key segment (what realpath would lstat below base anyway); only a path through a symlink takes
+        the full resolve. The segments are plain names (no "", ".", ".."), so joining them is exact.
+        """
+        segments = rel.split("/")
+        for segment in segments:
             _check_segment(segment, uri)
         path = base / rel
+        here = str(base)
+        for segment in segments if follow_final else segments[:-1]:
+            here = here + "/" + segment
+            try:
+                mode = os.lstat(here).st_mode
+            except OSError:  # missing, or below a file (ENOTDIR): nothing further down can be a link
+                return path
+            if stat.S_ISLNK(mode):
+                return self._resolve_links(base, path, uri, follow_final=follow_final)
+            if not stat.S_ISDIR(mode):  # a file: nothing below it exists
+                return path
+        return path
+
+    def _resolve_links(self, base: Path, path: Path, uri: S3Uri, *, follow_final: bool) -> Path:
+        """The slow path of :meth:`_resolve_inside`, for a path through a symlink."""
         try:
             parent = path.parent.resolve()
             resolved = path.resolve() if follow_final else parent / path.name
@@ -773,7 +820,9 @@ def _key_fits(key: str) -> bool:
 class _Page:
     """One list_page call: a lazy walk of the bucket in key order that stops after ``limit`` entries.
 
-    A file system gives no order, so each folder on the way is read whole (see ``_entries``), but only
+    A file system gives no order, so each folder on the way is read whole (see ``_entries``; a folder not
+    changed for a while is read once and its sorted names kept, see ``_Listings``: a page then bisects to
+    where it starts and costs what it lists, however large the folder), but only
     folders that can hold entries of the page are read: folders whose keys all sort at or before
     ``start_after``, lie outside the prefix, or roll up into a common prefix are skipped unread
     (apart from a cheap "holds any object?" probe that stops at the first one).
@@ -862,6 +911,9 @@ class _Page:
             return iter(())  # start_after sorts after every key in this folder
         # Only the start folder can have a prefix tail (deeper folders lie wholly inside the prefix).
         need = self.prefix[len(rel) :] if self.prefix.startswith(rel) else ""
+        listing = self.store._listings.get(folder)
+        if listing is not None:
+            return listing.entries(folder, rel, tail, need)
         heap: list[tuple[str, bool, os.DirEntry[str]]] = []
         try:
             with os.scandir(folder) as scan:
@@ -949,3 +1001,126 @@ def _classify(item: os.DirEntry[str], rel: str) -> tuple[str, int, str] | None:
     except OSError:
         return None
     return None
+
+
+class _Listing:
+    """One folder's entries that can be (or hold) objects, as a folder reads, sorted in key order: names
+    (folders as name + "/", as _Page sorts them) and which of them are symlinks. Never changed once made, so
+    threads share it without a lock."""
+
+    __slots__ = ("links", "names", "signature")
+
+    def __init__(self, signature: tuple[int, int, int], names: list[str], links: frozenset[str]) -> None:
+        self.signature = signature
+        self.names = names
+        self.links = links
+
+    @classmethod
+    def read(cls, folder: str, signature: tuple[int, int, int]) -> _Listing | None:
+        names: list[str] = []
+        links: list[str] = []
+        try:
+            with os.scandir(folder) as scan:
+                for item in scan:
+                    name = item.name
+                    if not _valid_name(name):  # temp files, names no key can have
+                        continue
+                    try:
+                        if item.is_dir(follow_symlinks=False):  # d_type: no system call
+                            names.append(name + "/")
+                        elif item.is_file(follow_symlinks=False):
+                            names.append(name)
+                        elif item.is_symlink():
+                            # Where it leads is checked when it is listed (the target may change meanwhile
+                            # without touching this folder); a link to a folder is then skipped.
+                            names.append(name)
+                            links.append(name)
+                    except OSError:
+                        continue
+        except (FileNotFoundError, NotADirectoryError):  # removed meanwhile
+            return None
+        names.sort()
+        return cls(signature, names, frozenset(links))
+
+    def entries(self, folder: str, rel: str, tail: str, need: str) -> Iterator[tuple[str, int, str]]:
+        """As _Page._entries: the entries after ``tail`` (but the folder holding it) starting with ``need``,
+        found by bisection, so a page costs what it lists however large the folder."""
+        names = self.names
+        start = bisect_right(names, tail) if tail else 0
+        first: list[str] = []
+        cut = tail.find("/")
+        if cut >= 0:  # the folder that holds start_after: the keys after it in there come first
+            holder = tail[: cut + 1]
+            at = bisect_left(names, holder)
+            if at < len(names) and names[at] == holder and holder.startswith(need):
+                first.append(holder)
+        if need:
+            start = max(start, bisect_left(names, need))
+        return self._walk(folder, rel, first, start, need)
+
+    def _walk(
+        self, folder: str, rel: str, first: list[str], start: int, need: str
+    ) -> Iterator[tuple[str, int, str]]:
+        names, links = self.names, self.links
+        for name in first:
+            yield rel + name, _DIR, os.path.join(folder, name[:-1])
+        for at in range(start, len(names)):
+            name = names[at]
+            if need and not name.startswith(need):
+                return  # sorted: no later name starts with it either
+            if name[-1] == "/":
+                yield rel + name, _DIR, os.path.join(folder, name[:-1])
+            else:
+                yield rel + name, _LINK if name in links else _FILE, os.path.join(folder, name)
+
+
+class _Listings:
+    """The store's cache of folder listings (:class:`_Listing`), least recently used first, holding at most
+    ``budget`` names in all. A listing is used only while the folder's (inode, ctime, mtime) is what it was
+    when the folder was read, and kept only for folders unchanged for ``_LISTING_SAFE_AGE_NS`` (see there)."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self._lock = threading.Lock()
+        self._folders: OrderedDict[str, _Listing] = OrderedDict()
+        self._names = 0
+
+    def get(self, folder: str) -> _Listing | None:
+        """The folder's listing, read now if the cached one is stale; None if the folder is too recently
+        changed to be cached (or is gone): the caller then reads it itself."""
+        try:
+            st = os.stat(folder)
+        except OSError:
+            self._drop(folder)
+            return None
+        signature = (st.st_ino, st.st_ctime_ns, st.st_mtime_ns)
+        with self._lock:
+            listing = self._folders.get(folder)
+            if listing is not None and listing.signature == signature:
+                self._folders.move_to_end(folder)
+                return listing
+        # time.time_ns: the clock the kernel dates files by (its coarse variant).
+        if time.time_ns() - max(st.st_ctime_ns, st.st_mtime_ns) < _LISTING_SAFE_AGE_NS:
+            self._drop(folder)
+            return None
+        # Read after the stat: what changes later sets a newer ctime, and the next use reads it again.
+        listing = _Listing.read(folder, signature)
+        if listing is None or len(listing.names) > self.budget:
+            self._drop(folder)
+            return listing
+        with self._lock:
+            old = self._folders.pop(folder, None)
+            if old is not None:
+                self._names -= len(old.names)
+            self._folders[folder] = listing
+            self._names += len(listing.names)
+            while self._names > self.budget:
+                _, evicted = self._folders.popitem(last=False)
+                self._names -= len(evicted.names)
+        return listing
+
+    def _drop(self, folder: str) -> None:
+        with self._lock:
+            old = self._folders.pop(folder, None)
+            if old is not None:
+                self._names -= len(old.names)
