@@ -85,8 +85,9 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 import kvs  # bench/kvs.py: moto_server, cores, pinning, CPU time (puts src/ and the repo on sys.path)
+import outputs
 from api_throughput import _read_response
-from harness import fmt, print_table, ratio, start_server, stop_process, verdict
+from harness import fmt, print_table, ratio, verdict
 from outputs import CPU_HEADER, DISTURBED, Cpu, error_code
 
 REGION = "us-east-1"
@@ -227,19 +228,9 @@ class Target:
 
 @contextlib.contextmanager
 def both_servers(workdir: Path, cores: kvs.Cores) -> Iterator[tuple[Target, Target]]:
-    """A fresh MLHarbor and a fresh moto_server, each pinned to the server core."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    server = start_server(workdir)
-    moto_proc = None
-    try:
-        moto_url, moto_proc = kvs.start_moto(workdir)
-        if cores.server is not None:
-            kvs.pin(server.proc.pid, cores.server)
-            kvs.pin(moto_proc.pid, cores.server)
-        yield Target("MLHarbor", server.url, server.proc.pid), Target("moto", moto_url, moto_proc.pid)
-    finally:
-        stop_process(server.proc)
-        stop_process(moto_proc)
+    """A fresh MLHarbor and a fresh moto_server, each pinned to the server core (outputs.py starts them)."""
+    with outputs.both_servers(workdir, cores) as (mlharbor, moto):
+        yield Target(mlharbor.label, mlharbor.url, mlharbor.pid), Target(moto.label, moto.url, moto.pid)
 
 
 class Conn:
