@@ -15,6 +15,7 @@ it to the object store, so nothing is committed unless every claim about the bod
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import secrets
@@ -108,6 +109,7 @@ class UploadBody:
         self._received = received
         self._algorithm: str | None = None
         self._decoder: PayloadDecoder | None = None
+        self._pending: asyncio.Future[tuple[bytes, bool]] | None = None  # the next batch, being received
         self.complete = received is not None  # every byte of the request was read
 
     def require_checksum(self, algorithm: str) -> None:
@@ -122,20 +124,44 @@ class UploadBody:
             if decoded:
                 yield decoded
             return
-        while True:
-            data, more = anyio.from_thread.run(receive_batch, self._receive, self._idle)
-            if data:
-                decoded = decoder.feed(data)
-                if decoded:
-                    yield decoded
-            if not more:
-                self.complete = True
-                return
+        try:
+            while True:
+                data, more = anyio.from_thread.run(self._take)
+                if data:
+                    decoded = decoder.feed(data)
+                    if decoded:
+                        yield decoded
+                if not more:
+                    self.complete = True
+                    return
+        finally:
+            pending, self._pending = self._pending, None
+            if pending is not None:
+                with contextlib.suppress(RuntimeError):  # closed outside a worker thread: the loop is gone
+                    anyio.from_thread.run_sync(_drop, pending)
+
+    async def _take(self) -> tuple[bytes, bool]:
+        """The next batch, and the one after it asked for at once: the event loop receives it while this
+        thread hashes and writes the current one (on two cores, both at the same time)."""
+        pending = self._pending or asyncio.ensure_future(receive_batch(self._receive, self._idle))
+        self._pending = None
+        data, more = await pending
+        if more:
+            self._pending = asyncio.ensure_future(receive_batch(self._receive, self._idle))
+        return data, more
 
     def finish(self) -> Payload:
         if self._decoder is None or not self.complete:
             raise RuntimeError("finish() before the body was read")
         return self._decoder.finish()
+
+
+def _drop(pending: asyncio.Future[Any]) -> None:
+    """Stop receiving a batch nobody will read (the handler failed), without an unretrieved exception."""
+    if not pending.done():
+        pending.cancel()
+    elif not pending.cancelled():
+        pending.exception()
 
 
 class S3Gateway:

@@ -160,3 +160,19 @@ def _restart(running: Any, tmp_path: Path) -> Any:
         str(running.data_dir),
         env={"MLHARBOR_REQUEST_BODY_IDLE_SECONDS": "0.5"},
     )
+
+
+def test_a_client_that_leaves_mid_upload_leaves_nothing(server: Any, s3: Any, bucket: str) -> None:
+    connection = _start_slow_put(server, bucket, "left.bin", total=16 * MIB, sent=3 * MIB)
+    bucket_dir = server.data_dir / "s3" / bucket
+    writing = lambda: any(p.name.startswith(".mlharbor-tmp-") for p in bucket_dir.iterdir())  # noqa: E731
+    wait_until(writing, what="temp file")
+    connection.close()
+    # The writer is aborted: its temp file goes, no object appears, and the server goes on serving.
+    wait_until(lambda: not writing(), what="the aborted upload's temp file to be removed")
+    with pytest.raises(ClientError):
+        s3.head_object(Bucket=bucket, Key="left.bin")
+    s3.put_object(Bucket=bucket, Key="after.bin", Body=b"fine")
+    assert s3.get_object(Bucket=bucket, Key="after.bin")["Body"].read() == b"fine"
+    log = server.log()
+    assert "never retrieved" not in log and "unhandled error in s3" not in log
