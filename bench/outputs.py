@@ -127,19 +127,24 @@ class Connection:
         self.connects = 0
 
     async def call(self, payload: bytes) -> tuple[int, bytes]:
+        status, _lower, body = await self.exchange(payload)
+        return status, body
+
+    async def exchange(self, payload: bytes) -> tuple[int, bytes, bytes]:
+        """(status, the lower-cased response head, body)."""
         try:
             if self.writer is None or self.reader is None:
                 self.reader, self.writer = await asyncio.open_connection(self.host, self.port, limit=1 << 22)
                 self.writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 self.connects += 1
             self.writer.write(payload)
-            status, _head, _lower, body, keep = await _read_response(self.reader)
+            status, _head, lower, body, keep = await _read_response(self.reader)
         except BaseException:
             self.close()
             raise
         if not keep:
             self.close()
-        return status, body
+        return status, lower, body
 
     def close(self) -> None:
         if self.writer is not None:

@@ -86,7 +86,6 @@ from botocore.credentials import Credentials
 
 import kvs  # bench/kvs.py: moto_server, cores, pinning, CPU time (puts src/ and the repo on sys.path)
 import outputs
-from api_throughput import _read_response
 from harness import fmt, print_table, ratio, verdict
 from outputs import CPU_HEADER, DISTURBED, Cpu, error_code
 
@@ -231,37 +230,6 @@ def both_servers(workdir: Path, cores: kvs.Cores) -> Iterator[tuple[Target, Targ
     """A fresh MLHarbor and a fresh moto_server, each pinned to the server core (outputs.py starts them)."""
     with outputs.both_servers(workdir, cores) as (mlharbor, moto):
         yield Target(mlharbor.label, mlharbor.url, mlharbor.pid), Target(moto.label, moto.url, moto.pid)
-
-
-class Conn:
-    """One HTTP/1.1 keep-alive connection (asyncio), reopened when the server closes it (moto always does)."""
-
-    def __init__(self, target: Target) -> None:
-        self.host, self.port = target.signer.host, target.signer.port
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-        self.connects = 0
-
-    async def call(self, payload: bytes) -> tuple[int, bytes, bytes]:
-        """(status, the lower-cased response head, body)."""
-        try:
-            if self.writer is None or self.reader is None:
-                self.reader, self.writer = await asyncio.open_connection(self.host, self.port, limit=1 << 22)
-                self.writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                self.connects += 1
-            self.writer.write(payload)
-            status, _head, lower, body, keep = await _read_response(self.reader)
-        except BaseException:
-            self.close()
-            raise
-        if not keep:
-            self.close()
-        return status, lower, body
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-        self.reader = self.writer = None
 
 
 def header(lower_head: bytes, name: bytes) -> str | None:
@@ -426,7 +394,7 @@ def put_worker(
     target: Target, bucket: str, client: int, pool: Pool, window: Window, written: list[tuple[str, int]]
 ) -> Worker:
     async def run(t_measure: float, t_end: float) -> None:
-        conn, n = Conn(target), 0
+        conn, n = outputs.Connection(target.url), 0
         while PERF() < t_end:
             i = (client + n) % BODY_POOL
             key = f"small/{client:02d}-{n:07d}"
@@ -434,7 +402,7 @@ def put_worker(
             payload = target.signer.request("PUT", f"/{bucket}/{key}", body=pool.bodies[i], sha=pool.sha[i])
             start = PERF()
             try:
-                status, lower, body = await conn.call(payload)
+                status, lower, body = await conn.exchange(payload)
             except TRANSPORT_ERRORS as exc:
                 window.failures[f"transport: {type(exc).__name__}"] += 1
                 await asyncio.sleep(0.01)
@@ -460,13 +428,13 @@ def get_worker(
     target: Target, bucket: str, client: int, pool: Pool, window: Window, written: list[tuple[str, int]]
 ) -> Worker:
     async def run(t_measure: float, t_end: float) -> None:
-        conn, rng = Conn(target), random.Random(client)
+        conn, rng = outputs.Connection(target.url), random.Random(client)
         while PERF() < t_end:
             key, i = written[rng.randrange(len(written))]
             payload = target.signer.request("GET", f"/{bucket}/{key}")
             start = PERF()
             try:
-                status, _lower, body = await conn.call(payload)
+                status, _lower, body = await conn.exchange(payload)
             except TRANSPORT_ERRORS as exc:
                 window.failures[f"transport: {type(exc).__name__}"] += 1
                 await asyncio.sleep(0.01)
@@ -938,7 +906,7 @@ async def fill(target: Target, bucket: str, keys: Sequence[str], clients: int, p
     todo = iter(range(len(keys)))
 
     async def worker() -> None:
-        conn = Conn(target)
+        conn = outputs.Connection(target.url)
         try:
             for n in todo:
                 i = n % BODY_POOL
@@ -946,7 +914,7 @@ async def fill(target: Target, bucket: str, keys: Sequence[str], clients: int, p
                     "PUT", f"/{bucket}/{keys[n]}", body=pool.bodies[i], sha=pool.sha[i]
                 )
                 try:
-                    status, _lower, body = await conn.call(payload)
+                    status, _lower, body = await conn.exchange(payload)
                 except TRANSPORT_ERRORS as exc:
                     failures[f"transport: {type(exc).__name__}"] += 1
                     continue
@@ -964,7 +932,7 @@ async def list_pages(
 ) -> tuple[list[str], list[float], bool]:
     """ListObjectsV2 (prefix list/, 1,000 a page) following NextContinuationToken: (keys, ms per page,
     whether the last page read was truncated). Raises on any failed answer."""
-    conn = Conn(target)
+    conn = outputs.Connection(target.url)
     keys: list[str] = []
     times: list[float] = []
     token = ""
@@ -975,7 +943,7 @@ async def list_pages(
             query += [("start-after", start_after)] if start_after else []
             payload = target.signer.request("GET", f"/{bucket}", query)
             start = PERF()
-            status, _lower, body = await conn.call(payload)
+            status, _lower, body = await conn.exchange(payload)
             times.append((PERF() - start) * 1000)
             if status != 200:
                 raise RuntimeError(f"ListObjectsV2: {error_code(status, body)}")

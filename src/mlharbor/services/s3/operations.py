@@ -217,23 +217,10 @@ def _sse(attributes: dict[str, str] | Any) -> dict[str, Any]:
 
 @blocking
 def get_object(call: Call, params: dict[str, Any]) -> dict[str, Any]:
-    row = _bucket(call, params)
-    objects.refuse_unsupported(params)
-    location = objects.uri(row.name, params["Key"])
+    location = _object_location(call, params)
     reader = objects.open_existing(call.server.blobs, location)
     try:
-        meta = reader.meta
-        objects.check_conditions(meta, params)
-        span = _span(meta, params)
-        whole = span is None
-        start, end = span or (0, meta.size)
-        # A checksum describes the whole object: never sent with part of it (botocore would reject it).
-        result = objects.head_fields(meta, checksums=whole and params.get("ChecksumMode") == "ENABLED")
-        result.update(_response_overrides(params))
-        result["ContentLength"] = end - start
-        if not whole:
-            result["ContentRange"] = f"bytes {start}-{end - 1}/{meta.size}"
-            result[STATUS] = 206
+        result, (start, end) = _read_answer(reader.meta, params)
         if end - start <= INLINE_BYTES:
             # Read here, in the handler's thread: streaming it would cost a thread hop per chunk.
             result["Body"] = b"".join(reader.chunks(start, end))
@@ -244,6 +231,29 @@ def get_object(call: Call, params: dict[str, Any]) -> dict[str, Any]:
         reader.close()
         raise
     return result
+
+
+def _object_location(call: Call, params: dict[str, Any]) -> S3Uri:
+    """The object a GetObject or HeadObject reads, once the bucket and the request's options are checked."""
+    row = _bucket(call, params)
+    objects.refuse_unsupported(params)
+    return objects.uri(row.name, params["Key"])
+
+
+def _read_answer(meta: ObjectMeta, params: dict[str, Any]) -> tuple[dict[str, Any], tuple[int, int]]:
+    """GetObject's and HeadObject's header members for one version, and the byte span they describe: the
+    conditions checked, a range or part turned into 206 + Content-Range."""
+    objects.check_conditions(meta, params)
+    span = _span(meta, params)
+    start, end = span or (0, meta.size)
+    # A checksum describes the whole object: never sent with part of it (botocore would reject it).
+    result = objects.head_fields(meta, checksums=span is None and params.get("ChecksumMode") == "ENABLED")
+    result.update(_response_overrides(params))
+    result["ContentLength"] = end - start
+    if span is not None:
+        result["ContentRange"] = f"bytes {start}-{end - 1}/{meta.size}"
+        result[STATUS] = 206
+    return result, (start, end)
 
 
 def _span(meta: ObjectMeta, params: dict[str, Any]) -> tuple[int, int] | None:
@@ -277,18 +287,8 @@ def _response_overrides(params: dict[str, Any]) -> dict[str, Any]:
 
 @blocking
 def head_object(call: Call, params: dict[str, Any]) -> dict[str, Any]:
-    row = _bucket(call, params)
-    objects.refuse_unsupported(params)
-    location = objects.uri(row.name, params["Key"])
-    meta = objects.stat_existing(call.server.blobs, location)
-    objects.check_conditions(meta, params)
-    span = _span(meta, params)
-    result = objects.head_fields(meta, checksums=span is None and params.get("ChecksumMode") == "ENABLED")
-    result.update(_response_overrides(params))
-    if span is not None:
-        result["ContentLength"] = span[1] - span[0]
-        result["ContentRange"] = f"bytes {span[0]}-{span[1] - 1}/{meta.size}"
-        result[STATUS] = 206
+    location = _object_location(call, params)
+    result, _ = _read_answer(objects.stat_existing(call.server.blobs, location), params)
     return result
 
 
