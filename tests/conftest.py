@@ -51,6 +51,11 @@ def _fresh_database(tmp: Path) -> tuple[str, Any]:
     """A database URL for one server, and a cleanup function."""
     if os.environ.get("MLHARBOR_TEST_DATABASE") != "postgresql":
         return f"sqlite:///{tmp / 'mlharbor.db'}", lambda: None
+    return postgres_database()
+
+
+def postgres_database() -> tuple[str, Any]:
+    """A fresh PostgreSQL database's URL, and a function that drops it."""
     import psycopg
 
     name = f"mlharbor_test_{uuid.uuid4().hex[:12]}"
@@ -73,11 +78,26 @@ class RunningServer:
     database_url: str
     log_path: Path
     extra_args: list[str] = field(default_factory=list)
+    # Other servers on the same database and data: clients go to each in turn (create on one, describe on
+    # another), so the tests run through every server of a deployment.
+    peers: list[RunningServer] = field(default_factory=list)
+    _turn: int = 0
 
-    def client(self, service: str, access_key: str = "test", secret: str = "test", **config: Any):  # type: ignore[no-untyped-def]
+    def client(
+        self,
+        service: str,
+        access_key: str = "test",
+        secret: str = "test",
+        *,
+        pinned: bool = False,
+        **config: Any,
+    ):  # type: ignore[no-untyped-def]
+        """A boto3 client of the next server in turn (``pinned``: of this one)."""
+        urls = [self.url, *(peer.url for peer in self.peers)]
+        self._turn += 1
         return boto3.client(
             service,
-            endpoint_url=self.url,
+            endpoint_url=self.url if pinned else urls[self._turn % len(urls)],
             region_name=config.pop("region_name", REGION),
             aws_access_key_id=access_key,
             aws_secret_access_key=secret,
@@ -89,10 +109,15 @@ class RunningServer:
 
 
 def start_server(
-    tmp: Path, database_url: str, *extra: str, env: dict[str, str] | None = None
+    tmp: Path,
+    database_url: str,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    data_dir: Path | None = None,
 ) -> RunningServer:
+    """A server logging to ``tmp``/server.log, with its data in ``data_dir`` (default ``tmp``/data)."""
     log_path = tmp / "server.log"
-    data_dir = tmp / "data"
+    data_dir = data_dir or tmp / "data"
     cmd = [
         sys.executable, "-m", "mlharbor", "serve", "--port", "0",
         "--data-dir", str(data_dir), "--database-url", database_url, *extra,
@@ -121,11 +146,17 @@ def stop_server(server: RunningServer) -> None:
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    """One server for the whole session (tests use unique names, so they do not collide)."""
+    """One server for the whole session (tests use unique names, so they do not collide). On PostgreSQL, two
+    servers on one database and one data folder, which the clients use in turn."""
     tmp = tmp_path_factory.mktemp("server")
     url, drop = _fresh_database(tmp)
     running = start_server(tmp, url)
+    if os.environ.get("MLHARBOR_TEST_DATABASE") == "postgresql":
+        (tmp / "peer").mkdir()
+        running.peers.append(start_server(tmp / "peer", url, data_dir=running.data_dir))
     yield running
+    for peer in running.peers:
+        stop_server(peer)
     stop_server(running)
     drop()
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import requests
 
 from mlharbor.config import load_settings
+from tests.conftest import start_server, stop_server
 
 
 def test_cli_beats_env_beats_config_file(tmp_path, monkeypatch):
@@ -65,3 +67,30 @@ def test_json_log_format(make_server):
     lines = [line for line in server.log().splitlines() if line.strip()]
     entries = [json.loads(line) for line in lines]
     assert any(e["message"].startswith("MLHarbor ") and e["level"] == "INFO" for e in entries)
+
+
+def test_a_second_server_on_one_sqlite_database_refuses_to_start(tmp_path):
+    database = tmp_path / "first" / "mlharbor.db"
+    database.parent.mkdir()
+    url = f"sqlite:///{database}"
+    first = start_server(database.parent, url)
+    try:
+        started = time.monotonic()
+        result = _run(
+            "serve", "--port", "0", "--data-dir", str(tmp_path / "other"), "--database-url", url, cwd=tmp_path
+        )  # fmt: skip
+        assert result.returncode == 1 and time.monotonic() - started < 30
+        assert str(database) in result.stderr
+        assert "one server" in result.stderr and "PostgreSQL" in result.stderr
+        assert "MLHarbor listening" not in result.stdout
+        assert not (tmp_path / "other").exists()  # refused before anything else
+        assert requests.get(f"{first.url}/health", timeout=5).status_code == 200
+    finally:
+        first.process.kill()  # kill -9: no clean shutdown, yet the database is free again
+        first.process.wait()
+    (tmp_path / "again").mkdir()
+    again = start_server(tmp_path / "again", url)
+    try:
+        assert requests.get(f"{again.url}/health", timeout=5).status_code == 200
+    finally:
+        stop_server(again)

@@ -22,16 +22,18 @@ from mlharbor.api.throttle import Receiving, Throttle
 from mlharbor.blobs.store import BlobStore, open_blob_store
 from mlharbor.config import Settings
 from mlharbor.context import Server
-from mlharbor.runtime import LocalExecutor
+from mlharbor.runtime.backends import open_executor
+from mlharbor.runtime.leases import Leases, new_owner_id
 from mlharbor.runtime.reconciler import Reconciler
-from mlharbor.services.comprehend.detection import JobSupervisor
-from mlharbor.services.comprehend.endpoints import EndpointSupervisor
-from mlharbor.services.comprehend.training import TrainingSupervisor
+from mlharbor.runtime.supervisor import Supervisor
+from mlharbor.services import attempts
+from mlharbor.services.comprehend import detection, training
+from mlharbor.services.comprehend.endpoints import EndpointKind
 from mlharbor.services.kinesis.retention import RetentionPass as KinesisRetention
-from mlharbor.services.kinesisvideo.puller import PullSupervisor
+from mlharbor.services.kinesisvideo.puller import PullKind
 from mlharbor.services.kinesisvideo.retention import RetentionPass
+from mlharbor.services.rekognition import streaming
 from mlharbor.services.rekognition.collections import Indexes
-from mlharbor.services.rekognition.streaming import StreamSupervisor
 from mlharbor.services.s3.operations import XML_ROOTS as S3_XML_ROOTS
 from mlharbor.services.s3.sweep import TempSweep
 from mlharbor.services.sns.delivery import Deliverer as SnsDeliverer
@@ -49,8 +51,10 @@ def build_server(settings: Settings) -> Server:
     reconciler = Reconciler()
     # Worker processes are spawned only when work is submitted; building the executor is cheap.
     # A finished worker wakes the reconciler, which records or repairs the outcome.
-    executor = LocalExecutor(
-        on_finished=lambda _work, _status: reconciler.wake(), stop_grace=settings.worker_stop_grace_seconds
+    executor = open_executor(
+        settings.runtime,
+        lambda _work, _status: reconciler.wake(),
+        stop_grace=settings.worker_stop_grace_seconds,
     )
     server = Server(
         settings=settings, store=store, pager=pager, blobs=blobs, executor=executor, reconciler=reconciler
@@ -58,16 +62,26 @@ def build_server(settings: Settings) -> Server:
     faces = Indexes(settings.data_dir / "face-vectors", settings.face_snapshot_min_faces)
     server.extras["rekognition.collections"] = faces
     server.close_hooks.append(faces.save_all)
-    streams = StreamSupervisor(server)
-    server.extras["rekognition.streams"] = streams
-    reconciler.register("stream processors", streams.reconcile)
-    reconciler.register("entity recognizer training", TrainingSupervisor(server).reconcile)
-    reconciler.register("entity recognizer endpoints", EndpointSupervisor(server).reconcile)
-    reconciler.register("entities detection jobs", JobSupervisor(server).reconcile)
+    # All long work, declared once per kind and run by one supervisor; leases in the database say which
+    # server runs what. SQLite means one server (it holds a file lock), so a predecessor's leases are taken
+    # over at once; on PostgreSQL a lease is taken over once its holder stopped renewing it.
+    leases = Leases(store, new_owner_id(), settings.lease_seconds, exclusive=store.dialect == "sqlite")
     # The built-in Kinesis Video producer: --video-stream NAME=URL is pulled into the stream NAME.
-    pullers = PullSupervisor(server)
-    reconciler.register("video stream pullers", pullers.reconcile)
-    server.shutdown_hooks.append(pullers.stop)
+    pullers = PullKind(server)
+    supervisor = Supervisor(
+        leases,
+        executor,
+        [
+            attempts.AttemptKind(store, streaming.work(server)),
+            attempts.AttemptKind(store, training.work(server)),
+            EndpointKind(server),
+            attempts.AttemptKind(store, detection.work(server)),
+            pullers,
+        ],
+    )
+    server.supervisor = supervisor
+    reconciler.register("long work", supervisor.run_once)
+    server.shutdown_hooks.append(lambda: pullers.stop(supervisor))
     reconciler.register("video fragment retention", RetentionPass(server).reconcile)
     reconciler.register("kinesis record retention", KinesisRetention(server).reconcile)
     # SNS HTTP/S deliveries: Publish hands its own to the deliverer at once; this pass sends retries and what

@@ -46,6 +46,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--log-format", choices=["text", "json"])
     serve.add_argument(
+        "--runtime",
+        metavar="local|ray://HOST:PORT",
+        help="where long work runs: local worker processes (default) or the Ray cluster at HOST:PORT",
+    )
+    serve.add_argument(
         "--insecure-open-bind",
         action="store_true",
         default=None,
@@ -124,7 +129,13 @@ def serve(settings: Settings) -> int:
         )
         return 2
     from mlharbor.app import create_app
+    from mlharbor.store.db import DatabaseInUse, hold_single_server
 
+    try:
+        hold_single_server(settings.resolved_database_url)  # held until the process ends
+    except DatabaseInUse as exc:
+        print(f"refusing to start: {exc}", file=sys.stderr)
+        return 1
     _lift_open_files_limit()
     app = create_app(settings)
     logging.getLogger("mlharbor").info(
@@ -166,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             "credentials": args.credentials,
             "video_stream": args.video_stream,
             "log_format": args.log_format,
+            "runtime": args.runtime,
             "insecure_open_bind": args.insecure_open_bind,
         }
         try:

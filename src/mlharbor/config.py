@@ -83,6 +83,12 @@ class Settings(BaseSettings):
         "(an existing stream keeps its own)",
     )
     log_format: Literal["text", "json"] = "text"
+    runtime: str = Field(
+        default="local",
+        pattern=r"^(local|ray://[^/\s]+)$",
+        description="where long work runs: local (worker processes of this server) or ray://HOST:PORT "
+        "(actors on that Ray cluster, which outlive this server)",
+    )
     insecure_open_bind: bool = False
     object_store: Literal["local", "s3"] = "local"
     # 16 MiB: a Kinesis PutRecords or PutRecord carries up to 10 MiB of data, base64 in JSON (13.4 MiB).
@@ -156,6 +162,12 @@ class Settings(BaseSettings):
         default=2, ge=1, description="entities detection jobs run at the same time"
     )
     worker_stop_grace_seconds: float = Field(default=5.0, gt=0, description="cooperative stop before kill")
+    lease_seconds: float = Field(
+        default=3.0,
+        gt=0,
+        description="how long a server's claim on a piece of running work lasts unless renewed (twice a "
+        "second): another server on the database takes over work whose owner stopped renewing",
+    )
     stream_analysis_fps: float = Field(
         default=5.0, gt=0, le=60, description="frames per second a stream processor analyses (AWS: 5)"
     )

@@ -11,7 +11,9 @@ if TYPE_CHECKING:
     from mlharbor.blobs.store import BlobStore
     from mlharbor.config import Settings
     from mlharbor.runtime import Executor
+    from mlharbor.runtime.leases import Leases
     from mlharbor.runtime.reconciler import Reconciler
+    from mlharbor.runtime.supervisor import Supervisor
     from mlharbor.store.db import Store
 
 
@@ -35,6 +37,13 @@ class Server:
     # This server's base URL (http://host:port), known once its socket is bound. Workers reach the
     # companion services here (a stream processor reads Kinesis Video through GetMedia, as Rekognition does).
     url: str | None = None
+    # The one supervisor of long work, and the leases that say which server runs what (set by app.py).
+    supervisor: Supervisor | None = None
+
+    @property
+    def leases(self) -> Leases:
+        assert self.supervisor is not None, "the server was built without a supervisor"
+        return self.supervisor.leases
 
     def own_endpoint(self, account_id: str) -> dict[str, str]:
         """How a worker acting for ``account_id`` calls this server: its URL and one of the account's keys."""
@@ -53,6 +62,8 @@ class Server:
         """Start reconciling (kept out of construction so in-process tests can build a quiet server). The
         serving socket is bound by then, so workers started by the first pass can already reach it."""
         self.url = url or self.url
+        if self.supervisor is not None:
+            self.supervisor.start()
         self.reconciler.start()
 
     def begin_shutdown(self) -> None:
@@ -65,6 +76,8 @@ class Server:
         self.begin_shutdown()
         self.reconciler.stop()
         self.executor.shutdown(timeout=10.0)
+        if self.supervisor is not None:
+            self.supervisor.close()  # after the workers stopped: other servers may take their work now
         for hook in self.close_hooks:
             hook()
         self.store.dispose()

@@ -82,8 +82,8 @@ def test_a_worker_of_a_deleted_processor_cannot_act_for_one_created_again(store)
 def test_work_ids_differ_between_incarnations_and_attempts(store):
     first = _create(store, "STOPPED", attempt=1)
     second = _create(store, "STOPPED", attempt=1)
-    ids = {attempts.work_id(ARN, first), attempts.work_id(ARN, second), attempts.work_id(ARN, Fence(
-        first.incarnation, 2))}  # fmt: skip
+    ids = {attempts.work_id("stream", ARN, first), attempts.work_id("stream", ARN, second), attempts.work_id(
+        "stream", ARN, Fence(first.incarnation, 2))}  # fmt: skip
     assert len(ids) == 3
     assert Fence.of(_row(store)) == second
     assert Fence.from_payload(attempts.payload(_Settings(), ARN, second)) == second

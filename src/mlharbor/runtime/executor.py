@@ -11,6 +11,8 @@ The interface is deliberately narrow so that a second back end (Ray) can impleme
 * ``on_finished(work_id, status)`` (given to the executor's constructor) is called exactly once per
   work item when it ends in any state, crashes included, from a thread owned by the executor.
 * ``shutdown(timeout)`` stops everything.
+* ``adopt(work_id)`` takes charge of a worker another (dead) server started, where the back end's workers
+  outlive their server; False where they cannot.
 
 ``payload`` must be picklable plain data. Results and heartbeat progress must be JSON-serialisable
 (they are meant for the database, and the server must be able to read them without importing the
@@ -106,8 +108,11 @@ WorkFunction = Callable[[WorkContext, dict[str, Any]], "dict[str, Any] | None"]
 
 @runtime_checkable
 class Executor(Protocol):
-    def submit(self, work_id: str, target: str, payload: dict[str, Any]) -> None:
-        """Start ``target`` in a worker. Raises WorkAlreadyRunning if ``work_id`` is running."""
+    def submit(
+        self, work_id: str, target: str, payload: dict[str, Any], resources: dict[str, float] | None = None
+    ) -> None:
+        """Start ``target`` in a worker. Raises WorkAlreadyRunning if ``work_id`` is running. ``resources``:
+        what the worker needs, for back ends that place work on machines (Ray's ``num_cpus``, ``memory``)."""
         ...
 
     def request_stop(self, work_id: str) -> bool:
@@ -124,6 +129,11 @@ class Executor(Protocol):
 
     def shutdown(self, timeout: float) -> None:
         """Request stop for everything, wait up to ``timeout`` seconds, then kill what is left."""
+        ...
+
+    def adopt(self, work_id: str) -> bool:
+        """Take charge of work another server started, if it still runs (True): a back end whose workers
+        outlive the server that started them (Ray's detached actors). Local processes never do."""
         ...
 
 

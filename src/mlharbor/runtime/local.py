@@ -187,8 +187,10 @@ class LocalExecutor:
         atexit.register(self._atexit)
 
     # --- The Executor interface ---------------------------------------------------------------------
-    def submit(self, work_id: str, target: str, payload: dict[str, Any]) -> None:
-        check_target(target)
+    def submit(
+        self, work_id: str, target: str, payload: dict[str, Any], resources: dict[str, float] | None = None
+    ) -> None:
+        check_target(target)  # ``resources``: every worker runs on this machine, whatever it needs
         if not isinstance(payload, dict):
             raise TypeError("payload must be a dict")
         with self._submit_lock:
@@ -234,6 +236,9 @@ class LocalExecutor:
     def running(self) -> list[str]:
         with self._lock:
             return list(self._works)
+
+    def adopt(self, work_id: str) -> bool:
+        return False  # a worker process ends with the server that started it (it watches its pipe)
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stop all work: ask, SIGTERM after ``timeout``, SIGKILL ``term_grace`` later; then end the

@@ -32,6 +32,22 @@ server_state = Table(
     Column("value", Text, nullable=False),
 )
 
+# Who runs each piece of long work now: one row per running (or starting) work item, held by one server
+# process and renewed by it; another server takes over a lease that expired (its owner died). ``epoch`` grows
+# at every takeover: every write a holder makes names it, so a holder that lost its lease changes nothing.
+work_leases = Table(
+    "work_leases",
+    metadata,
+    Column("work_id", String(1024), primary_key=True),
+    Column("kind", String(32), nullable=False, index=True),
+    Column("owner", String(128), nullable=False, index=True),
+    Column("epoch", Integer, nullable=False),
+    Column("acquired_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    # The worker's last heartbeat progress (e.g. a serving worker's address and readiness), for every server.
+    Column("progress", JSON),
+)
+
 tags = Table(
     "tags",
     metadata,

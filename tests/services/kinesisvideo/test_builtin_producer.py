@@ -29,11 +29,9 @@ from mlharbor.config import load_settings
 from mlharbor.context import Call
 from mlharbor.engines import mkv
 from mlharbor.runtime import WorkStatus
-from mlharbor.services.comprehend.detection import JobSupervisor
-from mlharbor.services.comprehend.endpoints import EndpointSupervisor
-from mlharbor.services.comprehend.training import TrainingSupervisor
+from mlharbor.runtime.leases import Leases
+from mlharbor.runtime.supervisor import Supervisor
 from mlharbor.services.kinesisvideo import operations, puller, streams
-from mlharbor.services.rekognition.streaming import StreamSupervisor
 from tests.conftest import RunningServer, wait_until, worker_pids
 from tests.kvs_producer import encode_mkv, parse_clusters, split_live, synthetic_frame
 
@@ -207,7 +205,7 @@ class FakeExecutor:
         self.submitted: list[tuple[str, str, dict[str, Any]]] = []
         self.stops: list[str] = []
 
-    def submit(self, work_id: str, target: str, payload: dict[str, Any]) -> None:
+    def submit(self, work_id: str, target: str, payload: dict[str, Any], resources: Any = None) -> None:
         self.live[work_id] = WorkStatus(work_id, "running", started_at=time.time())
         self.submitted.append((work_id, target, payload))
 
@@ -223,6 +221,9 @@ class FakeExecutor:
 
     def shutdown(self, timeout: float) -> None:
         pass
+
+    def adopt(self, work_id: str) -> bool:
+        return False
 
     def end(self, work_id: str, ran: float) -> None:
         status = self.live.pop(work_id)
@@ -241,51 +242,47 @@ def quiet_server(tmp_path):  # type: ignore[no-untyped-def]
     )
     server = build_server(settings)
     server.executor.shutdown(1.0)
-    server.executor = FakeExecutor()
+    server.executor = server.supervisor.executor = FakeExecutor()  # type: ignore[union-attr]
     server.url = "http://127.0.0.1:9"
     yield server
     server.store.dispose()
 
 
-def test_other_kinds_passes_leave_pullers_alone_and_the_pullers_pass_leaves_theirs(quiet_server):
+def test_other_kinds_leave_pullers_alone_and_pullers_leave_theirs(quiet_server):
     server, executor = quiet_server, quiet_server.executor
-    pullers = puller.PullSupervisor(server)
-    pullers.reconcile()
+    server.supervisor.run_once()
     mine = sorted(work_id for work_id, _, _ in executor.submitted)
     assert mine == [
-        f"kinesisvideo-pull:{ACCOUNT}:us-east-1:cam@1",
-        f"kinesisvideo-pull:{ACCOUNT}:us-east-1:stream-1@1",
+        f"video-pull|{ACCOUNT}:us-east-1:cam|puller",
+        f"video-pull|{ACCOUNT}:us-east-1:stream-1|puller",
     ]
     theirs = [
-        f"arn:aws:rekognition:us-east-1:{ACCOUNT}:streamprocessor/sp#stream-s1#inc#attempt-1",
-        f"arn:aws:comprehend:us-east-1:{ACCOUNT}:entity-recognizer/r#inc#attempt-1",
-        f"arn:aws:comprehend:us-east-1:{ACCOUNT}:entities-detection-job/j#inc#attempt-1",
-        f"arn:aws:comprehend:us-east-1:{ACCOUNT}:entity-recognizer-endpoint/e#inc#gen-1#unit-0",
+        f"stream|arn:aws:rekognition:us-east-1:{ACCOUNT}:streamprocessor/sp|s1/inc/attempt-1",
+        f"training|arn:aws:comprehend:us-east-1:{ACCOUNT}:entity-recognizer/r|inc/attempt-1",
+        f"detection|arn:aws:comprehend:us-east-1:{ACCOUNT}:entities-detection-job/j|inc/attempt-1",
+        f"endpoint|arn:aws:comprehend:us-east-1:{ACCOUNT}:entity-recognizer-endpoint/e|inc/gen-1/unit-0",
+        f"video-pull|{ACCOUNT}:us-east-1:gone|puller",  # a stream no longer configured
     ]
     for work_id in theirs:
         executor.submit(work_id, "x:y", {})
-    for supervisor in (StreamSupervisor, TrainingSupervisor, EndpointSupervisor, JobSupervisor):
-        supervisor(server).reconcile()  # no rows: each stops the workers of its kind
+    server.supervisor.run_once()  # no rows, no lease: each kind stops the workers nobody wants
     assert sorted(executor.stops) == sorted(theirs)
-
-    executor.stops.clear()
-    executor.submit(f"kinesisvideo-pull:{ACCOUNT}:us-east-1:cam@0", puller.TARGET, {})  # superseded
-    pullers.reconcile()
-    assert executor.stops == [f"kinesisvideo-pull:{ACCOUNT}:us-east-1:cam@0"]
 
 
 def test_the_pass_creates_the_stream_and_restarts_pullers_with_backoff(quiet_server, caplog):
     server, executor = quiet_server, quiet_server.executor
     now = [0.0]
-    pullers = puller.PullSupervisor(server, clock=lambda: now[0])
+    kind = puller.PullKind(server)
+    leases = Leases(server.store, "test", 3.0, clock=lambda: now[0], exclusive=True)
+    supervisor = Supervisor(leases, executor, [kind])
     with caplog.at_level(logging.ERROR, logger="mlharbor.kinesisvideo.puller"):
-        pullers.reconcile()
-        pullers.reconcile()
+        supervisor.run_once()
+        supervisor.run_once()
     assert [r.getMessage() for r in caplog.records] == [
         "video stream front door cannot be pulled into Kinesis Video: 'front door' is not a Kinesis Video "
         "stream name ([a-zA-Z0-9_.-], 1 to 256 characters)"
     ]  # logged once, not at every pass
-    [(work_id, target, payload)] = [s for s in executor.submitted if ":cam@" in s[0]]
+    [(work_id, target, payload)] = [s for s in executor.submitted if ":cam|" in s[0]]
     assert target == puller.TARGET
     assert payload["stream_name"] == "cam" and payload["url"] == "/videos/cam.mp4"
     assert (payload["endpoint"], payload["access_key"], payload["region"]) == (
@@ -297,44 +294,45 @@ def test_the_pass_creates_the_stream_and_restarts_pullers_with_backoff(quiet_ser
         row = streams.find(conn, ACCOUNT, "us-east-1", {"StreamName": "cam"})
     assert (row.retention_hours, row.media_type) == (24, "video/h264")
 
-    def cam_ids() -> list[str]:
-        return [s[0] for s in executor.submitted if ":cam@" in s[0]]
+    def cam_starts() -> int:
+        return len([s for s in executor.submitted if ":cam|" in s[0]])
 
     def after(seconds: float, ran: float) -> None:
         """The running puller dies after ``ran`` s; one pass just before its restart is due, one at it."""
-        [current] = [w for w in executor.running() if ":cam@" in w]
+        [current] = [w for w in executor.running() if ":cam|" in w]
         executor.end(current, ran)
-        pullers.reconcile()  # notices the death at now[0]
+        starts = cam_starts()
+        supervisor.run_once()  # notices the death at now[0]
         start = now[0]
         now[0] = start + seconds - 0.01
-        pullers.reconcile()
-        assert cam_ids()[-1] == current
+        supervisor.run_once()
+        assert cam_starts() == starts
         now[0] = start + seconds
-        pullers.reconcile()
-        assert cam_ids()[-1] != current
+        supervisor.run_once()
+        assert cam_starts() == starts + 1
 
     after(1.0, ran=1.0)
     after(2.0, ran=1.0)  # deaths in a row: twice as long
     after(4.0, ran=1.0)
     after(1.0, ran=puller.STABLE_RUN_S)  # after a healthy run: the first death again
-    assert cam_ids()[-1].endswith(":cam@5")
+    assert cam_starts() == 5
 
     # A stream deleted by someone is created again by the next pass.
     call = Call(server, "kinesisvideo", "DeleteStream", ACCOUNT, "us-east-1", str(uuid.uuid4()))
     operations.delete_stream(call, {"StreamARN": row.arn})
-    pullers.reconcile()
+    supervisor.run_once()
     with server.store.read() as conn:
         assert streams.find(conn, ACCOUNT, "us-east-1", {"StreamName": "cam"}).arn != row.arn
 
     # Shutdown: the pullers are asked to stop and no pass starts one again.
-    running = [w for w in executor.running() if w.startswith(puller.MARK)]
-    pullers.stop(timeout=0.05)
+    running = supervisor.local(puller.KIND)
+    kind.stop(supervisor, timeout=0.05)
     assert sorted(executor.stops) == sorted(running)
     for work_id in running:
         executor.end(work_id, 1.0)
     submitted = len(executor.submitted)
     now[0] += 100
-    pullers.reconcile()
+    supervisor.run_once()
     assert len(executor.submitted) == submitted
 
 

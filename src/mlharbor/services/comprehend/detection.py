@@ -49,8 +49,10 @@ from mlharbor.blobs.store import (
 )
 from mlharbor.context import Server
 from mlharbor.runtime import WorkContext
+from mlharbor.runtime.supervisor import View
+from mlharbor.runtime.work import WorkId
 from mlharbor.services import attempts
-from mlharbor.services.attempts import Fence, with_details, work_id
+from mlharbor.services.attempts import Fence, with_details
 from mlharbor.services.comprehend import jobs
 from mlharbor.services.comprehend import recognizers as er
 from mlharbor.store.db import Store
@@ -451,67 +453,44 @@ def _write_archive(blobs: BlobStore, results: Path, uri: str, archive: Path) -> 
     blobs.put_file(uri, archive)
 
 
-# --- The reconcile pass (runs in the server) ------------------------------------------------------
-class JobSupervisor:
-    def __init__(self, server: Server) -> None:
-        self.server = server
+# --- The declared kind (the supervisor runs it in the server) --------------------------------------------
+KIND = "detection"
 
-    def _payload(self, row: Row[Any], fence: Fence) -> dict[str, Any]:
-        return attempts.payload(self.server.settings, row.arn, fence)
 
-    def reconcile(self) -> None:
-        executor = self.server.executor
-        store = self.server.store
-        with store.read() as conn:
-            rows = jobs.active_rows(conn)
-        running = set(executor.running())
-        mine = {w for w in running if jobs.MARK in w}
-        for wid in mine - {work_id(row.arn, Fence.of(row)) for row in rows}:
-            executor.request_stop(wid)  # a superseded attempt: its fence keeps it from writing
-        if not rows:
-            return
-        slots = self.server.settings.detection_job_slots - len(mine)
-        # AWS runs at most 10 jobs of a kind per account at a time; the others wait in SUBMITTED.
-        active: dict[tuple[str, str], int] = {}
-        for row in rows:
-            if work_id(row.arn, Fence.of(row)) in running or row.status == "IN_PROGRESS":
-                owner = (row.account_id, row.region)
-                active[owner] = active.get(owner, 0) + 1
-        for row in rows:
-            wid = work_id(row.arn, Fence.of(row))
-            if wid in running:
-                continue
-            status = executor.status(wid)
-            if row.status == "STOP_REQUESTED":
-                _finish_stopped(store, row.arn)
-            elif status is not None or row.status == "IN_PROGRESS":
-                # It ran and ended without recording an outcome, or it was IN_PROGRESS when the server
-                # died (nothing here knows of it): the worker was interrupted.
-                reason = status.error if status is not None else "the server restarted"
-                if self._interrupted(row, reason, crashed=status is not None):
-                    slots -= 1  # the retry runs at once, so it takes a slot from the queued jobs
-                    if row.status != "IN_PROGRESS":  # IN_PROGRESS rows were counted above
-                        owner = (row.account_id, row.region)
-                        active[owner] = active.get(owner, 0) + 1
-            elif slots > 0 and active.get((row.account_id, row.region), 0) < MAX_ACTIVE_PER_ACCOUNT:
-                executor.submit(wid, TARGET, self._payload(row, Fence.of(row)))
-                slots -= 1
-                owner = (row.account_id, row.region)
-                active[owner] = active.get(owner, 0) + 1
+def work_id_of(row: Row[Any]) -> WorkId:
+    return attempts.work_id(KIND, row.arn, Fence.of(row))
 
-    def _interrupted(self, row: Row[Any], reason: str | None, *, crashed: bool) -> bool:
-        """Retry the job from the start (True), or fail it after its workers' last crash."""
-        store = self.server.store
-        if attempts.out_of_retries(row, crashed, MAX_ATTEMPTS):
-            _fail(store, row.arn, f"The job was interrupted {row.attempt + 1} times (last: {reason}).")
-            return False
-        log.warning(
-            "entities detection job %s was interrupted (%s); retrying from the start", row.arn, reason
+
+def work(server: Server) -> attempts.AttemptWork:
+    """Entities detection jobs, as the supervisor runs them: SUBMITTED waits for one of this server's job
+    slots and for the account's quota (AWS runs at most 10 per account and region; the others wait);
+    a stop is seen by the worker in the database (the executor's stop would cut short the output it still
+    writes); a crash is retried from the start, and the third ends FAILED."""
+    store, settings = server.store, server.settings
+
+    def admit(row: Row[Any], view: View, rows: list[Row[Any]], admitted: set[str]) -> bool:
+        owner = (row.account_id, row.region)
+        active = sum(
+            1
+            for other in rows
+            if (other.account_id, other.region) == owner
+            and (
+                other.status == "IN_PROGRESS"
+                or view.alive(work_id_of(other))
+                or str(work_id_of(other)) in admitted
+            )
         )
-        message = "The job restarted after an interruption"
-        fence = attempts.retry(store, table, row, crashed=crashed, message=message)
-        if fence is not None:
-            # Started at once, slot or not: it held a slot before the interruption. Waiting for a free
-            # slot would leave an IN_PROGRESS row with no worker, which the next pass would count again.
-            self.server.executor.submit(work_id(row.arn, fence), TARGET, self._payload(row, fence))
-        return fence is not None
+        return active < MAX_ACTIVE_PER_ACCOUNT
+
+    def exhausted(row: Row[Any], reason: str) -> None:
+        _fail(store, row.arn, f"The job was interrupted {row.attempt + 1} times (last: {reason}).")
+
+    return attempts.AttemptWork(
+        name=KIND, table=table, target=TARGET, resources={"num_cpus": 1.0},
+        queued=frozenset({"SUBMITTED"}), running=frozenset({"IN_PROGRESS"}),
+        stopping={"STOP_REQUESTED": lambda row: _finish_stopped(store, row.arn)}, signal_stop=False,
+        policy=attempts.RetryPolicy(MAX_ATTEMPTS),
+        payload=lambda row, fence: attempts.payload(settings, row.arn, fence),
+        exhausted=exhausted, restarted="The job restarted after an interruption",
+        order=lambda t: (t.c.submitted_at, t.c.arn), slots=lambda: settings.detection_job_slots, admit=admit,
+    )  # fmt: skip

@@ -28,7 +28,7 @@ from mlharbor.errors import (
 from mlharbor.services import attempts, tags
 from mlharbor.services.comprehend import endpoints as ep
 from mlharbor.services.comprehend import recognizers as er
-from mlharbor.services.comprehend.serving import WorkerGone, WorkerPool
+from mlharbor.services.comprehend.serving import Throttled, WorkerGone, WorkerPool
 from mlharbor.store.tables import comprehend_endpoints as ep_table
 
 TAG_LIMIT = 50
@@ -39,9 +39,6 @@ MAX_UNITS_PER_ENDPOINT = 10
 # Custom recognizers take at most 10 KB of UTF-8 text per real-time request
 # (docs/COMPATIBILITY.md, decision 19).
 MAX_TEXT_BYTES = 10_000
-# One inference unit: 100 characters and 2 documents per second.
-CHARACTERS_PER_UNIT = 100.0
-DOCUMENTS_PER_UNIT = 2.0
 # How long DetectEntities waits for an IN_SERVICE endpoint's workers to come up (after a restart), and
 # for a worker's answer (a 10 KB text takes tens of milliseconds; only a hung worker takes this long).
 WORKER_WAIT_SECONDS = 20.0
@@ -191,44 +188,12 @@ def delete_endpoint(call: Call, params: dict[str, Any]) -> None:
 
 
 # --- DetectEntities -------------------------------------------------------------------------------
-class _Capacity:
-    """AWS's inference-unit throughput, per endpoint: 100 characters and 2 documents per second per unit.
-
-    Two token buckets holding one second of capacity. A request is admitted while neither bucket is in
-    debt and then pays its full cost (possibly going into debt): one document larger than a second's
-    capacity still goes through (AWS accepts a 10 KB text on one unit), and the debt then holds back the
-    next requests until the rate is met again.
-    """
-
-    def __init__(self) -> None:
-        self._buckets: dict[str, list[float]] = {}  # arn -> [characters, documents, last refill, units]
-
-    def admit(self, arn: str, units: int, characters: int) -> None:
-        now = time.monotonic()
-        chars_rate, docs_rate = CHARACTERS_PER_UNIT * units, DOCUMENTS_PER_UNIT * units
-        bucket = self._buckets.get(arn)
-        if bucket is None or bucket[3] != units:
-            bucket = self._buckets[arn] = [chars_rate, docs_rate, now, units]
-        elapsed = now - bucket[2]
-        bucket[0] = min(chars_rate, bucket[0] + elapsed * chars_rate)
-        bucket[1] = min(docs_rate, bucket[1] + elapsed * docs_rate)
-        bucket[2] = now
-        if bucket[0] <= 0 or bucket[1] < 1:
-            raise TooManyRequestsException(
-                f"The endpoint's throughput ({units} inference unit(s): {chars_rate:g} characters/s, "
-                f"{docs_rate:g} documents/s) is exceeded. Add inference units with UpdateEndpoint, or run "
-                "MLHarbor with inference_unit_limits = false to serve as fast as the hardware allows."
-            )
-        bucket[0] -= characters
-        bucket[1] -= 1
-
-
-def _shared(call: Call) -> tuple[_Capacity, WorkerPool]:
+def _shared(call: Call) -> tuple[WorkerPool, ep.Addresses]:
     extras = call.server.extras
-    if "comprehend.capacity" not in extras:
-        extras["comprehend.capacity"] = _Capacity()
+    if "comprehend.workers" not in extras:
         extras["comprehend.workers"] = WorkerPool()
-    return extras["comprehend.capacity"], extras["comprehend.workers"]
+        extras["comprehend.addresses"] = ep.Addresses(call.server)
+    return extras["comprehend.workers"], extras["comprehend.addresses"]
 
 
 def _check_detect_input(params: dict[str, Any]) -> str:
@@ -261,10 +226,9 @@ async def detect_entities(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     row = _endpoint(call, arn)
     if ep.serving_generation(row) is None:  # also an update of a FAILED endpoint: nothing serves yet
         raise ResourceUnavailableException(f"The endpoint is {row.status}; it can be used when IN_SERVICE.")
-    capacity, pool = _shared(call)
-    if call.server.settings.inference_unit_limits:
-        capacity.admit(row.arn, row.current_units, len(text))
-    entities = await _infer(call, row, pool, text)
+    pool, addresses = _shared(call)
+    # The serving worker holds the request to the endpoint's inference units (capacity.py).
+    entities = await _infer(call, row, pool, addresses, text)
     return {
         "Entities": [
             {"Score": score, "Type": label, "Text": text[begin:end], "BeginOffset": begin, "EndOffset": end}
@@ -273,17 +237,21 @@ async def detect_entities(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def _infer(call: Call, row: Any, pool: WorkerPool, text: str) -> list[list[Any]]:
+async def _infer(
+    call: Call, row: Any, pool: WorkerPool, addresses: ep.Addresses, text: str
+) -> list[list[Any]]:
     deadline = time.monotonic() + WORKER_WAIT_SECONDS
     while True:
-        addresses = ep.ready_addresses(call.server, row)
-        if addresses:
-            connection = pool.connection(addresses)
+        ready = addresses.ready(row)
+        if ready:
+            connection = pool.connection(ready)
             try:
                 [entities] = await asyncio.wait_for(connection.infer([text]), ANSWER_TIMEOUT_SECONDS)
                 return entities
+            except Throttled as exc:
+                raise TooManyRequestsException(str(exc)) from None
             except WorkerGone:
-                pass  # that worker went away (restart, update); try the others, or wait for them
+                addresses.forget(row)  # that worker went away (restart, update); read them afresh
             except TimeoutError:
                 raise ResourceUnavailableException(
                     "The endpoint's model server did not answer in time."

@@ -19,6 +19,8 @@ from sqlalchemy import Connection, Row, bindparam, delete, func, or_, select
 
 from mlharbor.context import Server
 from mlharbor.runtime.executor import WorkStatus
+from mlharbor.runtime.supervisor import BaseKind, Mode, Outcome, View, Want
+from mlharbor.runtime.work import WorkId
 from mlharbor.services import tags
 from mlharbor.services.comprehend import serving
 from mlharbor.services.comprehend.listing import Listing
@@ -45,7 +47,6 @@ STATES = machine(
 SERVING = frozenset({"IN_SERVICE", "UPDATING"})  # an old generation keeps answering during an update
 UPDATABLE = frozenset({"IN_SERVICE", "FAILED"})
 DELETABLE = frozenset({"IN_SERVICE", "FAILED"})
-MARK = ":entity-recognizer-endpoint/"
 
 
 # --- Queries --------------------------------------------------------------------------------------
@@ -113,14 +114,18 @@ def move(server: Server, row: Row[Any], target: str, **values: Any) -> bool:
 
 
 # --- Generations and workers ----------------------------------------------------------------------
+KIND = "endpoint"
+ADDRESS_CACHE_SECONDS = 1.0  # how long DetectEntities trusts the serving addresses it read
+
+
 def workers_for(settings: Any, units: int) -> int:
     return max(1, min(units, settings.endpoint_max_workers))
 
 
-def worker_id(row: Row[Any], generation: int, unit: int) -> str:
+def worker_id(row: Row[Any], generation: int, unit: int) -> WorkId:
     """A serving unit's work id: an endpoint deleted and created again under the same name (its
     generations start again) never adopts a worker of the old one that is still exiting."""
-    return f"{row.arn}#{row.incarnation}#gen-{generation}#unit-{unit}"
+    return WorkId(KIND, row.arn, f"{row.incarnation}/gen-{generation}/unit-{unit}")
 
 
 def serving_generation(row: Row[Any]) -> tuple[int, int] | None:
@@ -138,100 +143,125 @@ def target_generation(row: Row[Any]) -> tuple[int, int] | None:
     return None
 
 
-def ready_addresses(server: Server, row: Row[Any]) -> list[str]:
-    """Addresses of the serving generation's workers that said they are ready."""
-    serving_now = serving_generation(row)
-    if serving_now is None:
-        return []
-    generation, units = serving_now
-    addresses = []
-    for unit in range(workers_for(server.settings, units)):
-        status = server.executor.status(worker_id(row, generation, unit))
-        if status is not None and status.state == "running" and status.progress:
-            address = status.progress.get("address")
-            if address and status.progress.get("ready"):
-                addresses.append(address)
-    return addresses
+def _ready(progress: dict[str, Any] | None) -> str | None:
+    if progress and progress.get("ready") and progress.get("address"):
+        return str(progress["address"])
+    return None
 
 
-def _artifact(server: Server, model_arn: str) -> str | None:
-    with server.store.read() as conn:
-        return conn.execute(
-            select(entity_recognizers.c.artifact_uri).where(entity_recognizers.c.arn == model_arn)
-        ).scalar()
+class Addresses:
+    """Where the serving workers of each endpoint listen, read from their leases (any server may run them)
+    and kept for ``ADDRESS_CACHE_SECONDS``, so DetectEntities does not read them for every request."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self._cache: dict[tuple[str, str, int], tuple[float, list[str]]] = {}
+
+    def ready(self, row: Row[Any]) -> list[str]:
+        serving_now = serving_generation(row)
+        if serving_now is None:
+            return []
+        generation, units = serving_now
+        key = (row.arn, row.incarnation, generation)
+        now = time.monotonic()
+        cached = self._cache.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        ids = [str(worker_id(row, generation, u)) for u in range(workers_for(self.server.settings, units))]
+        with self.server.store.read() as conn:
+            progress = self.server.leases.progress(conn, ids)
+        found = [a for a in (_ready(progress.get(w)) for w in ids) if a]
+        if found:
+            self._cache[key] = (now + ADDRESS_CACHE_SECONDS, found)
+        return found
+
+    def forget(self, row: Row[Any]) -> None:
+        """A worker went away: read the addresses afresh next time."""
+        for key in [k for k in self._cache if k[0] == row.arn]:
+            del self._cache[key]
 
 
-# --- The reconcile pass ---------------------------------------------------------------------------
-class EndpointSupervisor:
+# --- The declared kind (the supervisor runs it in the server) --------------------------------------------
+class EndpointKind(BaseKind):
+    """Serving units: the serving generation's units should run (restarted when one ends); a deployment's
+    units are started next to them, the endpoint moves to IN_SERVICE on them once every one reported ready
+    (in its lease, so whichever server runs it), and fails if one ends first. Units nobody wants (an old
+    generation, a deleted endpoint) are stopped by the supervisor; a DELETING endpoint is removed once none
+    of its units is left anywhere."""
+
+    name = KIND
+    target = serving.TARGET
+    resources = {"num_cpus": 1.0}
+
     def __init__(self, server: Server) -> None:
         self.server = server
 
-    def _payload(self, artifact_uri: str) -> dict[str, Any]:
+    def _payload(self, artifact_uri: str, units: int) -> Any:
         settings = self.server.settings
-        return {
+        return lambda: {
             "artifact_uri": artifact_uri,
             "object_store": settings.object_store,
             "data_dir": str(settings.data_dir.resolve()),
             "log_format": settings.log_format,
+            "limits": settings.inference_unit_limits,
+            "units": units,
+            "workers": workers_for(settings, units),
         }
 
-    def reconcile(self) -> None:
-        executor = self.server.executor
-        with self.server.store.read() as conn:
-            rows = conn.execute(select(table)).all()
-        running = [w for w in executor.running() if MARK in w]
-        wanted: set[str] = set()
-        for row in rows:
+    def wanted(self, conn: Connection, view: View) -> list[Want]:
+        wants: list[Want] = []
+        leased = {WorkId.parse(w).key for w in view.leases if WorkId.parse(w) is not None}  # type: ignore[union-attr]
+        for row in conn.execute(select(table)).all():
             if row.status == "DELETING":
-                self._delete(row, running)
+                if row.arn not in leased:
+                    self._delete(row)
                 continue
             serving_now = serving_generation(row)
             if serving_now is not None:
-                wanted |= self._ensure(row, *serving_now, row.artifact_uri)
+                wants += self._units(row, *serving_now, row.artifact_uri, deploying=False)
             target = target_generation(row)
             if target is not None:
-                wanted |= self._deploy(row, *target)
-        for work_id in running:
-            if work_id not in wanted:
-                executor.request_stop(work_id)  # an old generation, or a deleted endpoint's worker
+                wants += self._deploy(conn, row, *target, view)
+        return wants
 
-    def _ensure(self, row: Row[Any], generation: int, units: int, artifact: str) -> set[str]:
-        """Start the generation's workers that are not running; return their ids."""
-        ids = {worker_id(row, generation, unit) for unit in range(workers_for(self.server.settings, units))}
-        executor = self.server.executor
-        for work_id in sorted(ids):
-            status = executor.status(work_id)
-            if status is None or status.finished:
-                if status is not None:
-                    log.warning("endpoint worker %s ended (%s); restarting it", work_id, status.error)
-                executor.submit(work_id, serving.TARGET, self._payload(artifact))
-        return ids
+    def _units(
+        self, row: Row[Any], generation: int, units: int, artifact: str, *, deploying: bool
+    ) -> list[Want]:
+        payload = self._payload(artifact, units)
+        count = workers_for(self.server.settings, units)
+        return [
+            Want(worker_id(row, generation, unit), Mode.RUN, payload, (row, deploying))
+            for unit in range(count)
+        ]
 
-    def _deploy(self, row: Row[Any], generation: int, units: int) -> set[str]:
-        executor = self.server.executor
-        artifact = _artifact(self.server, row.desired_model_arn)
-        ids = [worker_id(row, generation, unit) for unit in range(workers_for(self.server.settings, units))]
-        failure = None if artifact else "the model's artifact is missing"
-        statuses: list[WorkStatus | None] = [executor.status(w) for w in ids]
-        for status in statuses:
-            if status is not None and status.finished and failure is None:
-                failure = status.error or f"a serving worker ended ({status.state})"
-        if failure is not None:
-            for work_id in ids:
-                executor.request_stop(work_id)
-            self._failed(row, failure)
-            return set()
-        assert artifact is not None
-        for work_id, status in zip(ids, statuses, strict=True):
-            if status is None:
-                executor.submit(work_id, serving.TARGET, self._payload(artifact))
-        if all(s is not None and s.state == "running" and (s.progress or {}).get("ready") for s in statuses):
+    def _deploy(self, conn: Connection, row: Row[Any], generation: int, units: int, view: View) -> list[Want]:
+        artifact = conn.execute(
+            select(entity_recognizers.c.artifact_uri).where(entity_recognizers.c.arn == row.desired_model_arn)
+        ).scalar()
+        if not artifact:
+            self._failed(row, "the model's artifact is missing")
+            return []
+        wants = self._units(row, generation, units, artifact, deploying=True)
+        if all(view.alive(w.work_id) and _ready(view.progress(w.work_id)) for w in wants):
             move(
                 self.server, row, "IN_SERVICE", generation=generation, model_arn=row.desired_model_arn,
                 current_units=row.desired_units, data_access_role_arn=row.desired_data_access_role_arn,
                 artifact_uri=artifact, message=None,
             )  # fmt: skip
-        return set(ids)
+        return wants
+
+    def ended(self, want: Want, status: WorkStatus | None, now: float) -> Outcome:
+        row, deploying = want.context
+        reason = (
+            "its worker was lost"
+            if status is None
+            else (status.error or f"a serving worker ended ({status.state})")
+        )
+        if deploying:
+            self._failed(row, reason)  # its other units are no longer wanted: the supervisor stops them
+            return Outcome.RELEASE
+        log.warning("endpoint worker %s ended (%s); restarting it", want.work_id, reason)
+        return Outcome.RESTART
 
     def _failed(self, row: Row[Any], reason: str) -> None:
         log.warning("deploying endpoint %s failed: %s", row.arn, reason)
@@ -245,12 +275,7 @@ class EndpointSupervisor:
             desired_data_access_role_arn=row.data_access_role_arn,
         )  # fmt: skip
 
-    def _delete(self, row: Row[Any], running: list[str]) -> None:
-        mine = [w for w in running if w.startswith(f"{row.arn}#")]
-        for work_id in mine:
-            self.server.executor.request_stop(work_id)
-        if mine:
-            return  # removed on a later pass, once its workers are gone
+    def _delete(self, row: Row[Any]) -> None:
         with self.server.store.begin() as conn:
             tags.remove_all(conn, row.arn)
             conn.execute(delete(table).where(table.c.arn == row.arn, table.c.status == "DELETING"))

@@ -22,10 +22,9 @@ from mlharbor.errors import (
     UnsupportedLanguageException,
 )
 from mlharbor.services import attempts, tags
-from mlharbor.services.attempts import Fence
 from mlharbor.services.comprehend import endpoint_operations, endpoints, job_operations, jobs
 from mlharbor.services.comprehend import recognizers as er
-from mlharbor.services.comprehend.training import move, work_id
+from mlharbor.services.comprehend.training import move, work_id_of
 from mlharbor.store.tables import entity_recognizers as er_table
 
 TAG_LIMIT = 50
@@ -167,7 +166,7 @@ def stop_training_entity_recognizer(call: Call, params: dict[str, Any]) -> None:
             f"The recognizer is {current}; only a recognizer in training can be stopped."
         )
     # The worker also notices through the database; telling it directly saves it a poll.
-    call.server.executor.request_stop(work_id(row.arn, Fence.of(row)))
+    call.server.executor.request_stop(str(work_id_of(row)))
     call.server.reconciler.wake()
 
 

@@ -5,8 +5,10 @@ announces ``{"address": "host:port", "ready": true}`` through its heartbeat, whi
 visible to the API process (with Ray, the same progress record would carry a node address).
 
 Wire format, both ways: frames of a 4-byte big-endian length and a JSON object. Request
-``{"i": id, "t": [text, ...]}``; reply ``{"i": id, "e": [[[begin, end, type, score], ...], ...]}`` or
-``{"i": id, "error": "..."}``. Replies may come in any order; ``i`` pairs them with requests.
+``{"i": id, "t": [text, ...]}``; reply ``{"i": id, "e": [[[begin, end, type, score], ...], ...]}``,
+``{"i": id, "error": "..."}`` or ``{"i": id, "throttled": "..."}`` (the worker holds its requests to its
+share of the endpoint's inference units, ``capacity.py``). Replies may come in any order; ``i`` pairs
+them with requests.
 
 Batching: inference runs on the worker's event loop thread, so requests that arrive while a batch is
 being computed wait in the socket buffers and are all read, then computed together, when it ends. Under
@@ -28,6 +30,7 @@ from mlharbor.blobs.store import open_blob_store
 from mlharbor.logs import setup_logging
 from mlharbor.runtime import WorkContext
 from mlharbor.runtime.memory import keep_freed_memory
+from mlharbor.services.comprehend.capacity import Capacity
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +61,14 @@ def serve_worker(ctx: WorkContext, payload: dict[str, Any]) -> dict[str, Any]:
     blobs = open_blob_store(payload["object_store"], Path(payload["data_dir"]))
     model = load_model(blobs, payload["artifact_uri"])
     model.predict(["Warm up the model before the first request."])  # first use allocates buffers
-    asyncio.run(_serve(ctx, model, payload.get("host", "127.0.0.1")))
+    capacity = None
+    if payload.get("limits"):
+        capacity = Capacity(payload["units"] / payload["workers"], payload["units"])
+    asyncio.run(_serve(ctx, model, payload.get("host", "127.0.0.1"), capacity))
     return {"stopped": True}  # a server only ends when it is told to
 
 
-async def _serve(ctx: WorkContext, model: Any, host: str) -> None:
+async def _serve(ctx: WorkContext, model: Any, host: str, capacity: Capacity | None) -> None:
     queue: list[tuple[asyncio.StreamWriter, Any, list[str]]] = []
     arrived = asyncio.Event()
     writers: set[asyncio.StreamWriter] = set()
@@ -72,7 +78,12 @@ async def _serve(ctx: WorkContext, model: Any, host: str) -> None:
         try:
             while True:
                 request = await _read_frame(reader)
-                queue.append((writer, request.get("i"), request.get("t") or []))
+                texts = request.get("t") or []
+                refused = capacity and capacity.admit(sum(map(len, texts)), max(1, len(texts)))
+                if refused:
+                    writer.write(_frame({"i": request.get("i"), "throttled": refused}))
+                    continue
+                queue.append((writer, request.get("i"), texts))
                 arrived.set()
         except (asyncio.IncompleteReadError, ConnectionError, ValueError):
             pass  # the client went away, or sent garbage: drop the connection
@@ -144,6 +155,10 @@ class WorkerGone(Exception):
     """The connection to a serving worker failed; the request can be tried on another one."""
 
 
+class Throttled(Exception):
+    """The worker refused the request: the endpoint's inference units are used up."""
+
+
 class WorkerConnection:
     """One multiplexed connection to a serving worker: many requests in flight, replies matched by id."""
 
@@ -206,6 +221,8 @@ class WorkerConnection:
         finally:
             self.in_flight -= 1
             self._waiting.pop(request_id, None)
+        if "throttled" in reply:
+            raise Throttled(reply["throttled"])
         if "error" in reply:
             raise RuntimeError(f"inference failed: {reply['error']}")
         return reply["e"]

@@ -22,8 +22,9 @@ from sqlalchemy import Row, delete, select, update
 from mlharbor.blobs.store import BlobStore, open_blob_store
 from mlharbor.context import Server
 from mlharbor.runtime import WorkContext
+from mlharbor.runtime.work import WorkId
 from mlharbor.services import attempts, tags
-from mlharbor.services.attempts import Fence, with_details, work_id
+from mlharbor.services.attempts import Fence, with_details
 from mlharbor.services.comprehend import recognizers as er
 from mlharbor.store.db import Store
 from mlharbor.store.tables import entity_recognizers as table
@@ -31,7 +32,6 @@ from mlharbor.store.tables import entity_recognizers as table
 log = logging.getLogger(__name__)
 
 TARGET = "mlharbor.services.comprehend.training:train_worker"
-ACTIVE = ("SUBMITTED", "TRAINING", "STOP_REQUESTED", "DELETING")
 MAX_ATTEMPTS = 3  # training fails at the third crash of its own worker (server restarts are not counted)
 # Dev F1 on real, noisy text keeps creeping up for many epochs after a plateau (measured on WNUT-2016);
 # an epoch is cheap, so wait longer than the engine's default before giving up.
@@ -219,13 +219,20 @@ def _fail(store: Store, arn: str, message: str, fence: Fence | None = None) -> N
     )  # fmt: skip
 
 
-# --- The reconcile pass (runs in the server) ------------------------------------------------------
-class TrainingSupervisor:
-    def __init__(self, server: Server) -> None:
-        self.server = server
+# --- The declared kind (the supervisor runs it in the server) --------------------------------------------
+KIND = "training"
 
-    def _payload(self, row: Row[Any], fence: Fence) -> dict[str, Any]:
-        settings = self.server.settings
+
+def work_id_of(row: Row[Any]) -> WorkId:
+    return attempts.work_id(KIND, row.arn, Fence.of(row))
+
+
+def work(server: Server) -> attempts.AttemptWork:
+    """Training, as the supervisor runs it: SUBMITTED waits for one of this server's training slots;
+    TRAINING has a worker; a crash is retried from the start, and the third ends IN_ERROR."""
+    store, settings = server.store, server.settings
+
+    def payload(row: Row[Any], fence: Fence) -> dict[str, Any]:
         version = row.version_name or "-"
         # Per incarnation and attempt: a late worker of a deleted recognizer never overwrites the model of
         # one created again under the same name.
@@ -235,57 +242,23 @@ class TrainingSupervisor:
         )
         return attempts.payload(settings, row.arn, fence, artifact_uri=artifact)
 
-    def reconcile(self) -> None:
-        executor = self.server.executor
-        store = self.server.store
-        with store.read() as conn:
-            rows = conn.execute(
-                select(table).where(table.c.status.in_(ACTIVE)).order_by(table.c.submitted_at)
-            ).all()
-        running = set(executor.running())
-        mine = {w for w in running if "#attempt-" in w and ":entity-recognizer/" in w}
-        wanted = {work_id(row.arn, Fence.of(row)) for row in rows}
-        for wid in mine - wanted:
-            executor.request_stop(wid)  # its recognizer is gone (or retried): its fence keeps it from writing
-        slots = self.server.settings.training_slots - len(mine)
-        for row in rows:
-            wid = work_id(row.arn, Fence.of(row))
-            if wid in running:
-                continue
-            status = executor.status(wid)
-            if row.status == "DELETING":
-                self._delete(row)
-            elif row.status == "STOP_REQUESTED":
-                _finish_stopped(store, row.arn)
-            elif status is not None or row.status == "TRAINING":
-                # It ran and ended without recording an outcome, or it was TRAINING when the server
-                # died (nothing here knows of it): the worker was interrupted.
-                reason = status.error if status is not None else "the server restarted"
-                if self._interrupted(row, reason, crashed=status is not None):
-                    slots -= 1  # the retry runs at once, so it takes a slot from the queued recognizers
-            elif slots > 0:
-                executor.submit(wid, TARGET, self._payload(row, Fence.of(row)))
-                slots -= 1
+    def exhausted(row: Row[Any], reason: str) -> None:
+        _fail(store, row.arn, f"Training was interrupted {row.attempt + 1} times (last: {reason}).")
 
-    def _interrupted(self, row: Row[Any], reason: str | None, *, crashed: bool) -> bool:
-        """Retry the training from the start (True), or fail it after its workers' last crash."""
-        store = self.server.store
-        if attempts.out_of_retries(row, crashed, MAX_ATTEMPTS):
-            _fail(store, row.arn, f"Training was interrupted {row.attempt + 1} times (last: {reason}).")
-            return False
-        log.warning("training of %s was interrupted (%s); retrying from the start", row.arn, reason)
-        message = "Training restarted after an interruption"
-        fence = attempts.retry(store, table, row, crashed=crashed, message=message)
-        if fence is None:
-            return False
-        # Started at once, slot or not: it held a slot before the interruption. Waiting for a free slot
-        # would leave a TRAINING row with no worker, which the next pass would count again.
-        self.server.executor.submit(work_id(row.arn, fence), TARGET, self._payload(row, fence))
-        return True
-
-    def _delete(self, row: Row[Any]) -> None:
+    def delete_recognizer(row: Row[Any]) -> None:
         if row.artifact_uri:
-            self.server.blobs.delete(row.artifact_uri)
-        with self.server.store.begin() as conn:
+            server.blobs.delete(row.artifact_uri)
+        with store.begin() as conn:
             tags.remove_all(conn, row.arn)
             conn.execute(delete(table).where(table.c.arn == row.arn, table.c.status == "DELETING"))
+
+    return attempts.AttemptWork(
+        name=KIND, table=table, target=TARGET, resources={"num_cpus": 1.0},
+        queued=frozenset({"SUBMITTED"}), running=frozenset({"TRAINING"}),
+        stopping={
+            "STOP_REQUESTED": lambda row: _finish_stopped(store, row.arn), "DELETING": delete_recognizer,
+        },
+        policy=attempts.RetryPolicy(MAX_ATTEMPTS), payload=payload, exhausted=exhausted,
+        restarted="Training restarted after an interruption", order=lambda t: (t.c.submitted_at,),
+        slots=lambda: settings.training_slots,
+    )  # fmt: skip

@@ -5,12 +5,12 @@ So a camera named on the command line gets what any producer's stream gets: frag
 timestamps, the archive, GetMedia, playback; and a stream processor reads it as Rekognition reads a stream
 (GetMedia), whoever produced it.
 
-The pass (``PullSupervisor.reconcile``, registered in ``app.py``): for each configured stream, make sure
-the Kinesis Video stream exists in ``video_stream_account``/``video_stream_region`` (created with
+The kind (``PullKind``, supervised like all long work): for each configured stream, make sure the Kinesis
+Video stream exists in ``video_stream_account``/``video_stream_region`` (created with
 ``video_stream_retention_hours`` of retention and MediaType ``video/h264`` when missing; an existing stream
-is left as it is), and that one puller worker runs for it. A worker that ended is started again (a new
-work id, ``kinesisvideo-pull:<account>:<region>:<name>@<generation>``) after 1, 2, 4 ... 30 s of backoff
-for deaths in a row; one that ran ``STABLE_RUN_S`` first counts as a first death. Stream names must be
+is left as it is), and that one puller worker runs for it, on whichever server of the deployment holds its
+lease. A worker that ended is started again after 1, 2, 4 ... 30 s of backoff for deaths in a row; one that
+ran ``STABLE_RUN_S`` first counts as a first death. Stream names must be
 valid Kinesis Video names (``[a-zA-Z0-9_.-]{1,256}``); others are logged and skipped. At shutdown
 (``stop``, a hook that runs while the server still answers requests) the pullers end their PutMedia
 requests cleanly, so the last fragment is stored and uvicorn's graceful shutdown has no request to wait for.
@@ -71,24 +71,24 @@ import struct
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
-from mlharbor.runtime import ExecutorClosed, WorkAlreadyRunning, WorkContext, WorkStatus
+from mlharbor.runtime import WorkContext, WorkStatus
 from mlharbor.runtime.process_name import name_process
+from mlharbor.runtime.supervisor import BaseKind, Mode, Outcome, View, Want, Where
+from mlharbor.runtime.work import WorkId
 
 if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
     from mlharbor.context import Server
     from mlharbor.services.kinesisvideo.producer import PutMedia
 
 log = logging.getLogger("mlharbor.kinesisvideo.puller")
 
 TARGET = "mlharbor.services.kinesisvideo.puller:pull_worker"
-# Every puller's work id starts with this; no other kind's id contains it (theirs are ARNs, with "#stream-",
-# "#attempt-", ":entity-recognizer/"...), and a stream name cannot bring any of those into ours.
-MARK = "kinesisvideo-pull:"
 PROCESS_NAME = "mlharbor-pull"  # the worker's process name (/proc/<pid>/comm)
 STREAM_NAME = re.compile(r"[a-zA-Z0-9_.-]{1,256}")
 
@@ -140,31 +140,33 @@ UPLOAD_BACKOFF = Backoff(0.25, 10.0)
 RESTART_BACKOFF = Backoff(1.0, 30.0)
 
 
-def pull_work_id(account_id: str, region: str, name: str, generation: int) -> str:
-    return f"{MARK}{account_id}:{region}:{name}@{generation}"
+KIND = "video-pull"
 
 
-# --- The reconcile pass ---------------------------------------------------------------------------------
+def pull_work_id(account_id: str, region: str, name: str) -> WorkId:
+    return WorkId(KIND, f"{account_id}:{region}:{name}", "puller")
+
+
+# --- The declared kind ----------------------------------------------------------------------------------
 @dataclass
 class _Slot:
-    """What the pass knows about one configured stream's puller."""
+    """What the kind remembers of one configured stream's puller."""
 
-    generation: int = 0
-    work_id: str | None = None
     deaths: int = 0  # in a row
-    ended_at: float | None = None  # (pass clock) when its end was noticed; None while one runs
+    noticed: float | None = None  # (supervisor clock) when the last end was noticed; None while one runs
     reported: str | None = None  # the last problem logged, so a lasting one is logged once
 
 
-class PullSupervisor:
-    """Keeps one puller worker per configured video stream, and the Kinesis Video stream it feeds.
+class PullKind(BaseKind):
+    """One puller per configured video stream, on whichever server holds its lease (every server of a
+    deployment may name the same streams), and the Kinesis Video stream it feeds."""
 
-    ``clock`` (monotonic seconds) times the restart backoff; tests pass their own."""
+    name = KIND
+    target = TARGET
+    resources = {"num_cpus": 0.25}  # remuxing: a few percent of a core (transcoding: more, but rare)
 
-    def __init__(self, server: Server, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, server: Server) -> None:
         self.server = server
-        self._clock = clock
-        self._lock = threading.Lock()  # a pass and ``stop`` never interleave
         self._closed = False
         self._slots: dict[str, _Slot] = {}
 
@@ -176,69 +178,52 @@ class PullSupervisor:
     def region(self) -> str:
         return str(self.server.settings.video_stream_region)
 
-    def reconcile(self) -> None:
-        with self._lock:
-            if not self._closed:
-                self._reconcile()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop every puller and start no more (server shutdown). Waits up to ``timeout`` seconds for them
-        to end, which they do within a fraction of a second, having ended their requests cleanly."""
-        with self._lock:
-            self._closed = True
-        executor = self.server.executor
-        try:
-            for work_id in [w for w in executor.running() if w.startswith(MARK)]:
-                executor.request_stop(work_id)
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and any(w.startswith(MARK) for w in executor.running()):
-                time.sleep(0.02)
-        except Exception:  # a shutdown hook must not raise: the executor's shutdown stops them anyway
-            log.exception("stopping the video stream pullers failed")
-
-    def _reconcile(self) -> None:
-        executor = self.server.executor
-        running = set(executor.running())
-        wanted: set[str] = set()
+    def wanted(self, conn: Connection, view: View) -> list[Want]:
+        if self._closed:
+            return []  # shutting down: the supervisor stops this server's pullers
+        wants = []
         for name, url in sorted(self.server.settings.video_streams.items()):
             slot = self._slots.setdefault(name, _Slot())
-            payload = self._prepare(name, url, slot)
-            if slot.work_id is not None and slot.work_id in running:
-                wanted.add(slot.work_id)
+            work_id = pull_work_id(self.account_id, self.region, name)
+            if view.where(work_id) is Where.ELSEWHERE:
+                wants.append(Want(work_id, context=name))  # another server pulls it: leave it alone
                 continue
-            if payload is None:
-                continue
-            if slot.work_id is not None and not self._due(name, slot, executor.status(slot.work_id)):
-                continue
-            slot.generation += 1
-            slot.work_id = pull_work_id(self.account_id, self.region, name, slot.generation)
-            slot.ended_at = None
-            try:
-                executor.submit(slot.work_id, TARGET, payload)
-            except (ExecutorClosed, WorkAlreadyRunning):
-                return  # shutting down (or a pass already started it)
-            wanted.add(slot.work_id)
-        for work_id in running:
-            if work_id.startswith(MARK) and work_id not in wanted:
-                executor.request_stop(work_id)  # superseded (never expected: the configuration is fixed)
+            payload = self._prepare(name, url, slot)  # also creates the stream again if it was deleted
+            if payload is not None or view.alive(work_id):
+                wants.append(Want(work_id, Mode.RUN, (lambda p=payload: dict(p or {})), name))
+        return wants
 
-    def _due(self, name: str, slot: _Slot, status: WorkStatus | None) -> bool:
-        """Whether the ended worker's restart is due (noting the death when first seen)."""
-        now = self._clock()
-        if slot.ended_at is None:
-            slot.ended_at = now
+    def ended(self, want: Want, status: WorkStatus | None, now: float) -> Outcome:
+        """Restarted after 1, 2, 4 ... 30 s for deaths in a row; one after a healthy run is a first one."""
+        slot = self._slots[want.context]
+        if slot.noticed is None:
             ran = 0.0
             if status is not None and status.started_at is not None and status.ended_at is not None:
                 ran = status.ended_at - status.started_at
             slot.deaths = 1 if ran >= STABLE_RUN_S else slot.deaths + 1
+            slot.noticed = now
             reason = "unknown" if status is None else (status.error or status.state)
             log.warning(
                 "video stream %s: puller ended (%s); restarting in %.0f s",
-                name,
-                reason,
-                RESTART_BACKOFF.delay(slot.deaths),
-            )
-        return now >= slot.ended_at + RESTART_BACKOFF.delay(slot.deaths)
+                want.context, reason, RESTART_BACKOFF.delay(slot.deaths),
+            )  # fmt: skip
+        if now < slot.noticed + RESTART_BACKOFF.delay(slot.deaths):
+            return Outcome.WAIT
+        slot.noticed = None
+        return Outcome.RESTART
+
+    def stop(self, supervisor: Any, timeout: float = 5.0) -> None:
+        """Stop this server's pullers and start no more (server shutdown). Waits up to ``timeout`` seconds
+        for them to end, which they do within a fraction of a second, having ended their requests cleanly."""
+        self._closed = True
+        try:
+            for work_id in supervisor.local(KIND):
+                supervisor.executor.request_stop(work_id)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and supervisor.local(KIND):
+                time.sleep(0.02)
+        except Exception:  # a shutdown hook must not raise: the executor's shutdown stops them anyway
+            log.exception("stopping the video stream pullers failed")
 
     def _prepare(self, name: str, url: str, slot: _Slot) -> dict[str, Any] | None:
         """The worker's payload, once the Kinesis Video stream exists; None (logged once) if it cannot."""

@@ -4,11 +4,14 @@ The database is the record: every face row keeps its descriptor, so a restart lo
 process holds, per collection it has touched, a ``VectorIndex`` of the descriptors, loaded on first use
 and kept current under the collection's lock. Writers (IndexFaces, DeleteFaces, DeleteCollection) hold
 that lock across their transaction and the matching index change, so the index never disagrees with
-what was committed. The collection row's ``version`` grows with every change: a process that finds a
-version it has not seen (another server, or a stream processor's worker) catches up from the rows
-(new faces are those past the highest ``seq`` it holds; a count mismatch means deletions, found by
-comparing seqs). Large collections also keep an on-disk snapshot of their vectors (written after a big
-load and at shutdown), so a restart starts from it and reads only the rows changed since.
+what was committed; their transaction starts by locking the collection's row (``SELECT ... FOR UPDATE``
+on PostgreSQL; SQLite has one writer at a time anyway), so the writers of one collection take turns
+across all server processes and the seqs they take are in commit order. The collection row's
+``version`` grows with every change: a process that finds a version it has not seen (another server, or
+a stream processor's worker) catches up from the rows (new faces are those past the highest ``seq`` it
+holds, which commit order makes exact; a count mismatch means deletions, found by comparing seqs).
+Large collections also keep an on-disk snapshot of their vectors (written after a big load and at
+shutdown), so a restart starts from it and reads only the rows changed since.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import logging
 import os
 import threading
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +43,13 @@ logger = logging.getLogger(__name__)
 _OWNER = (table.c.account_id == bindparam("account_id")) & (table.c.region == bindparam("region"))
 _BY_ID = select(table).where(_OWNER, table.c.collection_id == bindparam("collection_id"))
 _BY_ARN = select(table).where(_OWNER, table.c.arn == bindparam("arn"))
+_CURRENT = select(table.c.version, table.c.face_count, table.c.created_at).where(
+    table.c.arn == bindparam("arn")
+)
+# A writer's first statement: the row stays locked until its transaction ends, so the writers of one
+# collection (in every process) take turns, and a face's seq (taken at INSERT) follows commit order.
+# SQLite renders no FOR UPDATE: it has one writer at a time, and one server process (Store guard).
+_CURRENT_FOR_WRITE = _CURRENT.with_for_update()
 _FACE_COLUMNS = (
     faces_table.c.seq,
     faces_table.c.face_id,
@@ -151,7 +161,8 @@ def matches(
 
 
 def insert_faces(conn: Connection, collection: Row[Any], records: Sequence[dict[str, Any]]) -> list[int]:
-    """Add face rows (each with its ``descriptor`` as float32); returns their seqs. Call ``changed``."""
+    """Add face rows (each with its ``descriptor`` as float32); returns their seqs. Call ``changed``.
+    Writers go through ``Indexes.writing`` (``Write.insert``), whose transaction locked the collection."""
     seqs = []
     for record in records:
         values = dict(record, collection_arn=collection.arn)
@@ -198,6 +209,49 @@ def changed(conn: Connection, collection: Row[Any], added: int) -> int:
 # --- The in-memory indexes -------------------------------------------------------------------------------
 
 
+class Write:
+    """One writer's turn on a collection (``Indexes.writing``): its transaction, which began by locking
+    the collection's row, and the index changes it made, applied once that transaction has committed."""
+
+    def __init__(self, conn: Connection, held: Held, collection: Row[Any], face_count: int) -> None:
+        self.conn = conn
+        self.face_count = face_count  # as committed before this turn, plus this writer's changes
+        self._held = held
+        self._collection = collection
+        self._changes: list[Callable[[VectorIndex], None]] = []
+        self._version: int | None = None
+
+    def insert(self, records: Sequence[dict[str, Any]]) -> list[int]:
+        """Add these faces (each record with its ``descriptor``); returns their seqs."""
+        seqs = insert_faces(self.conn, self._collection, records)
+        self._changed(len(records))
+        ids = numpy.array(seqs, dtype=numpy.int64)
+        vectors = numpy.stack([numpy.asarray(r["descriptor"], dtype="<f4") for r in records])
+        self._changes.append(lambda index: index.add(ids, vectors))
+        return seqs
+
+    def delete(self, face_ids: Sequence[str]) -> dict[str, int]:
+        """Remove these faces; returns FaceId → seq of those that existed."""
+        found = delete_faces(self.conn, self._collection, face_ids)
+        if found:
+            self._changed(-len(found))
+            ids = numpy.array(list(found.values()), dtype=numpy.int64)
+            self._changes.append(lambda index: index.remove(ids))
+        return found
+
+    def _changed(self, added: int) -> None:
+        self._version = changed(self.conn, self._collection, added)
+        self.face_count += added
+
+    def _apply(self) -> None:
+        """The transaction committed: the index gets the same changes."""
+        if self._version is None:
+            return
+        for change in self._changes:
+            change(self._held.index)
+        self._held.committed(self._version)
+
+
 @dataclass
 class Held:
     """One collection's index in this process, and what it reflects."""
@@ -209,9 +263,9 @@ class Held:
     saved_version: int = -1  # the version the on-disk snapshot holds
 
     def committed(self, version: int) -> None:
-        """A writer applied its own committed change (``version`` from ``changed``) to the index. Only if
-        nobody else wrote in between does the index reflect that version; otherwise the next holder
-        catches up from the rows."""
+        """A writer applied its own committed change (``version`` from ``changed``) to the index, which
+        was current when the writer locked the collection: nobody else wrote in between. (Were that ever
+        not so, the version stays behind and the next holder catches up from the rows.)"""
         if version == self.version + 1:
             self.version = version
 
@@ -250,39 +304,78 @@ class Indexes:
 
     @contextmanager
     def holding(self, store: Any, collection: Row[Any]) -> Iterator[Held]:
-        """The collection's index, current with the database, while holding its lock. Writers commit
-        their change, apply it to ``index`` and call ``committed`` inside this block."""
+        """The collection's index, current with the database, while holding its lock (for readers: it
+        costs one query when the index is current)."""
         loaded = self._entry(collection)
         with loaded.lock:
             with store.read() as conn:
-                current = conn.execute(
-                    select(table.c.version, table.c.face_count, table.c.created_at).where(
-                        table.c.arn == collection.arn
-                    )
-                ).first()
-                if current is None or current.created_at != collection.created_at:
-                    self._forget(loaded)
-                    raise ResourceNotFoundException(
-                        f"The collection id: {collection.collection_id} does not exist"
-                    )
-                if loaded.version < 0:
-                    self._read_snapshot(loaded)
-                if current.version != loaded.version:
-                    read = _catch_up(conn, collection.arn, loaded, current.face_count)
-                    loaded.version = current.version
-                    if read >= self.snapshot_min_faces:  # worth not reading again after a restart
-                        self._save(loaded)
+                current = conn.execute(_CURRENT, {"arn": collection.arn}).first()
+            self._check(current, loaded, collection)
+            if loaded.version < 0:
+                self._read_snapshot(loaded)
+            if current.version != loaded.version:
+                self._refresh(store, loaded, collection)
             yield loaded
 
     @contextmanager
-    def dropping(self, collection: Row[Any]) -> Iterator[None]:
-        """Hold the collection's lock, without loading its vectors, while it is deleted; then forget it
-        and its snapshot. Requests that were waiting for the lock find the collection gone."""
+    def writing(self, store: Any, collection: Row[Any]) -> Iterator[Write]:
+        """A writer's turn: the collection's lock in this process, and a transaction whose first statement
+        locks the collection's row, so no other writer of the collection (in any process) runs until
+        this one has committed; the index is caught up inside that transaction. The writer changes the
+        collection through the ``Write``; once the transaction has committed, the index gets the same
+        changes (a writer that raises changes nothing)."""
         loaded = self._entry(collection)
         with loaded.lock:
-            yield
+            if loaded.version < 0:  # the first load (maybe every row) before, not while others wait
+                self._read_snapshot(loaded)
+                self._refresh(store, loaded, collection)
+            with store.begin() as conn:
+                current = conn.execute(_CURRENT_FOR_WRITE, {"arn": collection.arn}).first()
+                self._check(current, loaded, collection)
+                read = self._sync(conn, loaded, current) if current.version != loaded.version else 0
+                write = Write(conn, loaded, collection, current.face_count)
+                yield write
+            write._apply()
+            if read >= self.snapshot_min_faces:  # written after the commit: other writers wait for none of it
+                self._save(loaded)
+
+    def _refresh(self, store: Any, loaded: Held, collection: Row[Any]) -> None:
+        """Catch up with the database. Writers in other processes go on committing: read the version, the
+        count and the rows from one snapshot of the database, so that they agree."""
+        with store.snapshot() as conn:
+            current = conn.execute(_CURRENT, {"arn": collection.arn}).first()
+            self._check(current, loaded, collection)
+            read = self._sync(conn, loaded, current) if current.version != loaded.version else 0
+        if read >= self.snapshot_min_faces:  # worth not reading again after a restart
+            self._save(loaded)
+
+    @contextmanager
+    def dropping(self, store: Any, collection: Row[Any]) -> Iterator[Connection]:
+        """The transaction that deletes the collection: taken like a writer's (the collection's lock here,
+        its row locked first, so a writer in another process finishes before, and its faces go too), but
+        without loading the vectors; then the index and the snapshot are forgotten. Requests that were
+        waiting for the lock find the collection gone."""
+        loaded = self._entry(collection)
+        with loaded.lock:
+            with store.begin() as conn:
+                current = conn.execute(_CURRENT_FOR_WRITE, {"arn": collection.arn}).first()
+                self._check(current, loaded, collection)
+                yield conn
             self._forget(loaded)
             self._snapshot(collection).unlink(missing_ok=True)
+
+    def _check(self, current: Row[Any] | None, loaded: Held, collection: Row[Any]) -> None:
+        """``current`` (the collection's row now) is still that collection, or it is gone."""
+        if current is None or current.created_at != collection.created_at:
+            self._forget(loaded)
+            raise ResourceNotFoundException(f"The collection id: {collection.collection_id} does not exist")
+
+    def _sync(self, conn: Connection, loaded: Held, current: Row[Any]) -> int:
+        """Bring the index to ``current`` (the collection's row as ``conn`` sees it, with the rows);
+        returns how many descriptors were read."""
+        read = _catch_up(conn, loaded.collection.arn, loaded, current.face_count)
+        loaded.version = current.version
+        return read
 
     def save_all(self) -> None:
         """At shutdown: snapshot every large collection that changed since its last snapshot."""
@@ -333,7 +426,8 @@ class Indexes:
 
 def _catch_up(conn: Connection, arn: str, loaded: Held, face_count: int) -> int:
     """Bring the index in line with the rows: add faces newer than any it holds, drop those deleted
-    (seqs are never reused, so these two steps are exact). Returns how many descriptors were read."""
+    (seqs are never reused and, writers taking turns, are committed in increasing order: these two steps
+    are exact). Returns how many descriptors were read."""
     read = _add_rows_after(conn, arn, loaded.index, loaded.index.max_id)
     if len(loaded.index) != face_count:  # faces were deleted since: keep only the seqs the rows still have
         present = numpy.fromiter(

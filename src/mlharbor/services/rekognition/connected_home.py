@@ -14,6 +14,7 @@ from sqlalchemy import Row, select
 
 from mlharbor.runtime import WorkContext
 from mlharbor.services.attempts import Fence, StopWatch
+from mlharbor.services.rekognition import label_model
 from mlharbor.services.rekognition import sessions as ss
 from mlharbor.services.rekognition.sinks import NotificationUnavailable, Notifier
 from mlharbor.store.db import Store
@@ -43,8 +44,10 @@ class ConnectedHomeSession:
         self.start_grace = payload["start_grace"]
         self.regions = row.spec.get("RegionsOfInterest", [])
         stream = ss.input_stream(row)
+        self.blobs = open_blob_store(payload["object_store"], Path(payload["data_dir"]))
         try:
-            self.detectors = detectors(Path(payload["data_dir"]) / "models")
+            with label_model.fetch(self.blobs, payload.get("label_model")) as models:
+                self.detectors = detectors(Path(models))
         except LabelModelError as exc:
             raise ss.Unusable(f"Unable to load the label detection model: {exc}") from None
         missing = self.labels - set().union(*(d.labels for d in self.detectors))
@@ -55,7 +58,6 @@ class ConnectedHomeSession:
             p for p in (destination.get("KeyPrefix", "").strip("/"), row.name, row.session_id) if p
         )
         self.folder = S3Uri(destination["Bucket"], prefix)
-        self.blobs = open_blob_store(payload["object_store"], Path(payload["data_dir"]))
         self.kms_key_id = row.spec.get("KmsKeyId")
         self.notifier = Notifier(row.spec["NotificationChannel"]["SNSTopicArn"], payload.get("sns"))
         try:

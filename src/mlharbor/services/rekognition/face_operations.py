@@ -172,7 +172,7 @@ def list_collections(call: Call, params: dict[str, Any]) -> dict[str, Any]:
 @blocking
 def delete_collection(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     collection = _collection(call, params["CollectionId"])
-    with _indexes(call).dropping(collection), call.store.begin() as conn:
+    with _indexes(call).dropping(call.store, collection) as conn:
         coll.delete_collection(conn, collection)
         tags.remove_all(conn, collection.arn)
     return {"StatusCode": 200}
@@ -244,16 +244,12 @@ def _face_records(
 def _store_faces(call: Call, collection: Any, records: list[dict[str, Any]]) -> None:
     if not records:
         return
-    with _indexes(call).holding(call.store, collection) as held:
-        with call.store.begin() as conn:
-            if len(held.index) + len(records) > COLLECTION_FACE_LIMIT:
-                raise ServiceQuotaExceededException(
-                    f"The collection can hold at most {COLLECTION_FACE_LIMIT} faces."
-                )
-            seqs = coll.insert_faces(conn, collection, records)
-            version = coll.changed(conn, collection, len(records))
-        held.index.add(numpy.array(seqs), numpy.stack([r["descriptor"] for r in records]))
-        held.committed(version)
+    with _indexes(call).writing(call.store, collection) as write:
+        if write.face_count + len(records) > COLLECTION_FACE_LIMIT:
+            raise ServiceQuotaExceededException(
+                f"The collection can hold at most {COLLECTION_FACE_LIMIT} faces."
+            )
+        write.insert(records)
 
 
 @blocking
@@ -284,13 +280,8 @@ def list_faces(call: Call, params: dict[str, Any]) -> dict[str, Any]:
 def delete_faces(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     collection = _collection(call, params["CollectionId"])
     face_ids = list(dict.fromkeys(params["FaceIds"]))
-    with _indexes(call).holding(call.store, collection) as held:
-        with call.store.begin() as conn:
-            found = coll.delete_faces(conn, collection, face_ids)
-            version = coll.changed(conn, collection, -len(found)) if found else None
-        if version is not None:
-            held.index.remove(numpy.array(list(found.values()), dtype=numpy.int64))
-            held.committed(version)
+    with _indexes(call).writing(call.store, collection) as write:
+        found = write.delete(face_ids)
     return {
         "DeletedFaces": [f for f in face_ids if f in found],
         "UnsuccessfulFaceDeletions": [

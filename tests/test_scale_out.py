@@ -1,0 +1,234 @@
+"""Several API servers on one PostgreSQL database (they always use PostgreSQL: SQLite is single-server):
+any server serves every resource, exactly one copy of each piece of work runs, and the work of a server that
+dies (kill -9) is taken over by another within a few seconds, with no attempt wasted on live work."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from botocore.exceptions import ClientError
+
+from tests.conftest import (
+    REGION,
+    RunningServer,
+    postgres_database,
+    start_server,
+    stop_server,
+    unique,
+    wait_until,
+)
+from tests.engines.video_files import portrait_frames, write_video
+from tests.services.comprehend.conftest import ROLE
+from tests.services.comprehend.corpus import upload
+
+ACCOUNT = "000000000000"
+DATA = Path(__file__).parent / "data"
+TRAINED: dict[str, str] = {}  # what the training test leaves for the endpoint test
+
+
+class Cluster:
+    """Two servers on one PostgreSQL database and one data folder (standing in for a shared object store),
+    each pulling the same camera into Kinesis Video (only one of them does, holding its lease)."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.database_url, self.drop = postgres_database()
+        self.data_dir = tmp / "data"
+        self.video = write_video(tmp / "hopper.mp4", portrait_frames(20), fps=10)
+        self.servers: list[RunningServer] = []
+        self.start()
+        self.start()
+
+    def start(self) -> RunningServer:
+        folder = self.tmp / f"server-{len(self.servers)}"
+        folder.mkdir()
+        args = ("--video-stream", f"cam={self.video}")
+        self.servers.append(start_server(folder, self.database_url, *args, data_dir=self.data_dir))
+        return self.servers[-1]
+
+    @property
+    def alive(self) -> list[RunningServer]:
+        return [s for s in self.servers if s.process.poll() is None]
+
+    def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        url = self.database_url.replace("postgresql+psycopg://", "postgresql://", 1)
+        with psycopg.connect(url, autocommit=True) as conn:
+            return conn.execute(sql, params).fetchall()  # type: ignore[arg-type]
+
+    def owners(self, kind: str) -> list[RunningServer]:
+        """The servers holding the leases of ``kind``'s work (by the pid in the owner id)."""
+        pids = [int(owner.split(":")[-2]) for (owner,) in self.query(
+            "SELECT owner FROM work_leases WHERE kind = %s ORDER BY work_id", kind
+        )]  # fmt: skip
+        by_pid = {s.process.pid: s for s in self.servers}
+        return [by_pid[pid] for pid in pids if pid in by_pid]
+
+    def kill(self, server: RunningServer) -> None:
+        server.process.kill()  # kill -9: no shutdown of any kind, its leases just stop being renewed
+        server.process.wait()
+
+    def close(self) -> None:
+        for server in self.alive:
+            stop_server(server)
+        self.drop()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    cluster = Cluster(tmp_path_factory.mktemp("cluster"))
+    yield cluster
+    cluster.close()
+
+
+def other(cluster: Cluster, server: RunningServer) -> RunningServer:
+    return next(s for s in cluster.alive if s is not server)
+
+
+def test_a_training_whose_server_dies_is_finished_by_another_with_one_attempt_more(cluster):
+    first, second = cluster.alive
+    config = upload(cluster.data_dir, "training", unique("corpus"), docs=120)
+    arn = first.client("comprehend").create_entity_recognizer(
+        RecognizerName=unique("rec"), LanguageCode="en", DataAccessRoleArn=ROLE, InputDataConfig=config
+    )["EntityRecognizerArn"]
+
+    def status(server: RunningServer) -> dict[str, Any]:
+        described = server.client("comprehend").describe_entity_recognizer(EntityRecognizerArn=arn)
+        return described["EntityRecognizerProperties"]
+
+    # Created on one server, described on the other; exactly one of them trains it.
+    wait_until(lambda: status(second)["Status"] == "TRAINING", timeout=60, what="TRAINING")
+    [owner] = wait_until(lambda: cluster.owners("training"), what="the training's lease")
+    [(attempt,)] = cluster.query("SELECT attempt FROM entity_recognizers WHERE arn = %s", arn)
+    survivor = other(cluster, owner)
+    cluster.kill(owner)
+    killed = time.monotonic()
+    wait_until(lambda: cluster.owners("training") == [survivor], timeout=20, what="the survivor's lease")
+    taken_over = time.monotonic() - killed
+    props = wait_until(
+        lambda: (p := status(survivor))["Status"] in ("TRAINED", "TRAINED_WITH_WARNING", "IN_ERROR") and p,
+        timeout=240, interval=0.2, what="TRAINED",
+    )  # fmt: skip
+    assert props["Status"] in ("TRAINED", "TRAINED_WITH_WARNING"), props.get("Message")
+    assert props["RecognizerMetadata"]["EvaluationMetrics"]["F1Score"] > 50
+    [(final,)] = cluster.query("SELECT attempt FROM entity_recognizers WHERE arn = %s", arn)
+    assert final == attempt + 1  # one new attempt, for the dead server's; none for live work
+    assert taken_over < 3.0 + 5.0  # the lease period, and the survivor's next pass, on a loaded machine
+    cluster.start()  # the pair again, for the next tests
+    TRAINED["arn"] = arn
+
+
+def test_an_endpoint_answers_through_every_server_and_outlives_the_server_running_it(cluster):
+    if "arn" not in TRAINED:
+        pytest.fail("the training test did not leave a trained recognizer")
+    arn = TRAINED["arn"]
+    first, second = cluster.alive
+    endpoint = first.client("comprehend").create_endpoint(
+        EndpointName=unique("ep"), ModelArn=arn, DesiredInferenceUnits=1
+    )["EndpointArn"]
+
+    def detect(server: RunningServer) -> list[dict[str, Any]]:
+        client = server.client("comprehend")
+        return client.detect_entities(Text="Alice Smith flew to Paris.", EndpointArn=endpoint)["Entities"]
+
+    wait_until(
+        lambda: second.client("comprehend").describe_endpoint(EndpointArn=endpoint)["EndpointProperties"][
+            "Status"
+        ]
+        == "IN_SERVICE",
+        timeout=90, what="IN_SERVICE",
+    )  # fmt: skip
+    # Whichever server runs the serving unit, both answer (the address is in the database).
+    assert detect(first) == detect(second) != []
+    # The endpoint's inference unit (100 characters/s) holds across the servers: the worker keeps it. A
+    # 150-character text uses the second's worth; the next request, through the other server, must wait.
+    clients = [first.client("comprehend"), second.client("comprehend")]
+    time.sleep(1.5)  # let the unit's second of capacity fill up again (it refills continuously)
+    long_text = "Alice Smith flew to Paris. " * 5 + "And back again."
+    clients[0].detect_entities(Text=long_text, EndpointArn=endpoint)
+    with pytest.raises(ClientError) as throttled:
+        clients[1].detect_entities(Text="Alice Smith.", EndpointArn=endpoint)
+    assert throttled.value.response["Error"]["Code"] == "TooManyRequestsException"
+    [owner] = cluster.owners("endpoint")
+    survivor = other(cluster, owner)
+    cluster.kill(owner)
+    answered = wait_until(lambda: _answers(detect, survivor), timeout=30, what="an answer after the death")
+    assert answered
+    assert cluster.owners("endpoint") == [survivor]
+    cluster.start()
+
+
+def _answers(detect: Callable[[RunningServer], Any], server: RunningServer) -> Any:
+    try:
+        return detect(server)
+    except Exception:  # noqa: BLE001 - unavailable while the unit starts again on the survivor
+        return None
+
+
+def test_a_stream_processor_whose_server_dies_runs_again_on_another(cluster):
+    first, second = cluster.alive
+    rek = first.client("rekognition")
+    rek.create_collection(CollectionId=(collection := unique("staff")))
+    rek.index_faces(CollectionId=collection, Image={"Bytes": (DATA / "grace_hopper.jpg").read_bytes()})
+    kinesis = second.client("kinesis")
+    output = unique("results")
+    kinesis.create_stream(StreamName=output, ShardCount=1)
+    wait_until(
+        lambda: kinesis.describe_stream_summary(StreamName=output)["StreamDescriptionSummary"]["StreamStatus"]
+        == "ACTIVE",
+        what="the output stream",
+    )  # fmt: skip
+    output_arn = kinesis.describe_stream_summary(StreamName=output)["StreamDescriptionSummary"]["StreamARN"]
+    name = unique("sp")
+    rek.create_stream_processor(
+        Name=name,
+        Input={"KinesisVideoStream": {"Arn": f"arn:aws:kinesisvideo:{REGION}:{ACCOUNT}:stream/cam/1"}},
+        Output={"KinesisDataStream": {"Arn": output_arn}},
+        Settings={"FaceSearch": {"CollectionId": collection, "FaceMatchThreshold": 70.0}},
+        RoleArn=f"arn:aws:iam::{ACCOUNT}:role/rekognition",
+    )
+    second.client("rekognition").start_stream_processor(Name=name)
+    records = Records(kinesis, output)
+    wait_until(lambda: len(records.read()) >= 3, timeout=90, what="records")
+    [owner] = cluster.owners("stream")
+    [(attempt,)] = cluster.query("SELECT attempt FROM stream_processors WHERE name = %s", name)
+    survivor = other(cluster, owner)
+    cluster.kill(owner)
+    killed = time.time()
+    records.kinesis = kinesis = survivor.client("kinesis")
+    wait_until(lambda: cluster.owners("stream") == [survivor], timeout=20, what="the survivor's lease")
+
+    def resumed() -> bool:
+        return any(r["InputInformation"]["KinesisVideo"]["ServerTimestamp"] > killed for r in records.read())
+
+    wait_until(resumed, timeout=60, what="records after the death")
+    rek = survivor.client("rekognition")
+    assert rek.describe_stream_processor(Name=name)["Status"] == "RUNNING"
+    [(final,)] = cluster.query("SELECT attempt FROM stream_processors WHERE name = %s", name)
+    assert final == attempt + 1
+    rek.stop_stream_processor(Name=name)
+    wait_until(lambda: rek.describe_stream_processor(Name=name)["Status"] == "STOPPED", what="STOPPED")
+    wait_until(lambda: not cluster.owners("stream"), what="the lease released")
+    cluster.start()
+
+
+class Records:
+    """Everything put on one (MLHarbor) Kinesis stream so far (one shard), decoded."""
+
+    def __init__(self, kinesis: Any, name: str) -> None:
+        self.kinesis, self.items = kinesis, []
+        shard = kinesis.list_shards(StreamName=name)["Shards"][0]["ShardId"]
+        self.iterator = kinesis.get_shard_iterator(
+            StreamName=name, ShardId=shard, ShardIteratorType="TRIM_HORIZON"
+        )["ShardIterator"]
+
+    def read(self) -> list[dict[str, Any]]:
+        response = self.kinesis.get_records(ShardIterator=self.iterator, Limit=1000)
+        self.iterator = response["NextShardIterator"]
+        self.items += [json.loads(r["Data"]) for r in response["Records"]]
+        return self.items
