@@ -146,10 +146,10 @@ def test_an_endpoint_answers_through_every_server_and_outlives_the_server_runnin
     # Whichever server runs the serving unit, both answer (the address is in the database).
     assert detect(first) == detect(second) != []
     # The endpoint's inference unit (100 characters/s) holds across the servers: the worker keeps it. A
-    # 150-character text uses the second's worth; the next request, through the other server, must wait.
+    # 1,000-character text uses ten seconds' worth; the next request, through the other server, must wait.
     clients = [first.client("comprehend"), second.client("comprehend")]
     time.sleep(1.5)  # let the unit's second of capacity fill up again (it refills continuously)
-    long_text = "Alice Smith flew to Paris. " * 5 + "And back again."
+    long_text = ("Alice Smith flew to Paris. " * 40)[:1000]
     clients[0].detect_entities(Text=long_text, EndpointArn=endpoint)
     with pytest.raises(ClientError) as throttled:
         clients[1].detect_entities(Text="Alice Smith.", EndpointArn=endpoint)

@@ -27,12 +27,12 @@ from mlharbor.runtime.leases import Leases, new_owner_id
 from mlharbor.runtime.reconciler import Reconciler
 from mlharbor.runtime.supervisor import Supervisor
 from mlharbor.services import attempts
-from mlharbor.services.comprehend import detection, training
+from mlharbor.services.comprehend import kinds as comprehend_kinds
 from mlharbor.services.comprehend.endpoints import EndpointKind
 from mlharbor.services.kinesis.retention import RetentionPass as KinesisRetention
-from mlharbor.services.kinesisvideo.puller import PullKind
+from mlharbor.services.kinesisvideo.pullers import PullKind
 from mlharbor.services.kinesisvideo.retention import RetentionPass
-from mlharbor.services.rekognition import streaming
+from mlharbor.services.rekognition import kinds as rekognition_kinds
 from mlharbor.services.rekognition.collections import Indexes
 from mlharbor.services.s3.operations import XML_ROOTS as S3_XML_ROOTS
 from mlharbor.services.s3.sweep import TempSweep
@@ -72,10 +72,10 @@ def build_server(settings: Settings) -> Server:
         leases,
         executor,
         [
-            attempts.AttemptKind(store, streaming.work(server)),
-            attempts.AttemptKind(store, training.work(server)),
+            attempts.AttemptKind(store, rekognition_kinds.stream_sessions(server)),
+            attempts.AttemptKind(store, comprehend_kinds.training(server)),
             EndpointKind(server),
-            attempts.AttemptKind(store, detection.work(server)),
+            attempts.AttemptKind(store, comprehend_kinds.detection(server)),
             pullers,
         ],
     )

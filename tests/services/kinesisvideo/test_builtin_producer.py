@@ -31,7 +31,7 @@ from mlharbor.engines import mkv
 from mlharbor.runtime import WorkStatus
 from mlharbor.runtime.leases import Leases
 from mlharbor.runtime.supervisor import Supervisor
-from mlharbor.services.kinesisvideo import operations, puller, streams
+from mlharbor.services.kinesisvideo import operations, puller, pullers, streams
 from tests.conftest import RunningServer, wait_until, worker_pids
 from tests.kvs_producer import encode_mkv, parse_clusters, split_live, synthetic_frame
 
@@ -272,7 +272,7 @@ def test_other_kinds_leave_pullers_alone_and_pullers_leave_theirs(quiet_server):
 def test_the_pass_creates_the_stream_and_restarts_pullers_with_backoff(quiet_server, caplog):
     server, executor = quiet_server, quiet_server.executor
     now = [0.0]
-    kind = puller.PullKind(server)
+    kind = pullers.PullKind(server)
     leases = Leases(server.store, "test", 3.0, clock=lambda: now[0], exclusive=True)
     supervisor = Supervisor(leases, executor, [kind])
     with caplog.at_level(logging.ERROR, logger="mlharbor.kinesisvideo.puller"):
@@ -283,7 +283,7 @@ def test_the_pass_creates_the_stream_and_restarts_pullers_with_backoff(quiet_ser
         "stream name ([a-zA-Z0-9_.-], 1 to 256 characters)"
     ]  # logged once, not at every pass
     [(work_id, target, payload)] = [s for s in executor.submitted if ":cam|" in s[0]]
-    assert target == puller.TARGET
+    assert target == pullers.TARGET
     assert payload["stream_name"] == "cam" and payload["url"] == "/videos/cam.mp4"
     assert (payload["endpoint"], payload["access_key"], payload["region"]) == (
         "http://127.0.0.1:9",
@@ -314,7 +314,7 @@ def test_the_pass_creates_the_stream_and_restarts_pullers_with_backoff(quiet_ser
     after(1.0, ran=1.0)
     after(2.0, ran=1.0)  # deaths in a row: twice as long
     after(4.0, ran=1.0)
-    after(1.0, ran=puller.STABLE_RUN_S)  # after a healthy run: the first death again
+    after(1.0, ran=pullers.STABLE_RUN_S)  # after a healthy run: the first death again
     assert cam_starts() == 5
 
     # A stream deleted by someone is created again by the next pass.
@@ -325,7 +325,7 @@ def test_the_pass_creates_the_stream_and_restarts_pullers_with_backoff(quiet_ser
         assert streams.find(conn, ACCOUNT, "us-east-1", {"StreamName": "cam"}).arn != row.arn
 
     # Shutdown: the pullers are asked to stop and no pass starts one again.
-    running = supervisor.local(puller.KIND)
+    running = supervisor.local(pullers.KIND)
     kind.stop(supervisor, timeout=0.05)
     assert sorted(executor.stops) == sorted(running)
     for work_id in running:
@@ -338,7 +338,7 @@ def test_the_pass_creates_the_stream_and_restarts_pullers_with_backoff(quiet_ser
 
 def test_backoff_and_the_timeline_of_a_looping_file_with_b_frames():
     assert [puller.SOURCE_BACKOFF.delay(n) for n in range(1, 8)] == [0.5, 1, 2, 4, 8, 10, 10]
-    assert [puller.RESTART_BACKOFF.delay(n) for n in (1, 2, 3, 6, 7)] == [1, 2, 4, 30, 30]
+    assert [pullers.RESTART_BACKOFF.delay(n) for n in (1, 2, 3, 6, 7)] == [1, 2, 4, 30, 30]
 
     # A 1 s file at 10 fps with B-frames: decode times start 0.2 s before presentation times.
     packets = [(-0.2, 0.0), (-0.1, 0.3), (0.0, 0.1), (0.1, 0.2), (0.2, 0.6), (0.3, 0.4), (0.4, 0.5),

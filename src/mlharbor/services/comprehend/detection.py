@@ -47,10 +47,7 @@ from mlharbor.blobs.store import (
     S3Uri,
     open_blob_store,
 )
-from mlharbor.context import Server
 from mlharbor.runtime import WorkContext
-from mlharbor.runtime.supervisor import View
-from mlharbor.runtime.work import WorkId
 from mlharbor.services import attempts
 from mlharbor.services.attempts import Fence, with_details
 from mlharbor.services.comprehend import jobs
@@ -61,9 +58,6 @@ from mlharbor.store.tables import entity_recognizers
 
 log = logging.getLogger(__name__)
 
-TARGET = "mlharbor.services.comprehend.detection:detect_worker"
-MAX_ATTEMPTS = 3  # the job fails at the third crash of its own worker (server restarts are not counted)
-MAX_ACTIVE_PER_ACCOUNT = 10  # AWS: 10 concurrent jobs of one type per account; more wait in SUBMITTED
 HEARTBEAT_SECONDS = 0.5
 # A batch closes at this many documents or characters, whichever comes first. Measured: a batch of a few
 # hundred short documents keeps spaCy's matrix work efficient, while the scored parse slows down when one
@@ -85,27 +79,6 @@ class InputError(Exception):
 
 
 # --- State changes shared by the worker and the reconcile pass ------------------------------------
-def _fail(store: Store, arn: str, message: str, fence: Fence | None = None) -> None:
-    jobs.move(
-        store, arn, {"SUBMITTED": "FAILED", "IN_PROGRESS": "FAILED", "STOP_REQUESTED": "FAILED"},
-        fence=fence, message=message, end_time=round(time.time(), 3),
-    )  # fmt: skip
-
-
-def _finish_stopped(store: Store, arn: str, fence: Fence | None = None, documents: int | None = None) -> None:
-    message = "The job was stopped by StopEntitiesDetectionJob before it started."
-    if documents is not None:
-        message = (
-            f"The job was stopped by StopEntitiesDetectionJob; the output holds the {documents} "
-            "document(s) processed before the stop."
-        )
-    jobs.move(
-        store, arn, {"STOP_REQUESTED": "STOPPED"}, fence=fence, message=message,
-        end_time=round(time.time(), 3),
-        details=with_details(**({"DocumentsProcessed": documents} if documents is not None else {})),
-    )  # fmt: skip
-
-
 # --- The worker -----------------------------------------------------------------------------------
 def detect_worker(ctx: WorkContext, payload: dict[str, Any]) -> dict[str, Any]:
     return attempts.run_worker(ctx, payload, _detect)
@@ -122,7 +95,7 @@ def _detect(ctx: WorkContext, store: Store, payload: dict[str, Any]) -> dict[str
     else:
         state = row.status  # IN_PROGRESS again after a crash: the row already says so
     if state != "IN_PROGRESS":
-        _finish_stopped(store, arn, fence)  # stopped before it started
+        jobs.finish_stop(store, arn, fence)  # stopped before it started
         return {"stopped": True}
 
     started, cpu_started = time.monotonic(), time.process_time()
@@ -135,7 +108,7 @@ def _detect(ctx: WorkContext, store: Store, payload: dict[str, Any]) -> dict[str
         recognizer = _recognizer(store, row)
         objects = _input_objects(blobs, input_config["S3Uri"])
     except InputError as exc:
-        _fail(store, arn, str(exc), fence)
+        jobs.fail(store, arn, str(exc), fence)
         return {"stopped": False}
     if stop():
         return _stopped(store, blobs, row, fence)
@@ -146,7 +119,7 @@ def _detect(ctx: WorkContext, store: Store, payload: dict[str, Any]) -> dict[str
     try:
         model = load_model(blobs, recognizer.artifact_uri)
     except (BlobNotFound, OSError, ValueError, tarfile.TarError) as exc:
-        _fail(store, arn, f"The recognizer's model could not be loaded: {exc}", fence)
+        jobs.fail(store, arn, f"The recognizer's model could not be loaded: {exc}", fence)
         return {"stopped": False}
     loaded = time.monotonic()
     if stop():
@@ -159,7 +132,7 @@ def _detect(ctx: WorkContext, store: Store, payload: dict[str, Any]) -> dict[str
                 documents_in = _documents(blobs, input_config["S3Uri"], objects, per_line)
                 counts = _run(model, documents_in, out, stop, _Progress(ctx, store, arn, fence))
         except InputError as exc:
-            _fail(store, arn, str(exc), fence)
+            jobs.fail(store, arn, str(exc), fence)
             return {"stopped": False}
         documents, errors, stopped = counts
         if stopped:
@@ -206,7 +179,7 @@ def _stopped(
             results = Path(tmp) / "output"
             results.write_bytes(b"")
         _write_archive(blobs, results, _output(row), Path(tmp) / "output.tar.gz")
-    _finish_stopped(store, row.arn, fence, documents)
+    jobs.finish_stop(store, row.arn, fence, documents)
     return {"stopped": True}
 
 
@@ -451,46 +424,3 @@ def _write_archive(blobs: BlobStore, results: Path, uri: str, archive: Path) -> 
     with tarfile.open(archive, "w:gz", compresslevel=GZIP_LEVEL) as tar, results.open("rb") as src:
         tar.addfile(info, src)
     blobs.put_file(uri, archive)
-
-
-# --- The declared kind (the supervisor runs it in the server) --------------------------------------------
-KIND = "detection"
-
-
-def work_id_of(row: Row[Any]) -> WorkId:
-    return attempts.work_id(KIND, row.arn, Fence.of(row))
-
-
-def work(server: Server) -> attempts.AttemptWork:
-    """Entities detection jobs, as the supervisor runs them: SUBMITTED waits for one of this server's job
-    slots and for the account's quota (AWS runs at most 10 per account and region; the others wait);
-    a stop is seen by the worker in the database (the executor's stop would cut short the output it still
-    writes); a crash is retried from the start, and the third ends FAILED."""
-    store, settings = server.store, server.settings
-
-    def admit(row: Row[Any], view: View, rows: list[Row[Any]], admitted: set[str]) -> bool:
-        owner = (row.account_id, row.region)
-        active = sum(
-            1
-            for other in rows
-            if (other.account_id, other.region) == owner
-            and (
-                other.status == "IN_PROGRESS"
-                or view.alive(work_id_of(other))
-                or str(work_id_of(other)) in admitted
-            )
-        )
-        return active < MAX_ACTIVE_PER_ACCOUNT
-
-    def exhausted(row: Row[Any], reason: str) -> None:
-        _fail(store, row.arn, f"The job was interrupted {row.attempt + 1} times (last: {reason}).")
-
-    return attempts.AttemptWork(
-        name=KIND, table=table, target=TARGET, resources={"num_cpus": 1.0},
-        queued=frozenset({"SUBMITTED"}), running=frozenset({"IN_PROGRESS"}),
-        stopping={"STOP_REQUESTED": lambda row: _finish_stopped(store, row.arn)}, signal_stop=False,
-        policy=attempts.RetryPolicy(MAX_ATTEMPTS),
-        payload=lambda row, fence: attempts.payload(settings, row.arn, fence),
-        exhausted=exhausted, restarted="The job restarted after an interruption",
-        order=lambda t: (t.c.submitted_at, t.c.arn), slots=lambda: settings.detection_job_slots, admit=admit,
-    )  # fmt: skip

@@ -28,7 +28,7 @@ from mlharbor.errors import (
 from mlharbor.services import attempts, tags
 from mlharbor.services.comprehend import endpoints as ep
 from mlharbor.services.comprehend import recognizers as er
-from mlharbor.services.comprehend.serving import Throttled, WorkerGone, WorkerPool
+from mlharbor.services.comprehend.serving_client import Throttled, WorkerGone, WorkerPool
 from mlharbor.store.tables import comprehend_endpoints as ep_table
 
 TAG_LIMIT = 50

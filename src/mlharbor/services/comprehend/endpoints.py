@@ -22,7 +22,6 @@ from mlharbor.runtime.executor import WorkStatus
 from mlharbor.runtime.supervisor import BaseKind, Mode, Outcome, View, Want
 from mlharbor.runtime.work import WorkId
 from mlharbor.services import tags
-from mlharbor.services.comprehend import serving
 from mlharbor.services.comprehend.listing import Listing
 from mlharbor.store.tables import comprehend_endpoints as table
 from mlharbor.store.tables import entity_recognizers
@@ -190,7 +189,7 @@ class EndpointKind(BaseKind):
     of its units is left anywhere."""
 
     name = KIND
-    target = serving.TARGET
+    target = "mlharbor.services.comprehend.serving:serve_worker"
     resources = {"num_cpus": 1.0}
 
     def __init__(self, server: Server) -> None:

@@ -7,12 +7,13 @@ what actually happened.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from sqlalchemy import Connection, Row, bindparam, select
 
 from mlharbor.services import attempts
-from mlharbor.services.attempts import Fence
+from mlharbor.services.attempts import Fence, with_details
 from mlharbor.services.comprehend.listing import Listing
 from mlharbor.store.db import Store
 from mlharbor.store.tables import entities_detection_jobs as table
@@ -33,6 +34,7 @@ STATES = machine(
 )
 # A job in one of these states holds (or waits for) a worker and keeps its recognizer in use.
 ACTIVE = ("SUBMITTED", "IN_PROGRESS", "STOP_REQUESTED")
+MAX_ACTIVE_PER_ACCOUNT = 10  # AWS: 10 concurrent jobs of one type per account; more wait in SUBMITTED
 # The start request members that Describe echoes back.
 SPEC_MEMBERS = (
     "InputDataConfig",
@@ -42,7 +44,6 @@ SPEC_MEMBERS = (
     "VolumeKmsKeyId",
     "VpcConfig",
 )
-MARK = ":entities-detection-job/"  # in ARNs, and so in the executor's work ids
 
 
 # Statements are built once with bind parameters: building a select per request cost more than running it.
@@ -55,7 +56,6 @@ _ACTIVE_FOR_RECOGNIZER = (
     .where(table.c.recognizer_arn == bindparam("recognizer_arn"), table.c.status.in_(ACTIVE))
     .limit(1)
 )
-_ACTIVE_ROWS = select(table).where(table.c.status.in_(ACTIVE)).order_by(table.c.submitted_at, table.c.arn)
 _ROW = select(table).where(table.c.arn == bindparam("arn"))
 # The API reference documents newest-to-oldest order for SubmitTimeAfter (and oldest-to-newest for
 # SubmitTimeBefore) on job lists, the opposite of the recognizer filter's wording.
@@ -87,11 +87,6 @@ def find_by_token(conn: Connection, account_id: str, region: str, token: str) ->
 def active_for_recognizer(conn: Connection, recognizer_arn: str) -> bool:
     """True while a job that uses the recognizer is queued, running or stopping."""
     return conn.execute(_ACTIVE_FOR_RECOGNIZER, {"recognizer_arn": recognizer_arn}).first() is not None
-
-
-def active_rows(conn: Connection) -> list[Row[Any]]:
-    """Every account's queued, running and stopping jobs, oldest first (for the reconcile pass)."""
-    return conn.execute(_ACTIVE_ROWS).all()
 
 
 def row(conn: Connection, arn: str) -> Row[Any] | None:
@@ -131,3 +126,25 @@ def move(
 ) -> str | None:
     """``attempts.move`` for jobs."""
     return attempts.move(store, table, STATES, arn, targets, fence=fence, **values)
+
+
+# --- Writes shared by the detection worker and the supervisor -----------------------------------------
+def fail(store: Store, arn: str, message: str, fence: Fence | None = None) -> None:
+    move(
+        store, arn, {"SUBMITTED": "FAILED", "IN_PROGRESS": "FAILED", "STOP_REQUESTED": "FAILED"},
+        fence=fence, message=message, end_time=round(time.time(), 3),
+    )  # fmt: skip
+
+
+def finish_stop(store: Store, arn: str, fence: Fence | None = None, documents: int | None = None) -> None:
+    message = "The job was stopped by StopEntitiesDetectionJob before it started."
+    if documents is not None:
+        message = (
+            f"The job was stopped by StopEntitiesDetectionJob; the output holds the {documents} "
+            "document(s) processed before the stop."
+        )
+    move(
+        store, arn, {"STOP_REQUESTED": "STOPPED"}, fence=fence, message=message,
+        end_time=round(time.time(), 3),
+        details=with_details(**({"DocumentsProcessed": documents} if documents is not None else {})),
+    )  # fmt: skip

@@ -24,7 +24,8 @@ from mlharbor.errors import (
 from mlharbor.services import attempts, tags
 from mlharbor.services.comprehend import endpoint_operations, endpoints, job_operations, jobs
 from mlharbor.services.comprehend import recognizers as er
-from mlharbor.services.comprehend.training import move, work_id_of
+from mlharbor.services.comprehend.kinds import training_work_id
+from mlharbor.services.comprehend.recognizers import move
 from mlharbor.store.tables import entity_recognizers as er_table
 
 TAG_LIMIT = 50
@@ -166,7 +167,7 @@ def stop_training_entity_recognizer(call: Call, params: dict[str, Any]) -> None:
             f"The recognizer is {current}; only a recognizer in training can be stopped."
         )
     # The worker also notices through the database; telling it directly saves it a poll.
-    call.server.executor.request_stop(str(work_id_of(row)))
+    call.server.executor.request_stop(str(training_work_id(row)))
     call.server.reconciler.wake()
 
 

@@ -5,13 +5,17 @@ The operations are in ``operations.py``; training (the worker and its reconcile 
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from sqlalchemy import Connection, Row, bindparam, select
 
 from mlharbor.context import Call
 from mlharbor.errors import ResourceNotFoundException, ResourceUnavailableException
+from mlharbor.services import attempts
+from mlharbor.services.attempts import Fence, with_details
 from mlharbor.services.comprehend.listing import GroupedListing, Listing
+from mlharbor.store.db import Store
 from mlharbor.store.tables import entity_recognizers as table
 from mlharbor.store.transitions import machine
 
@@ -119,3 +123,28 @@ def require_trained(call: Call, arn: str, use: str) -> Row[Any]:
             f"The recognizer is {row.status}; only a trained recognizer can {use}."
         )
     return row
+
+
+# --- Writes shared by the training worker and the supervisor ------------------------------------------
+def move(
+    store: Store, arn: str, targets: dict[str, str], *, fence: Fence | None = None, **values: Any
+) -> str | None:
+    """``attempts.move`` for recognizers."""
+    return attempts.move(store, table, STATES, arn, targets, fence=fence, **values)
+
+
+def finish_stop(store: Store, arn: str, fence: Fence | None = None) -> None:
+    ended = time.time()
+    move(
+        store, arn, {"STOP_REQUESTED": "STOPPED"}, fence=fence,
+        message="Training was stopped by StopTrainingEntityRecognizer.",
+        details=with_details(EndTime=ended, TrainingEndTime=ended),
+    )  # fmt: skip
+
+
+def fail(store: Store, arn: str, message: str, fence: Fence | None = None) -> None:
+    ended = time.time()
+    move(
+        store, arn, {"SUBMITTED": "IN_ERROR", "TRAINING": "IN_ERROR", "STOP_REQUESTED": "IN_ERROR"},
+        fence=fence, message=message, details=with_details(EndTime=ended),
+    )  # fmt: skip

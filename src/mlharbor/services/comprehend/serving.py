@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
-import json
 import logging
 import time
 from pathlib import Path
@@ -31,25 +29,12 @@ from mlharbor.logs import setup_logging
 from mlharbor.runtime import WorkContext
 from mlharbor.runtime.memory import keep_freed_memory
 from mlharbor.services.comprehend.capacity import Capacity
+from mlharbor.services.comprehend.serving_client import frame, read_frame
 
 log = logging.getLogger(__name__)
 
-TARGET = "mlharbor.services.comprehend.serving:serve_worker"
 MAX_BATCH_DOCUMENTS = 32  # bounds the wait of the last request in a batch
 HEARTBEAT_SECONDS = 5.0
-_HEADER = 4
-
-Entities = list[list[Any]]  # per document: [begin, end, type, score]
-
-
-def _frame(message: dict[str, Any]) -> bytes:
-    body = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
-    return len(body).to_bytes(_HEADER, "big") + body
-
-
-async def _read_frame(reader: asyncio.StreamReader) -> dict[str, Any]:
-    size = int.from_bytes(await reader.readexactly(_HEADER), "big")
-    return json.loads(await reader.readexactly(size))
 
 
 # --- The worker -----------------------------------------------------------------------------------
@@ -77,11 +62,11 @@ async def _serve(ctx: WorkContext, model: Any, host: str, capacity: Capacity | N
         writers.add(writer)
         try:
             while True:
-                request = await _read_frame(reader)
+                request = await read_frame(reader)
                 texts = request.get("t") or []
                 refused = capacity and capacity.admit(sum(map(len, texts)), max(1, len(texts)))
                 if refused:
-                    writer.write(_frame({"i": request.get("i"), "throttled": refused}))
+                    writer.write(frame({"i": request.get("i"), "throttled": refused}))
                     continue
                 queue.append((writer, request.get("i"), texts))
                 arrived.set()
@@ -137,7 +122,7 @@ def _answer(model: Any, batch: list[tuple[asyncio.StreamWriter, Any, list[str]]]
     except Exception as exc:  # a model failure answers the requests; the server keeps serving
         log.exception("inference failed")
         for writer, request_id, _ in batch:
-            writer.write(_frame({"i": request_id, "error": f"{type(exc).__name__}: {exc}"}))
+            writer.write(frame({"i": request_id, "error": f"{type(exc).__name__}: {exc}"}))
         return
     position = 0
     for writer, request_id, request_texts in batch:
@@ -147,108 +132,4 @@ def _answer(model: Any, batch: list[tuple[asyncio.StreamWriter, Any, list[str]]]
         ]
         position += len(request_texts)
         if not writer.is_closing():
-            writer.write(_frame({"i": request_id, "e": entities}))
-
-
-# --- The API side ---------------------------------------------------------------------------------
-class WorkerGone(Exception):
-    """The connection to a serving worker failed; the request can be tried on another one."""
-
-
-class Throttled(Exception):
-    """The worker refused the request: the endpoint's inference units are used up."""
-
-
-class WorkerConnection:
-    """One multiplexed connection to a serving worker: many requests in flight, replies matched by id."""
-
-    def __init__(self, address: str) -> None:
-        self.address = address
-        self.in_flight = 0
-        self._ids = itertools.count()
-        self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
-        self._writer: asyncio.StreamWriter | None = None
-        self._reader_task: asyncio.Task[None] | None = None
-        self._opening: asyncio.Lock = asyncio.Lock()
-        self.closed = False
-
-    async def _open(self) -> asyncio.StreamWriter:
-        async with self._opening:
-            if self._writer is None:
-                host, port = self.address.rsplit(":", 1)
-                try:
-                    reader, self._writer = await asyncio.open_connection(host, int(port))
-                except OSError as exc:
-                    self.closed = True
-                    raise WorkerGone(str(exc)) from exc
-                self._reader_task = asyncio.create_task(self._read_replies(reader))
-            return self._writer
-
-    async def _read_replies(self, reader: asyncio.StreamReader) -> None:
-        try:
-            while True:
-                reply = await _read_frame(reader)
-                future = self._waiting.pop(reply.get("i"), None)
-                if future is not None and not future.done():
-                    future.set_result(reply)
-        except (asyncio.IncompleteReadError, ConnectionError, ValueError) as exc:
-            self._fail(WorkerGone(f"connection to {self.address} lost: {exc!r}"))
-        except asyncio.CancelledError:
-            self._fail(WorkerGone("connection closed"))
-            raise
-
-    def _fail(self, exc: Exception) -> None:
-        self.closed = True
-        for future in self._waiting.values():
-            if not future.done():
-                future.set_exception(exc)
-        self._waiting.clear()
-
-    async def infer(self, texts: list[str]) -> Entities:
-        if self.closed:
-            raise WorkerGone("connection closed")
-        writer = await self._open()
-        request_id = next(self._ids)
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._waiting[request_id] = future
-        self.in_flight += 1
-        try:
-            writer.write(_frame({"i": request_id, "t": texts}))
-            reply = await future
-        except (ConnectionError, RuntimeError) as exc:
-            self._fail(WorkerGone(str(exc)))
-            raise WorkerGone(str(exc)) from exc
-        finally:
-            self.in_flight -= 1
-            self._waiting.pop(request_id, None)
-        if "throttled" in reply:
-            raise Throttled(reply["throttled"])
-        if "error" in reply:
-            raise RuntimeError(f"inference failed: {reply['error']}")
-        return reply["e"]
-
-    def close(self) -> None:
-        self.closed = True
-        if self._reader_task is not None:
-            self._reader_task.cancel()
-        if self._writer is not None:
-            self._writer.close()
-
-
-class WorkerPool:
-    """The API process's connections to serving workers, keyed by address (one event loop owns them)."""
-
-    def __init__(self) -> None:
-        self._connections: dict[str, WorkerConnection] = {}
-
-    def connection(self, addresses: list[str]) -> WorkerConnection:
-        """The least busy open connection among ``addresses`` (opened lazily)."""
-        best: WorkerConnection | None = None
-        for address in addresses:
-            conn = self._connections.get(address)
-            if conn is None or conn.closed:
-                conn = self._connections[address] = WorkerConnection(address)
-            if best is None or conn.in_flight < best.in_flight:
-                best = conn
-        assert best is not None
-        return best
+            writer.write(frame({"i": request_id, "e": entities}))

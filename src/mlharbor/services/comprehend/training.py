@@ -17,13 +17,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Row, delete, select, update
+from sqlalchemy import select, update
 
 from mlharbor.blobs.store import BlobStore, open_blob_store
-from mlharbor.context import Server
 from mlharbor.runtime import WorkContext
-from mlharbor.runtime.work import WorkId
-from mlharbor.services import attempts, tags
+from mlharbor.services import attempts
 from mlharbor.services.attempts import Fence, with_details
 from mlharbor.services.comprehend import recognizers as er
 from mlharbor.store.db import Store
@@ -31,20 +29,11 @@ from mlharbor.store.tables import entity_recognizers as table
 
 log = logging.getLogger(__name__)
 
-TARGET = "mlharbor.services.comprehend.training:train_worker"
-MAX_ATTEMPTS = 3  # training fails at the third crash of its own worker (server restarts are not counted)
 # Dev F1 on real, noisy text keeps creeping up for many epochs after a plateau (measured on WNUT-2016);
 # an epoch is cheap, so wait longer than the engine's default before giving up.
 MAX_EPOCHS = 60
 PATIENCE = 8
 DROPOUT = 0.1  # spaCy's default training config uses 0.1
-
-
-def move(
-    store: Store, arn: str, targets: dict[str, str], *, fence: Fence | None = None, **values: Any
-) -> str | None:
-    """``attempts.move`` for recognizers."""
-    return attempts.move(store, table, er.STATES, arn, targets, fence=fence, **values)
 
 
 def _note(store: Store, arn: str, fence: Fence, message: str) -> None:
@@ -69,14 +58,14 @@ def _train(ctx: WorkContext, store: Store, payload: dict[str, Any]) -> dict[str,
     if not fence.holds(row):
         return {"stopped": False, "skipped": True}
     if row.status == "SUBMITTED":
-        state = move(
+        state = er.move(
             store, arn, {"SUBMITTED": "TRAINING"}, fence=fence,
             message="Loading training data", details=with_details(TrainingStartTime=time.time()),
         )  # fmt: skip
     else:
         state = row.status  # TRAINING again after a crash: the row already says so
     if state != "TRAINING":
-        _finish_stopped(store, arn, fence)  # stopped before it started
+        er.finish_stop(store, arn, fence)  # stopped before it started
         return {"stopped": True}
 
     from mlharbor.services.comprehend.datasets import DataError, load_dataset
@@ -87,16 +76,16 @@ def _train(ctx: WorkContext, store: Store, payload: dict[str, Any]) -> dict[str,
     try:
         dataset = load_dataset(blobs, spec["InputDataConfig"], spec["LanguageCode"])
     except DataError as exc:
-        _fail(store, arn, str(exc), fence)
+        er.fail(store, arn, str(exc), fence)
         return {"stopped": False}
     if stop():  # every phase boundary is a place to honour a stop quickly
-        _finish_stopped(store, arn, fence)
+        er.finish_stop(store, arn, fence)
         return {"stopped": True}
     # Imported here, after the row says TRAINING and the data is known good: spaCy takes a second.
     from mlharbor.engines import ner
 
     if stop():
-        _finish_stopped(store, arn, fence)
+        er.finish_stop(store, arn, fence)
         return {"stopped": True}
 
     rng = random.Random(arn)
@@ -118,7 +107,7 @@ def _train(ctx: WorkContext, store: Store, payload: dict[str, Any]) -> dict[str,
         max_epochs=MAX_EPOCHS, patience=PATIENCE, dropout=DROPOUT,
     )  # fmt: skip
     if result.stopped or result.model is None:
-        _finish_stopped(store, arn, fence)
+        er.finish_stop(store, arn, fence)
         return {"stopped": True}
 
     evaluation = ner.evaluate(result.model, test_docs)
@@ -138,7 +127,7 @@ def _train(ctx: WorkContext, store: Store, payload: dict[str, Any]) -> dict[str,
     ended = time.time()
     # Completion wins over a stop that arrived too late to interrupt training, as AWS documents.
     final = "TRAINED_WITH_WARNING" if warnings else "TRAINED"
-    moved = move(
+    moved = er.move(
         store, arn, {"TRAINING": final, "STOP_REQUESTED": final}, fence=fence,
         message="; ".join(warnings) or None, artifact_uri=artifact,
         details=with_details(
@@ -200,65 +189,3 @@ def load_model(blobs: BlobStore, uri: str) -> Any:
         with tarfile.open(fileobj=io.BytesIO(blobs.get(uri)), mode="r:gz") as tar:
             tar.extractall(tmp, filter="data")
         return ner.NerModel.load(Path(tmp) / "model")
-
-
-def _finish_stopped(store: Store, arn: str, fence: Fence | None = None) -> None:
-    ended = time.time()
-    move(
-        store, arn, {"STOP_REQUESTED": "STOPPED"}, fence=fence,
-        message="Training was stopped by StopTrainingEntityRecognizer.",
-        details=with_details(EndTime=ended, TrainingEndTime=ended),
-    )  # fmt: skip
-
-
-def _fail(store: Store, arn: str, message: str, fence: Fence | None = None) -> None:
-    ended = time.time()
-    move(
-        store, arn, {"SUBMITTED": "IN_ERROR", "TRAINING": "IN_ERROR", "STOP_REQUESTED": "IN_ERROR"},
-        fence=fence, message=message, details=with_details(EndTime=ended),
-    )  # fmt: skip
-
-
-# --- The declared kind (the supervisor runs it in the server) --------------------------------------------
-KIND = "training"
-
-
-def work_id_of(row: Row[Any]) -> WorkId:
-    return attempts.work_id(KIND, row.arn, Fence.of(row))
-
-
-def work(server: Server) -> attempts.AttemptWork:
-    """Training, as the supervisor runs it: SUBMITTED waits for one of this server's training slots;
-    TRAINING has a worker; a crash is retried from the start, and the third ends IN_ERROR."""
-    store, settings = server.store, server.settings
-
-    def payload(row: Row[Any], fence: Fence) -> dict[str, Any]:
-        version = row.version_name or "-"
-        # Per incarnation and attempt: a late worker of a deleted recognizer never overwrites the model of
-        # one created again under the same name.
-        artifact = (
-            f"s3://{settings.models_bucket}/comprehend/{row.account_id}/{row.region}/entity-recognizer/"
-            f"{row.name}/{version}/{fence.incarnation}/attempt-{fence.attempt}/model.tar.gz"
-        )
-        return attempts.payload(settings, row.arn, fence, artifact_uri=artifact)
-
-    def exhausted(row: Row[Any], reason: str) -> None:
-        _fail(store, row.arn, f"Training was interrupted {row.attempt + 1} times (last: {reason}).")
-
-    def delete_recognizer(row: Row[Any]) -> None:
-        if row.artifact_uri:
-            server.blobs.delete(row.artifact_uri)
-        with store.begin() as conn:
-            tags.remove_all(conn, row.arn)
-            conn.execute(delete(table).where(table.c.arn == row.arn, table.c.status == "DELETING"))
-
-    return attempts.AttemptWork(
-        name=KIND, table=table, target=TARGET, resources={"num_cpus": 1.0},
-        queued=frozenset({"SUBMITTED"}), running=frozenset({"TRAINING"}),
-        stopping={
-            "STOP_REQUESTED": lambda row: _finish_stopped(store, row.arn), "DELETING": delete_recognizer,
-        },
-        policy=attempts.RetryPolicy(MAX_ATTEMPTS), payload=payload, exhausted=exhausted,
-        restarted="Training restarted after an interruption", order=lambda t: (t.c.submitted_at,),
-        slots=lambda: settings.training_slots,
-    )  # fmt: skip

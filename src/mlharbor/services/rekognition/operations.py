@@ -22,7 +22,7 @@ from mlharbor.errors import (
 from mlharbor.services import attempts, tags
 from mlharbor.services.rekognition import face_operations, tag_limits
 from mlharbor.services.rekognition import stream_processors as sp
-from mlharbor.services.rekognition.streaming import stream_work_id
+from mlharbor.services.rekognition.kinds import stream_work_id
 from mlharbor.store.tables import stream_processors as sp_table
 from mlharbor.store.transitions import transition
 
