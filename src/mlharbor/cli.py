@@ -129,6 +129,7 @@ def serve(settings: Settings) -> int:
         )
         return 2
     from mlharbor.app import create_app
+    from mlharbor.runtime.executor import ExecutorError
     from mlharbor.store.db import DatabaseInUse, hold_single_server
 
     try:
@@ -137,7 +138,11 @@ def serve(settings: Settings) -> int:
         print(f"refusing to start: {exc}", file=sys.stderr)
         return 1
     _lift_open_files_limit()
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except ExecutorError as exc:  # e.g. the Ray cluster cannot be reached, or refused the token
+        print(f"refusing to start: {exc}", file=sys.stderr)
+        return 1
     logging.getLogger("mlharbor").info(
         "MLHarbor %s: database %s, data folder %s, object store %s",
         __version__,

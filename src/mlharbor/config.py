@@ -89,6 +89,13 @@ class Settings(BaseSettings):
         description="where long work runs: local (worker processes of this server) or ray://HOST:PORT "
         "(actors on that Ray cluster, which outlive this server)",
     )
+    worker_endpoint_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^/\s]+/?$",
+        description="the URL workers that call the API (stream processors, built-in video producers) are "
+        "given: a load balancer over every server of a deployment. By default the URL of the server that "
+        "starts them; with it, such a worker on Ray goes on when that server dies",
+    )
     insecure_open_bind: bool = False
     object_store: Literal["local", "s3"] = "local"
     # 16 MiB: a Kinesis PutRecords or PutRecord carries up to 10 MiB of data, base64 in JSON (13.4 MiB).

@@ -46,13 +46,15 @@ class Server:
         return self.supervisor.leases
 
     def own_endpoint(self, account_id: str) -> dict[str, str]:
-        """How a worker acting for ``account_id`` calls this server: its URL and one of the account's keys."""
-        if self.url is None:
+        """How a worker acting for ``account_id`` calls this server (or ``worker_endpoint_url``, every server
+        of the deployment): the URL and one of the account's keys."""
+        url = self.settings.worker_endpoint_url or self.url
+        if url is None:
             raise RuntimeError("the server's URL is not known before its socket is bound")
         for credential in self.settings.load_credentials().values():
             if credential.account_id == account_id:
                 return {
-                    "endpoint": self.url,
+                    "endpoint": url.rstrip("/"),
                     "access_key": credential.access_key_id,
                     "secret_key": credential.secret_access_key,
                 }

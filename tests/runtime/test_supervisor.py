@@ -362,3 +362,22 @@ def test_a_dead_predecessor_on_this_machine_is_taken_over_before_its_lease_runs_
     b.kind.wants = [work(1), work(2)]
     b.run()  # long before the leases run out
     assert b.kind.calls == [("orphaned", "test|arn:thing/1|attempt-1")]  # not the live server's
+
+
+def test_a_worker_that_depends_on_its_dead_server_is_stopped_and_replaced_not_adopted(store, clock):
+    a = Server(store, "a", clock)
+    b = Server(store, "b", clock, adopts=True)
+    b.kind.adoptable = lambda: False  # type: ignore[method-assign]
+    a.kind.wants = b.kind.wants = [work(1)]
+    a.run()
+    clock[0] += TTL + 1
+
+    def orphaned(want: Want) -> Outcome:
+        b.kind.wants = [Want(WorkId("test", "arn:thing/1", "attempt-2"))]  # a new attempt
+        return Outcome.RELEASE
+
+    b.kind.orphaned = orphaned  # type: ignore[method-assign]
+    b.run()
+    assert b.executor.adopted == ["test|arn:thing/1|attempt-1"]
+    assert set(b.executor.stops) == {"test|arn:thing/1|attempt-1"}  # adopted only to be stopped
+    assert [w for w, _ in b.executor.submitted] == ["test|arn:thing/1|attempt-2"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mlharbor.runtime.executor import Executor, OnFinished
+from mlharbor.runtime.executor import Executor, ExecutorError, OnFinished
 from mlharbor.runtime.local import LocalExecutor
 
 
@@ -15,9 +15,10 @@ def open_executor(runtime: str, on_finished: OnFinished, *, stop_grace: float) -
         return LocalExecutor(on_finished=on_finished, stop_grace=stop_grace)
     if runtime.startswith("ray://"):
         try:
-            from mlharbor.runtime.ray import RayExecutor
+            from mlharbor.runtime.raycluster import RayExecutor
         except ImportError as exc:
-            raise RuntimeError(f"--runtime {runtime} needs Ray: pip install 'mlharbor[ray]' ({exc})") from exc
+            needs = f"--runtime {runtime} needs Ray: pip install 'mlharbor[ray]' ({exc})"
+            raise ExecutorError(needs) from exc
         executor: Any = RayExecutor.connect(runtime, on_finished=on_finished, stop_grace=stop_grace)
         return executor
-    raise ValueError(f"unknown runtime {runtime!r}: use local or ray://HOST:PORT")
+    raise ExecutorError(f"unknown runtime {runtime!r}: use local or ray://HOST:PORT")

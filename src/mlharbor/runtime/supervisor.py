@@ -97,6 +97,11 @@ class Kind(Protocol):
     target: str
     resources: dict[str, float] | None
 
+    def adoptable(self) -> bool:
+        """Whether a worker that outlived its server (Ray) may go on under another; False where it depends
+        on the server that started it (it calls that server's URL)."""
+        ...
+
     def slots(self) -> int | None:
         """How many QUEUED items this server runs at once (None: no limit)."""
         ...
@@ -132,6 +137,9 @@ class BaseKind:
 
     def slots(self) -> int | None:
         return None
+
+    def adoptable(self) -> bool:
+        return True
 
     def admit(self, want: Want, view: View) -> bool:
         return True
@@ -280,9 +288,11 @@ class Supervisor:
                 return False  # another server was first
             log.warning("work %s: its server %s is gone; this server takes it over", wid, lease.owner)
             if self.executor.adopt(wid):
-                if want.mode is Mode.STOP and want.signal:
-                    self.executor.request_stop(wid)
-                return False
+                if kind.adoptable():
+                    if want.mode is Mode.STOP and want.signal:
+                        self.executor.request_stop(wid)
+                    return False
+                self.executor.request_stop(wid)  # it would go on calling its dead server: a new one instead
             if want.mode is Mode.STOP:
                 kind.absent(want)
                 self._release(taken)

@@ -236,6 +236,7 @@ class AttemptWork:
     admit: Callable[[Row[Any], View, list[Row[Any]], set[str]], bool] | None = None
     signal_stop: bool = True  # whether a stop goes through the executor too (see ``Want.signal``)
     resources: dict[str, float] | None = None  # what one worker needs, where a back end places work
+    adoptable: Callable[[], bool] = lambda: True  # see ``supervisor.Kind.adoptable``
     states: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -261,6 +262,9 @@ class AttemptKind(BaseKind):
 
     def slots(self) -> int | None:
         return self.work.slots() if self.work.slots is not None else None
+
+    def adoptable(self) -> bool:
+        return self.work.adoptable()
 
     def wanted(self, conn: Connection, view: View) -> Sequence[Want]:
         work = self.work

@@ -80,6 +80,10 @@ class PullKind(BaseKind):
     def region(self) -> str:
         return str(self.server.settings.video_stream_region)
 
+    def adoptable(self) -> bool:
+        """It puts media into the server in its payload: see ``kinds.stream_sessions``."""
+        return self.server.settings.worker_endpoint_url is not None
+
     def wanted(self, conn: Connection, view: View) -> list[Want]:
         if self._closed:
             return []  # shutting down: the supervisor stops this server's pullers

@@ -58,4 +58,7 @@ def stream_sessions(server: Server) -> attempts.AttemptWork:
             counter="restarts",
         ),
         payload=payload, exhausted=exhausted, session=lambda row: row.session_id,
+        # It reads video from and writes records to the server in its payload: one that outlived its server
+        # goes on only when that is every server's address (``worker_endpoint_url``).
+        adoptable=lambda: settings.worker_endpoint_url is not None,
     )  # fmt: skip
