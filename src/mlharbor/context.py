@@ -77,7 +77,10 @@ class Server:
     def close(self) -> None:
         self.begin_shutdown()
         self.reconciler.stop()
-        self.executor.shutdown(timeout=10.0)
+        if getattr(self.executor, "outlives_server", False):
+            self.executor.detach()  # type: ignore[attr-defined]  # Ray: its actors go on, to be adopted
+        else:
+            self.executor.shutdown(timeout=10.0)
         if self.supervisor is not None:
             self.supervisor.close()  # after the workers stopped: other servers may take their work now
         for hook in self.close_hooks:

@@ -13,6 +13,8 @@ The interface is deliberately narrow so that a second back end (Ray) can impleme
 * ``shutdown(timeout)`` stops everything.
 * ``adopt(work_id)`` takes charge of a worker another (dead) server started, where the back end's workers
   outlive their server; False where they cannot.
+* A back end whose work outlives the server (``outlives_server = True``: Ray) also has ``detach()``, which
+  a server's clean stop calls instead of ``shutdown``: the work goes on, for the next server to adopt.
 
 ``payload`` must be picklable plain data. Results and heartbeat progress must be JSON-serialisable
 (they are meant for the database, and the server must be able to read them without importing the

@@ -15,6 +15,9 @@
   once its outcome was read and handed to ``on_finished`` (detached actors never exit on their own, and
   each one holds its resources and its name until killed).
 * Results and progress are JSON-serialisable, checked in the worker as with the local executor.
+* Unlike a local worker, an actor does not stop when its server dies (``ctx.stop_requested()`` stays
+  False): the database's leases decide who adopts or stops it. ``last_heartbeat`` is stamped by the worker's
+  clock; ``pid`` is the actor's, on its node. An actor waiting for resources counts as "running".
 
 Connecting (``RayExecutor.connect(address)``):
 
@@ -541,6 +544,19 @@ class RayExecutor:
         self._thread.join(timeout + 30)
         if self._thread.is_alive():
             log.error("ray executor watcher did not finish; actors may be left: %s", self.running())
+
+    # Its work runs on the cluster and outlives this process: a server that stops leaves it to be adopted.
+    outlives_server = True
+
+    def detach(self) -> None:
+        """Stop watching, and leave every actor running (a server's clean stop: another server, or this one
+        started again, adopts them). No ``on_finished`` call is made for them."""
+        with self._submit_lock, self._lock:
+            self._closed = True
+            self._items.clear()
+        self._wake.set()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(5.0)
 
     # --- Helpers ------------------------------------------------------------------------------------
     def _get_actor(self, work_id: str) -> Any:

@@ -1,0 +1,233 @@
+"""``mlharbor serve --runtime ray://HOST:PORT``: long work runs as detached actors on a Ray cluster (a
+loopback head and two worker nodes, ``tests/runtime/ray_cluster.py``), two API servers on one PostgreSQL
+database: a training, a detection job, an endpoint and a face search processor end to end; an API server
+that dies leaves its training running, adopted by the other server (no new attempt); a worker node that
+dies has its processor started again on the other node."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.conftest import (
+    REGION,
+    RunningServer,
+    postgres_database,
+    start_server,
+    stop_server,
+    unique,
+    wait_until,
+    worker_pids,
+)
+from tests.engines.video_files import portrait_frames, write_video
+from tests.runtime.ray_cluster import RayCluster, ray_cluster  # noqa: F401  (the session's cluster)
+from tests.services.comprehend.conftest import ROLE
+from tests.services.comprehend.corpus import upload
+
+ACCOUNT = "000000000000"
+DATA = Path(__file__).parent / "data"
+
+
+class Deployment:
+    def __init__(self, cluster: RayCluster, tmp: Path) -> None:
+        self.cluster, self.tmp = cluster, tmp
+        self.database_url, self.drop = postgres_database()
+        self.data_dir = tmp / "data"
+        video = write_video(tmp / "hopper.mp4", portrait_frames(20), fps=10)
+        self.args = ("--runtime", cluster.client_address, "--video-stream", f"cam={video}")
+        self.servers: list[RunningServer] = []
+        self.start()
+        self.start()
+
+    def start(self) -> RunningServer:
+        folder = self.tmp / f"server-{len(self.servers)}"
+        folder.mkdir()
+        env = self.cluster.driver_env({})  # the cluster's token; nothing else of this process's Ray setup
+        server = start_server(folder, self.database_url, *self.args, env=env, data_dir=self.data_dir)
+        self.servers.append(server)
+        return server
+
+    @property
+    def alive(self) -> list[RunningServer]:
+        return [s for s in self.servers if s.process.poll() is None]
+
+    def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        url = self.database_url.replace("postgresql+psycopg://", "postgresql://", 1)
+        with psycopg.connect(url, autocommit=True) as conn:
+            return conn.execute(sql, params).fetchall()  # type: ignore[arg-type]
+
+    def owner(self, kind: str) -> RunningServer | None:
+        rows = self.query("SELECT owner FROM work_leases WHERE kind = %s", kind)
+        pids = {int(owner.split(":")[1]) for (owner,) in rows}
+        return next((s for s in self.servers if s.process.pid in pids), None)
+
+    def close(self) -> None:
+        for server in self.alive:
+            stop_server(server)
+        self.drop()
+
+
+@pytest.fixture(scope="module")
+def deployment(ray_cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:  # noqa: F811
+    deployment = Deployment(ray_cluster, tmp_path_factory.mktemp("ray-deployment"))
+    yield deployment
+    deployment.close()
+
+
+def _recognizer_status(server: RunningServer, arn: str) -> dict[str, Any]:
+    return server.client("comprehend").describe_entity_recognizer(EntityRecognizerArn=arn)[
+        "EntityRecognizerProperties"
+    ]
+
+
+def _train(deployment: Deployment, server: RunningServer, docs: int) -> str:
+    config = upload(deployment.data_dir, "training", unique("corpus"), docs=docs)
+    return server.client("comprehend").create_entity_recognizer(
+        RecognizerName=unique("rec"), LanguageCode="en", DataAccessRoleArn=ROLE, InputDataConfig=config
+    )["EntityRecognizerArn"]
+
+
+def _trained(server: RunningServer, arn: str) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        props = _recognizer_status(server, arn)
+        assert props["Status"] not in ("IN_ERROR", "STOPPED"), props.get("Message")
+        return props if props["Status"] in ("TRAINED", "TRAINED_WITH_WARNING") else None
+
+    return wait_until(done, timeout=240, interval=0.2, what=f"{arn} TRAINED")
+
+
+def test_training_detection_and_an_endpoint_run_as_ray_actors(deployment):
+    first, second = deployment.alive
+    arn = _train(deployment, first, docs=120)
+    wait_until(lambda: _recognizer_status(second, arn)["Status"] == "TRAINING", timeout=90, what="TRAINING")
+    # Nothing runs in the servers' own worker processes: the training is an actor on the cluster.
+    assert worker_pids(first.process.pid) == [] and worker_pids(second.process.pid) == []
+    props = _trained(second, arn)
+    assert props["RecognizerMetadata"]["EvaluationMetrics"]["F1Score"] > 50
+
+    # An entities detection job on it.
+    client = second.client("comprehend")
+    documents = ["Alice Smith flew to Paris.", "Bob Jones sold a Kalo Series X in Lyon."] * 10
+    input_uri = _put_text(deployment.data_dir, "ray-jobs", "in/docs.txt", "\n".join(documents))
+    job = client.start_entities_detection_job(
+        JobName=unique("job"), EntityRecognizerArn=arn, LanguageCode="en", DataAccessRoleArn=ROLE,
+        InputDataConfig={"S3Uri": input_uri, "InputFormat": "ONE_DOC_PER_LINE"},
+        OutputDataConfig={"S3Uri": "s3://ray-jobs/out/"},
+    )["JobId"]  # fmt: skip
+    done = wait_until(
+        lambda: (p := first.client("comprehend").describe_entities_detection_job(JobId=job)[
+            "EntitiesDetectionJobProperties"
+        ])["JobStatus"] in ("COMPLETED", "FAILED") and p,
+        timeout=120, what="the job to end",
+    )  # fmt: skip
+    assert done["JobStatus"] == "COMPLETED", done.get("Message")
+
+    # An endpoint, answering through both servers.
+    endpoint = first.client("comprehend").create_endpoint(
+        EndpointName=unique("ep"), ModelArn=arn, DesiredInferenceUnits=1
+    )["EndpointArn"]
+
+    def in_service() -> bool:
+        return client.describe_endpoint(EndpointArn=endpoint)["EndpointProperties"]["Status"] == "IN_SERVICE"
+
+    wait_until(in_service, timeout=120, what="IN_SERVICE")
+    found = [
+        server.client("comprehend").detect_entities(Text="Alice Smith flew to Paris.", EndpointArn=endpoint)
+        for server in (first, second)
+    ]
+    assert found[0]["Entities"] == found[1]["Entities"] != []
+    client.delete_endpoint(EndpointArn=endpoint)
+
+
+def _put_text(data_dir: Path, bucket: str, key: str, text: str) -> str:
+    path = data_dir / "s3" / bucket / key
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text + "\n")
+    return f"s3://{bucket}/{key}"
+
+
+def test_a_training_outlives_the_api_server_that_started_it(deployment):
+    first, second = deployment.alive
+    arn = _train(deployment, first, docs=200)
+    wait_until(lambda: _recognizer_status(second, arn)["Status"] == "TRAINING", timeout=90, what="TRAINING")
+    owner = wait_until(lambda: deployment.owner("training"), what="the training's lease")
+    survivor = second if owner is first else first
+    [(attempt,)] = deployment.query("SELECT attempt FROM entity_recognizers WHERE arn = %s", arn)
+    owner.process.kill()  # kill -9; the actor on the cluster goes on training
+    owner.process.wait()
+    wait_until(lambda: deployment.owner("training") is survivor, timeout=30, what="the survivor's lease")
+    _trained(survivor, arn)
+    [(final,)] = deployment.query("SELECT attempt FROM entity_recognizers WHERE arn = %s", arn)
+    assert final == attempt  # adopted, not started again
+    assert "interrupted" not in survivor.log()
+    deployment.start()
+
+
+def test_a_processor_runs_again_on_another_node_when_its_node_dies(deployment):
+    first, second = deployment.alive
+    rek, kinesis = first.client("rekognition"), second.client("kinesis")
+    collection, output, name = unique("staff"), unique("results"), unique("sp")
+    rek.create_collection(CollectionId=collection)
+    rek.index_faces(CollectionId=collection, Image={"Bytes": (DATA / "grace_hopper.jpg").read_bytes()})
+    kinesis.create_stream(StreamName=output, ShardCount=1)
+    stream_arn = kinesis.describe_stream_summary(StreamName=output)["StreamDescriptionSummary"]["StreamARN"]
+    rek.create_stream_processor(
+        Name=name,
+        Input={"KinesisVideoStream": {"Arn": f"arn:aws:kinesisvideo:{REGION}:{ACCOUNT}:stream/cam/1"}},
+        Output={"KinesisDataStream": {"Arn": stream_arn}},
+        Settings={"FaceSearch": {"CollectionId": collection, "FaceMatchThreshold": 70.0}},
+        RoleArn=f"arn:aws:iam::{ACCOUNT}:role/rekognition",
+    )
+    rek.start_stream_processor(Name=name)
+    records = Records(kinesis, output)
+    wait_until(lambda: len(records.read()) >= 3, timeout=90, what="records")
+    node = wait_until(lambda: _node_of(deployment.cluster, name), what="the node running the processor")
+    deployment.cluster.add_worker(f"{node}_successor")  # the cluster keeps its size for whoever comes next
+    deployment.cluster.kill_node(node)
+    killed = time.time()
+
+    def resumed() -> bool:
+        return any(r["InputInformation"]["KinesisVideo"]["ServerTimestamp"] > killed for r in records.read())
+
+    wait_until(resumed, timeout=60, what="records after the node died")
+    assert rek.describe_stream_processor(Name=name)["Status"] == "RUNNING"
+    assert _node_of(deployment.cluster, name) not in (None, node)
+    rek.stop_stream_processor(Name=name)
+    wait_until(lambda: rek.describe_stream_processor(Name=name)["Status"] == "STOPPED", what="STOPPED")
+
+
+def _node_of(cluster: RayCluster, processor: str) -> str | None:
+    """The worker node whose processes run the processor's worker (it names its thread, the actor's)."""
+    for name, node in cluster.workers.items():
+        for pid in node.pids():
+            for comm in Path(f"/proc/{pid}/task").glob("*/comm"):
+                try:
+                    thread = comm.read_text().strip()
+                except OSError:
+                    continue
+                if thread.startswith("mlharbor-sp ") and processor.startswith(
+                    thread.removeprefix("mlharbor-sp ")
+                ):
+                    return name
+    return None
+
+
+class Records:
+    def __init__(self, kinesis: Any, name: str) -> None:
+        self.kinesis, self.items = kinesis, []
+        shard = kinesis.list_shards(StreamName=name)["Shards"][0]["ShardId"]
+        self.iterator = kinesis.get_shard_iterator(
+            StreamName=name, ShardId=shard, ShardIteratorType="TRIM_HORIZON"
+        )["ShardIterator"]
+
+    def read(self) -> list[dict[str, Any]]:
+        response = self.kinesis.get_records(ShardIterator=self.iterator, Limit=1000)
+        self.iterator = response["NextShardIterator"]
+        self.items += [json.loads(r["Data"]) for r in response["Records"]]
+        return self.items
