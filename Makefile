@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test install install-test lint bench bench-train bench-faces bench-stream bench-kvs bench-outputs bench-s3 bench-soak clean
+.PHONY: serve test install install-test lint bench bench-train bench-faces bench-stream bench-kvs bench-outputs bench-s3 bench-scale bench-soak clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 is required ($(PYTHON) not found)"; exit 1; }
@@ -54,6 +54,11 @@ bench-outputs: install-test
 # same disk, ListObjectsV2 over 100k keys, server RSS while streaming 1 GB (~6 min); S3_ARGS="--quick" smoke-tests.
 bench-s3: install-test
 	$(BIN)/python bench/s3.py $(S3_ARGS)
+
+# Scale-out: API throughput with 1 vs 2 servers on one PostgreSQL database, server death (work taken over), and
+# with SCALE_ARGS="--ray" the Ray runtime vs local workers (Stop, Create → TRAINING, node death, memory) (~5 min).
+bench-scale: install-test
+	$(BIN)/python bench/scale.py $(SCALE_ARGS)
 
 # kill -9 soak: 8 random kills of the server / its workers during training and streaming (~3 min, SQLite);
 # SOAK_ARGS="--database postgresql" runs it on a fresh PostgreSQL database. Exits non-zero on any FAIL.

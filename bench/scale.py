@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -55,7 +57,9 @@ DATA = ROOT / "tests" / "data"
 
 # --- Servers ---------------------------------------------------------------------------------------------
 @contextmanager
-def cluster(workdir: Path, count: int, *args: str) -> Iterator[list[Server]]:
+def cluster(
+    workdir: Path, count: int, *args: str, env: dict[str, str] | None = None
+) -> Iterator[list[Server]]:
     """``count`` servers on one fresh PostgreSQL database and one data folder."""
     url, drop = postgres_database()
     servers: list[Server] = []
@@ -64,7 +68,7 @@ def cluster(workdir: Path, count: int, *args: str) -> Iterator[list[Server]]:
             folder = workdir / f"server-{n}"
             folder.mkdir(parents=True)
             shared = ["--database-url", url, "--data-dir", str(workdir / "data"), *args]
-            servers.append(start_server(folder, args=shared))
+            servers.append(start_server(folder, env=env, args=shared))
         yield servers
     finally:
         for server in servers:
@@ -188,6 +192,8 @@ def death_round(
         return None, None, "no server holds the processor's lease", alive[0]
     survivor = next(s for s in alive if s is not victim)
     records.kinesis = aws_client(survivor, "kinesis")
+    # Not reaped until the round ends: its process still exists, so the survivor waits for the lease to run
+    # out, as one on another machine would (on one machine a gone predecessor is taken over at once).
     victim.proc.kill()
     killed, killed_wall = time.monotonic(), time.time()
     owned = wait_for(lambda: lease_owner_pid(database_url, "stream") == survivor.proc.pid, 30)
@@ -247,6 +253,144 @@ def _args_of(server: Server) -> list[str]:
     return args[start:]
 
 
+# --- The Ray runtime vs local worker processes --------------------------------------------------------------
+def _stop_latency(server: Server, rounds: int) -> tuple[list[float], float | None]:
+    """StopStreamProcessor → STOPPED, ``rounds`` times; and the RSS (MB) of the process running the worker."""
+    rek = aws_client(server, "rekognition")
+    latencies, rss = [], None
+    for _ in range(rounds):
+        name, records = start_processor([server])
+        if not wait_for(lambda r=records: len(r.read()) >= 3, 90, 0.1):
+            break
+        rss = rss or _worker_rss(name)
+        started = time.monotonic()
+        rek.stop_stream_processor(Name=name)
+        if wait_for(lambda n=name: rek.describe_stream_processor(Name=n)["Status"] == "STOPPED", 30, 0.005):
+            latencies.append(time.monotonic() - started)
+        rek.delete_stream_processor(Name=name)
+    return latencies, rss
+
+
+def _worker_rss(processor: str) -> float | None:
+    """RSS (MB) of the process whose thread (the actor's) or main thread is the processor's worker."""
+    prefix = "mlharbor-sp "
+    for comm in Path("/proc").glob("[0-9]*/task/*/comm"):
+        try:
+            thread = comm.read_text().strip()
+            if thread.startswith(prefix) and processor.startswith(thread.removeprefix(prefix)):
+                status = (comm.parent.parent.parent / "status").read_text()
+                return int(status.split("VmRSS:")[1].split()[0]) / 1024
+        except (OSError, IndexError, ValueError):
+            continue
+    return None
+
+
+def _training_start(server: Server, rounds: int) -> list[float]:
+    """CreateEntityRecognizer → DescribeEntityRecognizer says TRAINING."""
+    from tests.services.comprehend.corpus import upload
+
+    client = aws_client(server, "comprehend")
+    args = [str(a) for a in server.proc.args]  # type: ignore[union-attr]
+    data_dir = Path(args[len(args) - 1 - args[::-1].index("--data-dir") + 1])  # the last one given wins
+    latencies = []
+    for n in range(rounds):
+        config = upload(data_dir, "training", f"bench-{time.time_ns()}", docs=60)
+        started = time.monotonic()
+        arn = client.create_entity_recognizer(
+            RecognizerName=f"bench-{n}-{time.time_ns()}", LanguageCode="en", InputDataConfig=config,
+            DataAccessRoleArn=f"arn:aws:iam::{ACCOUNT}:role/comprehend",
+        )["EntityRecognizerArn"]  # fmt: skip
+
+        def status(a: str = arn) -> str:
+            return client.describe_entity_recognizer(EntityRecognizerArn=a)["EntityRecognizerProperties"][
+                "Status"
+            ]
+
+        if wait_for(lambda: status() != "SUBMITTED", 60, 0.005):
+            latencies.append(time.monotonic() - started)
+        with contextlib.suppress(Exception):  # it may have failed or finished already: only the start counts
+            client.stop_training_entity_recognizer(EntityRecognizerArn=arn)
+        wait_for(lambda: status() in ("STOPPED", "TRAINED", "IN_ERROR"), 60)
+    return latencies
+
+
+def _node_death(server: Server, ray: Any) -> float | None:
+    """A processor's worker node killed: seconds until its records resume (on another node)."""
+    name, records = start_processor([server])
+    if not wait_for(lambda: len(records.read()) >= 3, 90, 0.1):
+        return None
+    node = wait_for(lambda: _node_of(ray, name), 20)
+    if node is None:
+        return None
+    ray.add_worker(f"{node}_next")
+    ray.kill_node(node)
+    killed, killed_wall = time.monotonic(), time.time()
+
+    def resumed() -> bool:
+        return any(
+            r["InputInformation"]["KinesisVideo"]["ServerTimestamp"] > killed_wall for r in records.read()
+        )
+
+    return time.monotonic() - killed if wait_for(resumed, 60) else None
+
+
+def _node_of(ray: Any, processor: str) -> str | None:
+    for name, node in ray.workers.items():
+        for pid in node.pids():
+            for comm in Path(f"/proc/{pid}/task").glob("*/comm"):
+                try:
+                    thread = comm.read_text().strip()
+                except OSError:
+                    continue
+                if thread.startswith("mlharbor-sp ") and processor.startswith(
+                    thread.removeprefix("mlharbor-sp ")
+                ):
+                    return name
+    return None
+
+
+def ray_runtime(workdir: Path, args: argparse.Namespace) -> list[str]:
+    from tests.runtime.ray_cluster import running_ray_cluster
+
+    video = write_video(workdir / "ray-hopper.mp4", portrait_frames(20), fps=10)
+    measured: dict[str, dict[str, Any]] = {}
+    node_death: float | None = None
+    with running_ray_cluster(head_cpus=0) as ray:
+        for runtime in ("local", "ray"):
+            extra = ("--runtime", ray.client_address) if runtime == "ray" else ()
+            env = ray.driver_env({}) if runtime == "ray" else None
+            folder = workdir / f"runtime-{runtime}"
+            with cluster(folder, 1, *extra, "--video-stream", f"cam={video}", env=env) as [server]:
+                stops, rss = _stop_latency(server, args.rounds)
+                starts = _training_start(server, args.rounds)
+                measured[runtime] = {"stop": stops, "start": starts, "rss": rss}
+                if runtime == "ray":
+                    node_death = _node_death(server, ray)
+    rows = []
+    for runtime, m in measured.items():
+        rows.append([
+            runtime, fmt(statistics.median(m["stop"]) if m["stop"] else None, ".3f", " s"),
+            fmt(max(m["stop"]) if m["stop"] else None, ".3f", " s"),
+            fmt(statistics.median(m["start"]) if m["start"] else None, ".3f", " s"),
+            fmt(m["rss"], ".0f", " MB"),
+        ])  # fmt: skip
+    print(f"\nRuntime: local worker processes vs Ray actors (one server, {args.rounds} rounds each)")
+    print_table(
+        ["runtime", "Stop → STOPPED (median)", "(worst)", "Create → TRAINING (median)", "stream worker RSS"],
+        rows, right={1, 2, 3, 4},
+    )  # fmt: skip
+    ray_stops = measured.get("ray", {}).get("stop") or []
+    worst_stop = max(ray_stops) if len(ray_stops) == args.rounds else None
+    stop_problem = None if worst_stop is not None else "not every stop through Ray was measured"
+    print(f"\nRay worker node killed → the processor's records again: {fmt(node_death, '.2f', ' s')}")
+    return [
+        f"Stop through Ray: worst {fmt(worst_stop, '.3f', ' s')} (target <= {RAY_STOP_TARGET_S} s): "
+        f"{verdict(worst_stop, RAY_STOP_TARGET_S, at_most=True, problem=stop_problem)}",
+        f"Ray node death -> records again: {fmt(node_death, '.2f', ' s')} "
+        f"(target <= {RECOVERY_TARGET_S:g} s): {verdict(node_death, RECOVERY_TARGET_S, at_most=True)}",
+    ]
+
+
 # --- Main --------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
@@ -258,6 +402,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deaths", type=int, default=3, help="server deaths to measure")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-death", action="store_true")
+    parser.add_argument("--ray", action="store_true", help="also the Ray runtime (a loopback Ray cluster)")
+    parser.add_argument("--rounds", type=int, default=3, help="stops and starts measured per runtime")
     args = parser.parse_args(argv)
     verdicts: list[str] = []
     with tempfile.TemporaryDirectory(prefix="mlharbor-scale-") as tmp:
@@ -266,6 +412,8 @@ def main(argv: list[str] | None = None) -> int:
             verdicts += throughput(workdir, args)
         if not args.skip_death:
             verdicts += server_death(workdir, args)
+        if args.ray:
+            verdicts += ray_runtime(workdir, args)
     print("\nTargets")
     for line in verdicts:
         print(f"  {line}")
