@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import statistics
 import sys
 import tempfile
@@ -42,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.conftest import postgres_database  # noqa: E402
+from tests.deployment import Records, node_of, worker_threads  # noqa: E402
 from tests.engines.video_files import portrait_frames, write_video  # noqa: E402
 
 import api_throughput as api  # noqa: E402  (bench/api_throughput.py: the load generator)
@@ -143,22 +143,6 @@ def wait_for(predicate: Any, timeout: float, interval: float = 0.02) -> Any:
     return None
 
 
-class Records:
-    def __init__(self, kinesis: Any, name: str) -> None:
-        self.kinesis = kinesis
-        shard = kinesis.list_shards(StreamName=name)["Shards"][0]["ShardId"]
-        self.iterator = kinesis.get_shard_iterator(
-            StreamName=name, ShardId=shard, ShardIteratorType="TRIM_HORIZON"
-        )["ShardIterator"]
-        self.items: list[dict[str, Any]] = []
-
-    def read(self) -> list[dict[str, Any]]:
-        response = self.kinesis.get_records(ShardIterator=self.iterator, Limit=1000)
-        self.iterator = response["NextShardIterator"]
-        self.items += [json.loads(r["Data"]) for r in response["Records"]]
-        return self.items
-
-
 def start_processor(servers: list[Server]) -> tuple[str, Records]:
     rek, kinesis = aws_client(servers[0], "rekognition"), aws_client(servers[-1], "kinesis")
     collection, output, name = "staff", f"results-{time.time_ns()}", f"sp-{time.time_ns()}"
@@ -199,12 +183,7 @@ def death_round(
     owned = wait_for(lambda: lease_owner_pid(database_url, "stream") == survivor.proc.pid, 30)
     taken = time.monotonic() - killed if owned else None
 
-    def resumed() -> bool:
-        return any(
-            r["InputInformation"]["KinesisVideo"]["ServerTimestamp"] > killed_wall for r in records.read()
-        )
-
-    recovered = time.monotonic() - killed if wait_for(resumed, 60) else None
+    recovered = time.monotonic() - killed if wait_for(lambda: records.after(killed_wall), 60) else None
     rek = aws_client(survivor, "rekognition")
     rek.stop_stream_processor(Name=name)
     wait_for(lambda: rek.describe_stream_processor(Name=name)["Status"] == "STOPPED", 30)
@@ -273,13 +252,11 @@ def _stop_latency(server: Server, rounds: int) -> tuple[list[float], float | Non
 
 def _worker_rss(processor: str) -> float | None:
     """RSS (MB) of the process whose thread (the actor's) or main thread is the processor's worker."""
-    prefix = "mlharbor-sp "
-    for comm in Path("/proc").glob("[0-9]*/task/*/comm"):
+    pids = [int(p.name) for p in Path("/proc").glob("[0-9]*")]
+    for task in worker_threads(pids, processor):
         try:
-            thread = comm.read_text().strip()
-            if thread.startswith(prefix) and processor.startswith(thread.removeprefix(prefix)):
-                status = (comm.parent.parent.parent / "status").read_text()
-                return int(status.split("VmRSS:")[1].split()[0]) / 1024
+            status = (task.parent.parent / "status").read_text()
+            return int(status.split("VmRSS:")[1].split()[0]) / 1024
         except (OSError, IndexError, ValueError):
             continue
     return None
@@ -319,34 +296,14 @@ def _node_death(server: Server, ray: Any) -> float | None:
     name, records = start_processor([server])
     if not wait_for(lambda: len(records.read()) >= 3, 90, 0.1):
         return None
-    node = wait_for(lambda: _node_of(ray, name), 20)
+    node = wait_for(lambda: node_of(ray, name), 20)
     if node is None:
         return None
     ray.add_worker(f"{node}_next")
     ray.kill_node(node)
     killed, killed_wall = time.monotonic(), time.time()
 
-    def resumed() -> bool:
-        return any(
-            r["InputInformation"]["KinesisVideo"]["ServerTimestamp"] > killed_wall for r in records.read()
-        )
-
-    return time.monotonic() - killed if wait_for(resumed, 60) else None
-
-
-def _node_of(ray: Any, processor: str) -> str | None:
-    for name, node in ray.workers.items():
-        for pid in node.pids():
-            for comm in Path(f"/proc/{pid}/task").glob("*/comm"):
-                try:
-                    thread = comm.read_text().strip()
-                except OSError:
-                    continue
-                if thread.startswith("mlharbor-sp ") and processor.startswith(
-                    thread.removeprefix("mlharbor-sp ")
-                ):
-                    return name
-    return None
+    return time.monotonic() - killed if wait_for(lambda: records.after(killed_wall), 60) else None
 
 
 def ray_runtime(workdir: Path, args: argparse.Namespace) -> list[str]:

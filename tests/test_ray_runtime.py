@@ -6,7 +6,6 @@ dies has its processor started again on the other node."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +24,7 @@ from tests.conftest import (
     wait_until,
     worker_pids,
 )
+from tests.deployment import Records, node_of
 from tests.engines.video_files import portrait_frames, write_video
 from tests.runtime.ray_cluster import RayCluster, ray_cluster  # noqa: F401  (the session's cluster)
 from tests.services.comprehend.conftest import ROLE
@@ -187,47 +187,13 @@ def test_a_processor_runs_again_on_another_node_when_its_node_dies(deployment):
     rek.start_stream_processor(Name=name)
     records = Records(kinesis, output)
     wait_until(lambda: len(records.read()) >= 3, timeout=90, what="records")
-    node = wait_until(lambda: _node_of(deployment.cluster, name), what="the node running the processor")
+    node = wait_until(lambda: node_of(deployment.cluster, name), what="the node running the processor")
     deployment.cluster.add_worker(f"{node}_successor")  # the cluster keeps its size for whoever comes next
     deployment.cluster.kill_node(node)
     killed = time.time()
 
-    def resumed() -> bool:
-        return any(r["InputInformation"]["KinesisVideo"]["ServerTimestamp"] > killed for r in records.read())
-
-    wait_until(resumed, timeout=60, what="records after the node died")
+    wait_until(lambda: records.after(killed), timeout=60, what="records after the node died")
     assert rek.describe_stream_processor(Name=name)["Status"] == "RUNNING"
-    assert _node_of(deployment.cluster, name) not in (None, node)
+    assert node_of(deployment.cluster, name) not in (None, node)
     rek.stop_stream_processor(Name=name)
     wait_until(lambda: rek.describe_stream_processor(Name=name)["Status"] == "STOPPED", what="STOPPED")
-
-
-def _node_of(cluster: RayCluster, processor: str) -> str | None:
-    """The worker node whose processes run the processor's worker (it names its thread, the actor's)."""
-    for name, node in cluster.workers.items():
-        for pid in node.pids():
-            for comm in Path(f"/proc/{pid}/task").glob("*/comm"):
-                try:
-                    thread = comm.read_text().strip()
-                except OSError:
-                    continue
-                if thread.startswith("mlharbor-sp ") and processor.startswith(
-                    thread.removeprefix("mlharbor-sp ")
-                ):
-                    return name
-    return None
-
-
-class Records:
-    def __init__(self, kinesis: Any, name: str) -> None:
-        self.kinesis, self.items = kinesis, []
-        shard = kinesis.list_shards(StreamName=name)["Shards"][0]["ShardId"]
-        self.iterator = kinesis.get_shard_iterator(
-            StreamName=name, ShardId=shard, ShardIteratorType="TRIM_HORIZON"
-        )["ShardIterator"]
-
-    def read(self) -> list[dict[str, Any]]:
-        response = self.kinesis.get_records(ShardIterator=self.iterator, Limit=1000)
-        self.iterator = response["NextShardIterator"]
-        self.items += [json.loads(r["Data"]) for r in response["Records"]]
-        return self.items

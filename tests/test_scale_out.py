@@ -4,7 +4,6 @@ dies (kill -9) is taken over by another within a few seconds, with no attempt wa
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ from tests.conftest import (
     unique,
     wait_until,
 )
+from tests.deployment import Records
 from tests.engines.video_files import portrait_frames, write_video
 from tests.services.comprehend.conftest import ROLE
 from tests.services.comprehend.corpus import upload
@@ -203,10 +203,7 @@ def test_a_stream_processor_whose_server_dies_runs_again_on_another(cluster):
     records.kinesis = kinesis = survivor.client("kinesis")
     wait_until(lambda: cluster.owners("stream") == [survivor], timeout=20, what="the survivor's lease")
 
-    def resumed() -> bool:
-        return any(r["InputInformation"]["KinesisVideo"]["ServerTimestamp"] > killed for r in records.read())
-
-    wait_until(resumed, timeout=60, what="records after the death")
+    wait_until(lambda: records.after(killed), timeout=60, what="records after the death")
     rek = survivor.client("rekognition")
     assert rek.describe_stream_processor(Name=name)["Status"] == "RUNNING"
     [(final,)] = cluster.query("SELECT attempt FROM stream_processors WHERE name = %s", name)
@@ -215,20 +212,3 @@ def test_a_stream_processor_whose_server_dies_runs_again_on_another(cluster):
     wait_until(lambda: rek.describe_stream_processor(Name=name)["Status"] == "STOPPED", what="STOPPED")
     wait_until(lambda: not cluster.owners("stream"), what="the lease released")
     cluster.start()
-
-
-class Records:
-    """Everything put on one (MLHarbor) Kinesis stream so far (one shard), decoded."""
-
-    def __init__(self, kinesis: Any, name: str) -> None:
-        self.kinesis, self.items = kinesis, []
-        shard = kinesis.list_shards(StreamName=name)["Shards"][0]["ShardId"]
-        self.iterator = kinesis.get_shard_iterator(
-            StreamName=name, ShardId=shard, ShardIteratorType="TRIM_HORIZON"
-        )["ShardIterator"]
-
-    def read(self) -> list[dict[str, Any]]:
-        response = self.kinesis.get_records(ShardIterator=self.iterator, Limit=1000)
-        self.iterator = response["NextShardIterator"]
-        self.items += [json.loads(r["Data"]) for r in response["Records"]]
-        return self.items

@@ -23,7 +23,7 @@ from mlharbor.blobs.store import BlobStore, open_blob_store
 from mlharbor.config import Settings
 from mlharbor.context import Server
 from mlharbor.runtime.backends import open_executor
-from mlharbor.runtime.leases import Leases, new_owner_id
+from mlharbor.runtime.leases import LeaderPass, Leases, new_owner_id
 from mlharbor.runtime.reconciler import Reconciler
 from mlharbor.runtime.supervisor import Supervisor
 from mlharbor.services import attempts
@@ -82,8 +82,14 @@ def build_server(settings: Settings) -> Server:
     server.supervisor = supervisor
     reconciler.register("long work", supervisor.run_once)
     server.shutdown_hooks.append(lambda: pullers.stop(supervisor))
-    reconciler.register("video fragment retention", RetentionPass(server).reconcile)
-    reconciler.register("kinesis record retention", KinesisRetention(server).reconcile)
+    # Retention deletes what expired: one server of a deployment at a time is enough.
+    reconciler.register(
+        "video fragment retention", LeaderPass(leases, "video-retention", RetentionPass(server).reconcile)
+    )
+    reconciler.register(
+        "kinesis record retention",
+        LeaderPass(leases, "kinesis-retention", KinesisRetention(server).reconcile),
+    )
     # SNS HTTP/S deliveries: Publish hands its own to the deliverer at once; this pass sends retries and what
     # other (or stopped) servers left.
     sns = SnsDeliverer(server)

@@ -381,3 +381,21 @@ def test_a_worker_that_depends_on_its_dead_server_is_stopped_and_replaced_not_ad
     assert b.executor.adopted == ["test|arn:thing/1|attempt-1"]
     assert set(b.executor.stops) == {"test|arn:thing/1|attempt-1"}  # adopted only to be stopped
     assert [w for w, _ in b.executor.submitted] == ["test|arn:thing/1|attempt-2"]
+
+
+def test_a_leader_pass_runs_on_one_server_at_a_time(store, clock):
+    from mlharbor.runtime.leases import LeaderPass
+
+    runs: list[str] = []
+    a = LeaderPass(Leases(store, "a", TTL, clock=lambda: clock[0]), "retention", lambda: runs.append("a"))
+    b = LeaderPass(Leases(store, "b", TTL, clock=lambda: clock[0]), "retention", lambda: runs.append("b"))
+    for _ in range(3):
+        a()
+        b()
+        clock[0] += 1.0
+        a.leases.renew()
+    assert runs == ["a", "a", "a"]
+    clock[0] += TTL + 1  # a died
+    b()
+    a()  # a comes back: b leads now
+    assert runs[3:] == ["b"]

@@ -139,6 +139,14 @@ class Executor(Protocol):
         ...
 
 
+def returned_state(result: Any, stop_requested: bool) -> WorkState:
+    """How a work function that returned ``result`` ended: as the result's ``"stopped"`` key says (the
+    function knows whether it finished its work), else stopped if a stop was requested."""
+    if isinstance(result, dict) and "stopped" in result:
+        return "stopped" if result["stopped"] else "succeeded"
+    return "stopped" if stop_requested else "succeeded"
+
+
 def check_target(target: str) -> tuple[str, str]:
     """Split ``"package.module:function"``; raises ValueError when malformed.
 

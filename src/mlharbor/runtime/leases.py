@@ -196,3 +196,27 @@ class Renewer:
                 self.leases.renew()
             except Exception:  # the database may be briefly unreachable: try again next time
                 log.warning("renewing work leases failed", exc_info=True)
+
+
+class LeaderPass:
+    """A reconcile pass that one server of a deployment runs at a time (retention: every server deleting the
+    same expired rows would only waste work): whichever holds the pass's lease, ``pass|<name>|leader``,
+    renewed with the server's other leases and taken over when its holder died."""
+
+    def __init__(self, leases: Leases, name: str, run: Callable[[], None]) -> None:
+        self.leases, self.run = leases, run
+        self.work_id = WorkId("pass", name, "leader")
+
+    def __call__(self) -> None:
+        if self._lead():
+            self.run()
+
+    def _lead(self) -> bool:
+        with self.leases.store.read() as conn:
+            row = conn.execute(select(table).where(table.c.work_id == str(self.work_id))).first()
+        if row is None:
+            return self.leases.claim(self.work_id) is not None
+        lease = Lease(**row._mapping)
+        if self.leases.mine(lease):
+            return True
+        return self.leases.expired(lease) and self.leases.take_over(lease) is not None

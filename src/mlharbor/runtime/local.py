@@ -42,6 +42,7 @@ from .executor import (
     WorkStatus,
     check_target,
     load_target,
+    returned_state,
 )
 
 log = logging.getLogger(__name__)
@@ -364,11 +365,7 @@ class LocalExecutor:
         outcome = work.outcome
         if outcome is not None and outcome["type"] == "result":
             result = outcome["result"]
-            if isinstance(result, dict) and "stopped" in result:
-                stopped = bool(result["stopped"])  # the function said whether it finished its work
-            else:
-                stopped = work.stop_requested
-            return replace(base, state="stopped" if stopped else "succeeded", result=result)
+            return replace(base, state=returned_state(result, work.stop_requested), result=result)
         if outcome is not None:
             return replace(base, state="failed", error=outcome["error"], error_detail=outcome["detail"])
         if work.last_signal is not None:

@@ -71,6 +71,7 @@ from .executor import (
     WorkStatus,
     check_target,
     load_target,
+    returned_state,
 )
 
 log = logging.getLogger(__name__)
@@ -682,11 +683,7 @@ class RayExecutor:
         base = replace(item.status, ended_at=ended_at)
         if outcome["type"] == "result":
             result = outcome["result"]
-            if isinstance(result, dict) and "stopped" in result:
-                stopped = bool(result["stopped"])  # the function said whether it finished its work
-            else:
-                stopped = stop_requested
-            final = replace(base, state="stopped" if stopped else "succeeded", result=result)
+            final = replace(base, state=returned_state(result, stop_requested), result=result)
         else:
             final = replace(base, state="failed", error=outcome["error"], error_detail=outcome["detail"])
         self._finish(item, final)
