@@ -51,3 +51,62 @@ def node_of(cluster: Any, processor: str) -> str | None:
     return next(
         (name for name, node in cluster.workers.items() if worker_threads(node.pids(), processor)), None
     )
+
+
+class Deployment:
+    """Two servers on one PostgreSQL database and one data folder (standing in for a shared object store),
+    each pulling the same camera into Kinesis Video (only one of them does, holding its lease); ``args`` and
+    ``env`` go to every server (e.g. ``--runtime ray://...``)."""
+
+    def __init__(self, tmp: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        from tests.conftest import postgres_database
+        from tests.engines.video_files import portrait_frames, write_video
+
+        self.tmp, self.env = tmp, env
+        self.database_url, self.drop = postgres_database()
+        self.data_dir = tmp / "data"
+        video = write_video(tmp / "hopper.mp4", portrait_frames(20), fps=10)
+        self.args = (*args, "--video-stream", f"cam={video}")
+        self.servers: list[Any] = []
+        self.start()
+        self.start()
+
+    def start(self) -> Any:
+        from tests.conftest import start_server
+
+        folder = self.tmp / f"server-{len(self.servers)}"
+        folder.mkdir()
+        server = start_server(folder, self.database_url, *self.args, env=self.env, data_dir=self.data_dir)
+        self.servers.append(server)
+        return server
+
+    @property
+    def alive(self) -> list[Any]:
+        return [s for s in self.servers if s.process.poll() is None]
+
+    def other(self, server: Any) -> Any:
+        return next(s for s in self.alive if s is not server)
+
+    def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        import psycopg
+
+        url = self.database_url.replace("postgresql+psycopg://", "postgresql://", 1)
+        with psycopg.connect(url, autocommit=True) as conn:
+            return conn.execute(sql, params).fetchall()  # type: ignore[arg-type]
+
+    def owners(self, kind: str) -> list[Any]:
+        """The servers holding the leases of ``kind``'s work (by the pid in the owner id ``host:pid:…``)."""
+        rows = self.query("SELECT owner FROM work_leases WHERE kind = %s ORDER BY work_id", kind)
+        by_pid = {s.process.pid: s for s in self.servers}
+        return [by_pid[pid] for pid in (int(owner.split(":")[1]) for (owner,) in rows) if pid in by_pid]
+
+    def kill(self, server: Any) -> None:
+        server.process.kill()  # kill -9: no shutdown of any kind, its leases just stop being renewed
+        server.process.wait()
+
+    def close(self) -> None:
+        from tests.conftest import stop_server
+
+        for server in self.alive:
+            stop_server(server)
+        self.drop()

@@ -11,21 +11,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 
 from tests.conftest import (
     REGION,
     RunningServer,
-    postgres_database,
-    start_server,
-    stop_server,
     unique,
     wait_until,
     worker_pids,
 )
-from tests.deployment import Records, node_of
-from tests.engines.video_files import portrait_frames, write_video
+from tests.deployment import Deployment, Records, node_of
 from tests.runtime.ray_cluster import RayCluster, ray_cluster  # noqa: F401  (the session's cluster)
 from tests.services.comprehend.conftest import ROLE
 from tests.services.comprehend.corpus import upload
@@ -34,48 +29,13 @@ ACCOUNT = "000000000000"
 DATA = Path(__file__).parent / "data"
 
 
-class Deployment:
-    def __init__(self, cluster: RayCluster, tmp: Path) -> None:
-        self.cluster, self.tmp = cluster, tmp
-        self.database_url, self.drop = postgres_database()
-        self.data_dir = tmp / "data"
-        video = write_video(tmp / "hopper.mp4", portrait_frames(20), fps=10)
-        self.args = ("--runtime", cluster.client_address, "--video-stream", f"cam={video}")
-        self.servers: list[RunningServer] = []
-        self.start()
-        self.start()
-
-    def start(self) -> RunningServer:
-        folder = self.tmp / f"server-{len(self.servers)}"
-        folder.mkdir()
-        env = self.cluster.driver_env({})  # the cluster's token; nothing else of this process's Ray setup
-        server = start_server(folder, self.database_url, *self.args, env=env, data_dir=self.data_dir)
-        self.servers.append(server)
-        return server
-
-    @property
-    def alive(self) -> list[RunningServer]:
-        return [s for s in self.servers if s.process.poll() is None]
-
-    def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-        url = self.database_url.replace("postgresql+psycopg://", "postgresql://", 1)
-        with psycopg.connect(url, autocommit=True) as conn:
-            return conn.execute(sql, params).fetchall()  # type: ignore[arg-type]
-
-    def owner(self, kind: str) -> RunningServer | None:
-        rows = self.query("SELECT owner FROM work_leases WHERE kind = %s", kind)
-        pids = {int(owner.split(":")[1]) for (owner,) in rows}
-        return next((s for s in self.servers if s.process.pid in pids), None)
-
-    def close(self) -> None:
-        for server in self.alive:
-            stop_server(server)
-        self.drop()
-
-
 @pytest.fixture(scope="module")
 def deployment(ray_cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:  # noqa: F811
-    deployment = Deployment(ray_cluster, tmp_path_factory.mktemp("ray-deployment"))
+    # The cluster's token goes to the servers, nothing else of this process's Ray setup.
+    deployment = Deployment(
+        tmp_path_factory.mktemp("ray-deployment"), "--runtime", ray_cluster.client_address,
+        env=ray_cluster.driver_env({}),
+    )  # fmt: skip
     yield deployment
     deployment.close()
 
@@ -156,12 +116,11 @@ def test_a_training_outlives_the_api_server_that_started_it(deployment):
     first, second = deployment.alive
     arn = _train(deployment, first, docs=200)
     wait_until(lambda: _recognizer_status(second, arn)["Status"] == "TRAINING", timeout=90, what="TRAINING")
-    owner = wait_until(lambda: deployment.owner("training"), what="the training's lease")
-    survivor = second if owner is first else first
+    [owner] = wait_until(lambda: deployment.owners("training"), what="the training's lease")
+    survivor = deployment.other(owner)
     [(attempt,)] = deployment.query("SELECT attempt FROM entity_recognizers WHERE arn = %s", arn)
-    owner.process.kill()  # kill -9; the actor on the cluster goes on training
-    owner.process.wait()
-    wait_until(lambda: deployment.owner("training") is survivor, timeout=30, what="the survivor's lease")
+    deployment.kill(owner)  # kill -9; the actor on the cluster goes on training
+    wait_until(lambda: deployment.owners("training") == [survivor], timeout=30, what="the survivor's lease")
     _trained(survivor, arn)
     [(final,)] = deployment.query("SELECT attempt FROM entity_recognizers WHERE arn = %s", arn)
     assert final == attempt  # adopted, not started again
@@ -169,7 +128,7 @@ def test_a_training_outlives_the_api_server_that_started_it(deployment):
     deployment.start()
 
 
-def test_a_processor_runs_again_on_another_node_when_its_node_dies(deployment):
+def test_a_processor_runs_again_on_another_node_when_its_node_dies(deployment, ray_cluster):  # noqa: F811
     first, second = deployment.alive
     rek, kinesis = first.client("rekognition"), second.client("kinesis")
     collection, output, name = unique("staff"), unique("results"), unique("sp")
@@ -187,13 +146,13 @@ def test_a_processor_runs_again_on_another_node_when_its_node_dies(deployment):
     rek.start_stream_processor(Name=name)
     records = Records(kinesis, output)
     wait_until(lambda: len(records.read()) >= 3, timeout=90, what="records")
-    node = wait_until(lambda: node_of(deployment.cluster, name), what="the node running the processor")
-    deployment.cluster.add_worker(f"{node}_successor")  # the cluster keeps its size for whoever comes next
-    deployment.cluster.kill_node(node)
+    node = wait_until(lambda: node_of(ray_cluster, name), what="the node running the processor")
+    ray_cluster.add_worker(f"{node}_successor")  # the cluster keeps its size for whoever comes next
+    ray_cluster.kill_node(node)
     killed = time.time()
 
     wait_until(lambda: records.after(killed), timeout=60, what="records after the node died")
     assert rek.describe_stream_processor(Name=name)["Status"] == "RUNNING"
-    assert node_of(deployment.cluster, name) not in (None, node)
+    assert node_of(ray_cluster, name) not in (None, node)
     rek.stop_stream_processor(Name=name)
     wait_until(lambda: rek.describe_stream_processor(Name=name)["Status"] == "STOPPED", what="STOPPED")

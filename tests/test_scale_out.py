@@ -9,21 +9,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from botocore.exceptions import ClientError
 
 from tests.conftest import (
     REGION,
     RunningServer,
-    postgres_database,
-    start_server,
-    stop_server,
     unique,
     wait_until,
 )
-from tests.deployment import Records
-from tests.engines.video_files import portrait_frames, write_video
+from tests.deployment import Deployment, Records
 from tests.services.comprehend.conftest import ROLE
 from tests.services.comprehend.corpus import upload
 
@@ -32,62 +27,11 @@ DATA = Path(__file__).parent / "data"
 TRAINED: dict[str, str] = {}  # what the training test leaves for the endpoint test
 
 
-class Cluster:
-    """Two servers on one PostgreSQL database and one data folder (standing in for a shared object store),
-    each pulling the same camera into Kinesis Video (only one of them does, holding its lease)."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.database_url, self.drop = postgres_database()
-        self.data_dir = tmp / "data"
-        self.video = write_video(tmp / "hopper.mp4", portrait_frames(20), fps=10)
-        self.servers: list[RunningServer] = []
-        self.start()
-        self.start()
-
-    def start(self) -> RunningServer:
-        folder = self.tmp / f"server-{len(self.servers)}"
-        folder.mkdir()
-        args = ("--video-stream", f"cam={self.video}")
-        self.servers.append(start_server(folder, self.database_url, *args, data_dir=self.data_dir))
-        return self.servers[-1]
-
-    @property
-    def alive(self) -> list[RunningServer]:
-        return [s for s in self.servers if s.process.poll() is None]
-
-    def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-        url = self.database_url.replace("postgresql+psycopg://", "postgresql://", 1)
-        with psycopg.connect(url, autocommit=True) as conn:
-            return conn.execute(sql, params).fetchall()  # type: ignore[arg-type]
-
-    def owners(self, kind: str) -> list[RunningServer]:
-        """The servers holding the leases of ``kind``'s work (by the pid in the owner id)."""
-        pids = [int(owner.split(":")[-2]) for (owner,) in self.query(
-            "SELECT owner FROM work_leases WHERE kind = %s ORDER BY work_id", kind
-        )]  # fmt: skip
-        by_pid = {s.process.pid: s for s in self.servers}
-        return [by_pid[pid] for pid in pids if pid in by_pid]
-
-    def kill(self, server: RunningServer) -> None:
-        server.process.kill()  # kill -9: no shutdown of any kind, its leases just stop being renewed
-        server.process.wait()
-
-    def close(self) -> None:
-        for server in self.alive:
-            stop_server(server)
-        self.drop()
-
-
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    cluster = Cluster(tmp_path_factory.mktemp("cluster"))
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    cluster = Deployment(tmp_path_factory.mktemp("cluster"))
     yield cluster
     cluster.close()
-
-
-def other(cluster: Cluster, server: RunningServer) -> RunningServer:
-    return next(s for s in cluster.alive if s is not server)
 
 
 def test_a_training_whose_server_dies_is_finished_by_another_with_one_attempt_more(cluster):
@@ -105,7 +49,7 @@ def test_a_training_whose_server_dies_is_finished_by_another_with_one_attempt_mo
     wait_until(lambda: status(second)["Status"] == "TRAINING", timeout=60, what="TRAINING")
     [owner] = wait_until(lambda: cluster.owners("training"), what="the training's lease")
     [(attempt,)] = cluster.query("SELECT attempt FROM entity_recognizers WHERE arn = %s", arn)
-    survivor = other(cluster, owner)
+    survivor = cluster.other(owner)
     cluster.kill(owner)
     killed = time.monotonic()
     wait_until(lambda: cluster.owners("training") == [survivor], timeout=20, what="the survivor's lease")
@@ -155,7 +99,7 @@ def test_an_endpoint_answers_through_every_server_and_outlives_the_server_runnin
         clients[1].detect_entities(Text="Alice Smith.", EndpointArn=endpoint)
     assert throttled.value.response["Error"]["Code"] == "TooManyRequestsException"
     [owner] = cluster.owners("endpoint")
-    survivor = other(cluster, owner)
+    survivor = cluster.other(owner)
     cluster.kill(owner)
     answered = wait_until(lambda: _answers(detect, survivor), timeout=30, what="an answer after the death")
     assert answered
@@ -197,7 +141,7 @@ def test_a_stream_processor_whose_server_dies_runs_again_on_another(cluster):
     wait_until(lambda: len(records.read()) >= 3, timeout=90, what="records")
     [owner] = cluster.owners("stream")
     [(attempt,)] = cluster.query("SELECT attempt FROM stream_processors WHERE name = %s", name)
-    survivor = other(cluster, owner)
+    survivor = cluster.other(owner)
     cluster.kill(owner)
     killed = time.time()
     records.kinesis = kinesis = survivor.client("kinesis")
