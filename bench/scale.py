@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.conftest import postgres_database  # noqa: E402
-from tests.deployment import Records, node_of, worker_threads  # noqa: E402
+from tests.deployment import Records, node_of, start_face_search, worker_threads  # noqa: E402
 from tests.engines.video_files import portrait_frames, write_video  # noqa: E402
 
 import api_throughput as api  # noqa: E402  (bench/api_throughput.py: the load generator)
@@ -52,7 +52,6 @@ SPREAD_TARGET = 1.6
 P99_TARGET_MS = 10.0
 RECOVERY_TARGET_S = 5.0
 RAY_STOP_TARGET_S = 0.5
-DATA = ROOT / "tests" / "data"
 
 
 # --- Servers ---------------------------------------------------------------------------------------------
@@ -145,21 +144,7 @@ def wait_for(predicate: Any, timeout: float, interval: float = 0.02) -> Any:
 
 def start_processor(servers: list[Server]) -> tuple[str, Records]:
     rek, kinesis = aws_client(servers[0], "rekognition"), aws_client(servers[-1], "kinesis")
-    collection, output, name = "staff", f"results-{time.time_ns()}", f"sp-{time.time_ns()}"
-    if collection not in rek.list_collections()["CollectionIds"]:
-        rek.create_collection(CollectionId=collection)
-        rek.index_faces(CollectionId=collection, Image={"Bytes": (DATA / "grace_hopper.jpg").read_bytes()})
-    kinesis.create_stream(StreamName=output, ShardCount=1)
-    summary = kinesis.describe_stream_summary(StreamName=output)["StreamDescriptionSummary"]
-    rek.create_stream_processor(
-        Name=name,
-        Input={"KinesisVideoStream": {"Arn": f"arn:aws:kinesisvideo:us-east-1:{ACCOUNT}:stream/cam/1"}},
-        Output={"KinesisDataStream": {"Arn": summary["StreamARN"]}},
-        Settings={"FaceSearch": {"CollectionId": collection, "FaceMatchThreshold": 70.0}},
-        RoleArn=f"arn:aws:iam::{ACCOUNT}:role/rekognition",
-    )
-    rek.start_stream_processor(Name=name)
-    return name, Records(kinesis, output)
+    return start_face_search(rek, kinesis)
 
 
 def death_round(

@@ -4,9 +4,12 @@ records from MLHarbor's Kinesis, and finding the Ray node that runs a processor'
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
+ACCOUNT, REGION = "000000000000", "us-east-1"
+DATA = Path(__file__).parent / "data"
 WORKER_PREFIX = "mlharbor-sp "  # a stream worker names its thread (on Ray, the actor's) this, then its name
 
 
@@ -110,3 +113,24 @@ class Deployment:
         for server in self.alive:
             stop_server(server)
         self.drop()
+
+
+def start_face_search(rek: Any, kinesis: Any, *, start_with: Any = None) -> tuple[str, Records]:
+    """A face search processor on the camera ``cam``, searching a new collection with Grace Hopper's face
+    and writing to a new Kinesis stream; created through ``rek``, started through ``start_with`` (another
+    server's client; default ``rek``). Returns its name and its records."""
+    suffix = uuid.uuid4().hex[:12]
+    collection, output, name = f"staff-{suffix}", f"results-{suffix}", f"sp-{suffix}"
+    rek.create_collection(CollectionId=collection)
+    rek.index_faces(CollectionId=collection, Image={"Bytes": (DATA / "grace_hopper.jpg").read_bytes()})
+    kinesis.create_stream(StreamName=output, ShardCount=1)
+    stream_arn = kinesis.describe_stream_summary(StreamName=output)["StreamDescriptionSummary"]["StreamARN"]
+    rek.create_stream_processor(
+        Name=name,
+        Input={"KinesisVideoStream": {"Arn": f"arn:aws:kinesisvideo:{REGION}:{ACCOUNT}:stream/cam/1"}},
+        Output={"KinesisDataStream": {"Arn": stream_arn}},
+        Settings={"FaceSearch": {"CollectionId": collection, "FaceMatchThreshold": 70.0}},
+        RoleArn=f"arn:aws:iam::{ACCOUNT}:role/rekognition",
+    )
+    (start_with or rek).start_stream_processor(Name=name)
+    return name, Records(kinesis, output)

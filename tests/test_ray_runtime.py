@@ -14,19 +14,15 @@ from typing import Any
 import pytest
 
 from tests.conftest import (
-    REGION,
     RunningServer,
     unique,
     wait_until,
     worker_pids,
 )
-from tests.deployment import Deployment, Records, node_of
+from tests.deployment import Deployment, node_of, start_face_search
 from tests.runtime.ray_cluster import RayCluster, ray_cluster  # noqa: F401  (the session's cluster)
 from tests.services.comprehend.conftest import ROLE
 from tests.services.comprehend.corpus import upload
-
-ACCOUNT = "000000000000"
-DATA = Path(__file__).parent / "data"
 
 
 @pytest.fixture(scope="module")
@@ -130,21 +126,8 @@ def test_a_training_outlives_the_api_server_that_started_it(deployment):
 
 def test_a_processor_runs_again_on_another_node_when_its_node_dies(deployment, ray_cluster):  # noqa: F811
     first, second = deployment.alive
-    rek, kinesis = first.client("rekognition"), second.client("kinesis")
-    collection, output, name = unique("staff"), unique("results"), unique("sp")
-    rek.create_collection(CollectionId=collection)
-    rek.index_faces(CollectionId=collection, Image={"Bytes": (DATA / "grace_hopper.jpg").read_bytes()})
-    kinesis.create_stream(StreamName=output, ShardCount=1)
-    stream_arn = kinesis.describe_stream_summary(StreamName=output)["StreamDescriptionSummary"]["StreamARN"]
-    rek.create_stream_processor(
-        Name=name,
-        Input={"KinesisVideoStream": {"Arn": f"arn:aws:kinesisvideo:{REGION}:{ACCOUNT}:stream/cam/1"}},
-        Output={"KinesisDataStream": {"Arn": stream_arn}},
-        Settings={"FaceSearch": {"CollectionId": collection, "FaceMatchThreshold": 70.0}},
-        RoleArn=f"arn:aws:iam::{ACCOUNT}:role/rekognition",
-    )
-    rek.start_stream_processor(Name=name)
-    records = Records(kinesis, output)
+    rek = first.client("rekognition")
+    name, records = start_face_search(rek, second.client("kinesis"))
     wait_until(lambda: len(records.read()) >= 3, timeout=90, what="records")
     node = wait_until(lambda: node_of(ray_cluster, name), what="the node running the processor")
     ray_cluster.add_worker(f"{node}_successor")  # the cluster keeps its size for whoever comes next

@@ -6,24 +6,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
 
 from tests.conftest import (
-    REGION,
     RunningServer,
     unique,
     wait_until,
 )
-from tests.deployment import Deployment, Records
+from tests.deployment import Deployment, start_face_search
 from tests.services.comprehend.conftest import ROLE
 from tests.services.comprehend.corpus import upload
 
-ACCOUNT = "000000000000"
-DATA = Path(__file__).parent / "data"
 TRAINED: dict[str, str] = {}  # what the training test leaves for the endpoint test
 
 
@@ -90,11 +86,19 @@ def test_an_endpoint_answers_through_every_server_and_outlives_the_server_runnin
     # Whichever server runs the serving unit, both answer (the address is in the database).
     assert detect(first) == detect(second) != []
     # The endpoint's inference unit (100 characters/s) holds across the servers: the worker keeps it. A
-    # 1,000-character text uses ten seconds' worth; the next request, through the other server, must wait.
+    # 1,000-character text, admitted as soon as the unit has any capacity left, uses ten seconds' worth; the
+    # next request, through the other server, must wait.
     clients = [first.client("comprehend"), second.client("comprehend")]
-    time.sleep(1.5)  # let the unit's second of capacity fill up again (it refills continuously)
     long_text = ("Alice Smith flew to Paris. " * 40)[:1000]
-    clients[0].detect_entities(Text=long_text, EndpointArn=endpoint)
+
+    def admitted() -> bool:
+        try:
+            clients[0].detect_entities(Text=long_text, EndpointArn=endpoint)
+        except clients[0].exceptions.TooManyRequestsException:
+            return False
+        return True
+
+    wait_until(admitted, timeout=10, interval=0.1, what="the long text admitted")
     with pytest.raises(ClientError) as throttled:
         clients[1].detect_entities(Text="Alice Smith.", EndpointArn=endpoint)
     assert throttled.value.response["Error"]["Code"] == "TooManyRequestsException"
@@ -116,28 +120,11 @@ def _answers(detect: Callable[[RunningServer], Any], server: RunningServer) -> A
 
 def test_a_stream_processor_whose_server_dies_runs_again_on_another(cluster):
     first, second = cluster.alive
-    rek = first.client("rekognition")
-    rek.create_collection(CollectionId=(collection := unique("staff")))
-    rek.index_faces(CollectionId=collection, Image={"Bytes": (DATA / "grace_hopper.jpg").read_bytes()})
+    # Created on one server, started through the other; its records read through the other too.
     kinesis = second.client("kinesis")
-    output = unique("results")
-    kinesis.create_stream(StreamName=output, ShardCount=1)
-    wait_until(
-        lambda: kinesis.describe_stream_summary(StreamName=output)["StreamDescriptionSummary"]["StreamStatus"]
-        == "ACTIVE",
-        what="the output stream",
-    )  # fmt: skip
-    output_arn = kinesis.describe_stream_summary(StreamName=output)["StreamDescriptionSummary"]["StreamARN"]
-    name = unique("sp")
-    rek.create_stream_processor(
-        Name=name,
-        Input={"KinesisVideoStream": {"Arn": f"arn:aws:kinesisvideo:{REGION}:{ACCOUNT}:stream/cam/1"}},
-        Output={"KinesisDataStream": {"Arn": output_arn}},
-        Settings={"FaceSearch": {"CollectionId": collection, "FaceMatchThreshold": 70.0}},
-        RoleArn=f"arn:aws:iam::{ACCOUNT}:role/rekognition",
+    name, records = start_face_search(
+        first.client("rekognition"), kinesis, start_with=second.client("rekognition")
     )
-    second.client("rekognition").start_stream_processor(Name=name)
-    records = Records(kinesis, output)
     wait_until(lambda: len(records.read()) >= 3, timeout=90, what="records")
     [owner] = cluster.owners("stream")
     [(attempt,)] = cluster.query("SELECT attempt FROM stream_processors WHERE name = %s", name)

@@ -26,6 +26,7 @@ pytest.importorskip("ray")
 
 from mlharbor.runtime import Executor, ExecutorClosed, WorkAlreadyRunning, WorkContext, WorkStatus  # noqa: E402
 from mlharbor.runtime.raycluster import RayConnectError, RayExecutor, connect_ray, disconnect  # noqa: E402
+from tests.conftest import wait_until  # noqa: E402
 from tests.runtime.ray_cluster import RayCluster, ray_cluster  # noqa: E402, F401
 
 ROOT = str(Path(__file__).resolve().parents[2])
@@ -81,17 +82,6 @@ def exits_hard(ctx: WorkContext, payload: dict[str, Any]) -> None:
 # --- Helpers ------------------------------------------------------------------------------------------
 def target(name: str) -> str:
     return f"{MODULE}:{name}"
-
-
-def eventually(predicate: Callable[[], Any], timeout: float = TIMEOUT, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def alive(pid: int) -> bool:
@@ -181,11 +171,11 @@ def make(connected: RayCluster) -> Iterator[Make]:
         ids = [w for w, _, _ in recorder.calls]
         assert len(ids) == len(set(ids)), f"on_finished called more than once: {ids}"
         for work_id in ids:  # every finished actor was killed, which frees its name
-            eventually(lambda w=work_id: not actor_exists(w), what=f"the actor {work_id} to go away")
+            wait_until(lambda w=work_id: not actor_exists(w), what=f"the actor {work_id} to go away")
 
 
 def wait_heartbeat(executor: RayExecutor, work_id: str) -> WorkStatus:
-    return eventually(
+    return wait_until(
         lambda: (s := executor.status(work_id)) is not None and s.last_heartbeat is not None and s,
         what=f"a heartbeat from {work_id}",
     )
@@ -226,7 +216,7 @@ def test_result_succeeds_and_callback_fires_once(make: Make) -> None:
     assert executor.status("ok") == status  # finished work stays queryable
     assert executor.running() == []
     assert executor.request_stop("ok") is False  # finished: nothing to stop
-    eventually(lambda: not actor_exists("ok"), what="the finished actor to be killed")
+    wait_until(lambda: not actor_exists("ok"), what="the finished actor to be killed")
     executor.shutdown(timeout=1.0)
     assert recorder.count("ok") == 1
 
@@ -258,7 +248,7 @@ def test_heartbeats_report_progress_and_start_latency(make: Make) -> None:
     started_after = first.started_at - submitted
     MEASURED["submit -> actor running the function (its started_at), s"] = round(started_after, 2)
     MEASURED["submit -> first heartbeat visible in status(), s"] = round(time.time() - submitted, 2)
-    status = eventually(
+    status = wait_until(
         lambda: (s := executor.status("hb")) and s.progress and s.progress["step"] >= 3 and s,
         what="progress step 3",
     )
@@ -311,7 +301,7 @@ def test_worker_ignoring_stop_is_killed_after_the_grace(make: Make) -> None:
     assert status.state == "stopped"
     assert status.error is not None and "killed" in status.error
     assert pid is not None
-    eventually(lambda: not alive(pid), what="the killed actor's process to exit")
+    wait_until(lambda: not alive(pid), what="the killed actor's process to exit")
 
 
 def test_actor_process_dying_is_a_crash(make: Make) -> None:
@@ -380,7 +370,7 @@ def test_shutdown_stops_everything(make: Make) -> None:
     assert [s.error is not None for w, s, _ in sorted(recorder.calls)] == [False, False, True]
     for pid in pids:
         assert pid is not None
-        eventually(lambda p=pid: not alive(p), what=f"actor process {pid} to exit")
+        wait_until(lambda p=pid: not alive(p), what=f"actor process {pid} to exit")
     with pytest.raises(ExecutorClosed):
         executor.submit("d", target("returns_result"), {"x": 1})
     executor.shutdown(timeout=0.5)  # idempotent
@@ -457,7 +447,7 @@ def test_adopt_after_the_server_died(make: Make, connected: RayCluster) -> None:
     assert executor.running() == ["orphan"]
     before = wait_heartbeat(executor, "orphan")
     assert before.pid == pid and before.progress is not None
-    eventually(
+    wait_until(
         lambda: (
             (s := executor.status("orphan")) and s.progress and s.progress["step"] > before.progress["step"]
         ),
@@ -467,7 +457,7 @@ def test_adopt_after_the_server_died(make: Make, connected: RayCluster) -> None:
     status = recorder.wait("orphan")
     assert status.state == "stopped" and status.error is None
     assert status.result is not None and status.result["steps"] > 0
-    eventually(lambda: not alive(pid), what="the adopted actor's process to exit")
+    wait_until(lambda: not alive(pid), what="the adopted actor's process to exit")
 
 
 def test_adopt_keeps_a_stop_the_dead_server_asked_for(make: Make, connected: RayCluster) -> None:
@@ -486,11 +476,11 @@ def test_adopt_of_finished_work_is_false_and_frees_the_name(make: Make, connecte
     server, _ = start_server(connected, "leftover", "returns_result", mode="abandon")
     server.kill()
     server.wait(TIMEOUT)
-    actor = eventually(lambda: actor_exists("leftover") and ray.get_actor("leftover", namespace="mlharbor"))
-    eventually(lambda: ray.get(actor.poll.remote())["outcome"] is not None, what="the leftover to finish")
+    actor = wait_until(lambda: actor_exists("leftover") and ray.get_actor("leftover", namespace="mlharbor"))
+    wait_until(lambda: ray.get(actor.poll.remote())["outcome"] is not None, what="the leftover to finish")
     executor, recorder = make()
     assert executor.adopt("leftover") is False  # finished: nothing to take charge of
-    eventually(lambda: not actor_exists("leftover"), what="the leftover actor to be killed")
+    wait_until(lambda: not actor_exists("leftover"), what="the leftover actor to be killed")
     executor.submit("leftover", target("returns_result"), {"x": 3})  # the id can start afresh
     assert recorder.wait("leftover").state == "succeeded"
 
