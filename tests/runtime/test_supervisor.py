@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -15,44 +14,9 @@ from mlharbor.runtime.supervisor import BaseKind, Mode, Outcome, Supervisor, Vie
 from mlharbor.runtime.work import WorkId
 from mlharbor.store.db import Store
 from mlharbor.store.tables import work_leases
+from tests.runtime.fake_executor import FakeExecutor
 
 TTL = 3.0
-
-
-class FakeExecutor:
-    def __init__(self, adopts: bool = False) -> None:
-        self.live: dict[str, WorkStatus] = {}
-        self.ended: dict[str, WorkStatus] = {}
-        self.submitted: list[tuple[str, dict[str, Any]]] = []
-        self.stops: list[str] = []
-        self.adopts = adopts
-        self.adopted: list[str] = []
-
-    def submit(self, work_id: str, target: str, payload: dict[str, Any], resources: Any = None) -> None:
-        self.live[work_id] = WorkStatus(work_id, "running", started_at=0.0)
-        self.submitted.append((work_id, payload))
-
-    def request_stop(self, work_id: str) -> bool:
-        self.stops.append(work_id)
-        return work_id in self.live
-
-    def status(self, work_id: str) -> WorkStatus | None:
-        return self.live.get(work_id) or self.ended.get(work_id)
-
-    def running(self) -> list[str]:
-        return list(self.live)
-
-    def adopt(self, work_id: str) -> bool:
-        if self.adopts:
-            self.live[work_id] = WorkStatus(work_id, "running", started_at=0.0)
-            self.adopted.append(work_id)
-        return self.adopts
-
-    def end(self, work_id: str, state: str = "crashed") -> None:
-        self.ended[work_id] = replace(self.live.pop(work_id), state=state, ended_at=1.0)  # type: ignore[arg-type]
-
-    def heartbeat(self, work_id: str, progress: dict[str, Any]) -> None:
-        self.live[work_id] = replace(self.live[work_id], progress=progress)
 
 
 class Kind(BaseKind):
@@ -134,7 +98,7 @@ def test_exactly_one_server_starts_a_wanted_item_and_the_other_leaves_it_alone(p
     a.run()
     b.run()
     a.run()
-    assert a.executor.submitted == [("test|arn:thing/1|attempt-1", {"n": 1})]
+    assert a.executor.submitted == [("test|arn:thing/1|attempt-1", Kind.target, {"n": 1})]
     assert b.executor.submitted == [] and b.executor.stops == []
     assert leases(store) == {"test|arn:thing/1|attempt-1": ("a", 1)}
     assert b.kind.views[-1].where(work(1).work_id) is Where.ELSEWHERE
@@ -153,7 +117,7 @@ def test_a_dead_servers_work_is_taken_over_after_its_lease_expires_and_not_befor
     clock[0] += 0.2
     b.run()
     assert b.kind.calls == [("orphaned", "test|arn:thing/1|attempt-1")]
-    assert [w for w, _ in b.executor.submitted] == ["test|arn:thing/1|attempt-1"]  # RESTART: same item
+    assert [w for w, _, _ in b.executor.submitted] == ["test|arn:thing/1|attempt-1"]  # RESTART: same item
     assert leases(store) == {"test|arn:thing/1|attempt-1": ("b", 2)}  # the epoch grew
     # a comes back (it was only stalled): it sees its lease is gone and stops its worker.
     a.run()
@@ -243,12 +207,12 @@ def test_queued_items_start_within_the_slots_of_each_server(store, clock):
     a.run()
     b.run()
     a.run()
-    assert [w for w, _ in a.executor.submitted] == [str(w.work_id) for w in wants[:2]]
-    assert [w for w, _ in b.executor.submitted] == [str(w.work_id) for w in wants[2:4]]
+    assert [w for w, _, _ in a.executor.submitted] == [str(w.work_id) for w in wants[:2]]
+    assert [w for w, _, _ in b.executor.submitted] == [str(w.work_id) for w in wants[2:4]]
     a.executor.end(str(wants[0].work_id), "succeeded")
     a.kind.wants = b.kind.wants = wants[1:]
     a.run()
-    assert [w for w, _ in a.executor.submitted][-1] == str(wants[4].work_id)
+    assert [w for w, _, _ in a.executor.submitted][-1] == str(wants[4].work_id)
 
 
 def test_a_stop_is_signalled_to_the_worker_or_finished_when_none_runs(pair, store, clock):
@@ -307,7 +271,7 @@ def test_a_kind_that_moved_on_gets_another_look_in_the_same_pass(pair, store):
 
     a.kind.ended = new_attempt  # type: ignore[method-assign]
     a.run()
-    assert [w for w, _ in a.executor.submitted] == [
+    assert [w for w, _, _ in a.executor.submitted] == [
         "test|arn:thing/1|attempt-1",
         "test|arn:thing/1|attempt-2",
     ]
@@ -327,7 +291,7 @@ def test_a_retry_keeps_its_slot_before_queued_work_starts(store, clock):
     running, queued = work(1, Mode.QUEUED), work(2, Mode.QUEUED)
     first.kind.wants = [running, queued]
     first.run()
-    assert [w for w, _ in first.executor.submitted] == [str(running.work_id)]
+    assert [w for w, _, _ in first.executor.submitted] == [str(running.work_id)]
     # The server restarts (a new process, holding nothing); the row of the first item now says it runs.
     restarted = Server(store, "b", clock, slots=1)
     restarted.leases.exclusive = True
@@ -341,7 +305,9 @@ def test_a_retry_keeps_its_slot_before_queued_work_starts(store, clock):
     restarted.kind.wants = [queued, Want(running.work_id, Mode.RUN)]
     restarted.run()
     restarted.run()
-    assert [w for w, _ in restarted.executor.submitted] == [str(retry.work_id)]  # the queued one still waits
+    assert [w for w, _, _ in restarted.executor.submitted] == [
+        str(retry.work_id)
+    ]  # the queued one still waits
 
 
 def test_a_dead_predecessor_on_this_machine_is_taken_over_before_its_lease_runs_out(store, clock):
@@ -380,7 +346,7 @@ def test_a_worker_that_depends_on_its_dead_server_is_stopped_and_replaced_not_ad
     b.run()
     assert b.executor.adopted == ["test|arn:thing/1|attempt-1"]
     assert set(b.executor.stops) == {"test|arn:thing/1|attempt-1"}  # adopted only to be stopped
-    assert [w for w, _ in b.executor.submitted] == ["test|arn:thing/1|attempt-2"]
+    assert [w for w, _, _ in b.executor.submitted] == ["test|arn:thing/1|attempt-2"]
 
 
 def test_a_leader_pass_runs_on_one_server_at_a_time(store, clock):

@@ -16,7 +16,6 @@ import os
 import signal
 import time
 import uuid
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,12 +27,12 @@ from mlharbor.app import build_server
 from mlharbor.config import load_settings
 from mlharbor.context import Call
 from mlharbor.engines import mkv
-from mlharbor.runtime import WorkStatus
 from mlharbor.runtime.leases import Leases
 from mlharbor.runtime.supervisor import Supervisor
 from mlharbor.services.kinesisvideo import operations, puller, pullers, streams
 from tests.conftest import RunningServer, wait_until, worker_pids
 from tests.kvs_producer import encode_mkv, parse_clusters, split_live, synthetic_frame
+from tests.runtime.fake_executor import FakeExecutor
 
 ACCOUNT = "000000000000"
 SIZE = (320, 240)
@@ -198,40 +197,6 @@ def test_a_non_h264_source_is_transcoded_and_shutdown_stops_the_puller(make_serv
 
 
 # --- The reconcile pass on its own -------------------------------------------------------------------------
-class FakeExecutor:
-    def __init__(self) -> None:
-        self.live: dict[str, WorkStatus] = {}
-        self.ended: dict[str, WorkStatus] = {}
-        self.submitted: list[tuple[str, str, dict[str, Any]]] = []
-        self.stops: list[str] = []
-
-    def submit(self, work_id: str, target: str, payload: dict[str, Any], resources: Any = None) -> None:
-        self.live[work_id] = WorkStatus(work_id, "running", started_at=time.time())
-        self.submitted.append((work_id, target, payload))
-
-    def request_stop(self, work_id: str) -> bool:
-        self.stops.append(work_id)
-        return work_id in self.live
-
-    def status(self, work_id: str) -> WorkStatus | None:
-        return self.live.get(work_id) or self.ended.get(work_id)
-
-    def running(self) -> list[str]:
-        return list(self.live)
-
-    def shutdown(self, timeout: float) -> None:
-        pass
-
-    def adopt(self, work_id: str) -> bool:
-        return False
-
-    def end(self, work_id: str, ran: float) -> None:
-        status = self.live.pop(work_id)
-        self.ended[work_id] = replace(
-            status, state="crashed", error="killed", started_at=100.0, ended_at=100 + ran
-        )
-
-
 @pytest.fixture
 def quiet_server(tmp_path):  # type: ignore[no-untyped-def]
     """A server object (not serving, nothing started) with a fake executor; streams "cam", "stream-1" and
@@ -300,7 +265,7 @@ def test_the_pass_creates_the_stream_and_restarts_pullers_with_backoff(quiet_ser
     def after(seconds: float, ran: float) -> None:
         """The running puller dies after ``ran`` s; one pass just before its restart is due, one at it."""
         [current] = [w for w in executor.running() if ":cam|" in w]
-        executor.end(current, ran)
+        executor.end(current, ran=ran)
         starts = cam_starts()
         supervisor.run_once()  # notices the death at now[0]
         start = now[0]
@@ -329,7 +294,7 @@ def test_the_pass_creates_the_stream_and_restarts_pullers_with_backoff(quiet_ser
     kind.stop(supervisor, timeout=0.05)
     assert sorted(executor.stops) == sorted(running)
     for work_id in running:
-        executor.end(work_id, 1.0)
+        executor.end(work_id)
     submitted = len(executor.submitted)
     now[0] += 100
     supervisor.run_once()
