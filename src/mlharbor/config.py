@@ -17,6 +17,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from mlharbor import model_packages
+
 DEFAULT_ACCOUNT = "000000000000"
 DEFAULT_ACCESS_KEY = "test"
 DEFAULT_SECRET_KEY = "test"
@@ -190,6 +192,25 @@ class Settings(BaseSettings):
         description="how long past MaxDurationInSeconds a connected home session waits for its first frame "
         "(camera down, StartSelector in the future) before it ends FAILED",
     )
+    face_detector: Literal["retinaface", "hog"] = Field(
+        default="retinaface",
+        description="the face detector of DetectFaces, IndexFaces, SearchFacesByImage and face search "
+        "processors: retinaface (RetinaFace-MobileNet0.25: faces down to ~40 px in 1920x1080, turned and "
+        "tilted ones) or hog (dlib's HOG frontal detector, also the fallback when RetinaFace's package is "
+        "not installed); either way descriptors are dlib's, so collections stay comparable",
+    )
+    person_detector: Literal["ssdlite", "nanodet", "hog"] = Field(
+        default="ssdlite",
+        description="connected home's PERSON detector: ssdlite (SSDLite-MobileNetV2 pedestrians), nanodet "
+        "(NanoDet-g's COCO person) or hog (OpenCV's HOG people detector and dlib's faces, also the fallback "
+        "when the chosen model's package is not installed); a labels.onnx model that maps PERSON replaces it",
+    )
+    model_packages_dir: Path = Field(
+        default=model_packages.DEFAULT_DIR,
+        description="where `mlharbor models fetch` installs the pinned packages holding the built-in label "
+        "detectors' weights (SSDLite for PERSON, NanoDet for PET) and where stream workers look for them; "
+        "default <virtual environment>/share/mlharbor/model-packages",
+    )
     face_snapshot_min_faces: int = Field(
         default=10_000,
         ge=1,
@@ -238,6 +259,11 @@ class Settings(BaseSettings):
     def models_dir(self) -> Path:
         """Where users put model files (e.g. the connected home label detector, ``labels.onnx``)."""
         return self.data_dir / "models"
+
+    @property
+    def model_cache_dir(self) -> Path:
+        """Where the built-in label detectors' ONNX conversions are cached (made at first use)."""
+        return self.data_dir / "cache" / "models"
 
     @property
     def video_streams(self) -> dict[str, str]:

@@ -9,22 +9,34 @@ import numpy
 import pytest
 from PIL import Image
 
-from mlharbor.engines.faces import MODEL_VERSION, DlibEngine, ImageError, decode_image, similarity
+from mlharbor.engines.faces import (
+    MODEL_VERSION,
+    DlibEngine,
+    FaceEngine,
+    ImageError,
+    decode_image,
+    similarity,
+)
 
 DATA = Path(__file__).parent.parent / "data"
 
 
-@pytest.fixture(scope="module")
-def engine() -> DlibEngine:
-    return DlibEngine()
+@pytest.fixture(scope="module", params=["default", "dlib"])
+def engine(request, tmp_path_factory) -> FaceEngine:
+    """The default engine (RetinaFace, descriptors on onnxruntime) and dlib alone (the fallback)."""
+    if request.param == "dlib":
+        return DlibEngine()
+    engine = FaceEngine(cache_dir=tmp_path_factory.mktemp("models"))
+    assert engine.detector == "retinaface"
+    return engine
 
 
 def photo(name: str) -> numpy.ndarray:
     return decode_image((DATA / name).read_bytes())
 
 
-def descriptor(engine: DlibEngine, image: numpy.ndarray, upsample: int = 0) -> numpy.ndarray:
-    [face] = engine.embed(image, engine.detect(image, upsample)[:1])
+def descriptor(engine: FaceEngine, image: numpy.ndarray, thorough: bool = False) -> numpy.ndarray:
+    [face] = engine.embed(image, engine.detect(image, thorough)[:1])
     assert face.descriptor is not None and face.descriptor.shape == (128,)
     return face.descriptor
 
@@ -64,7 +76,7 @@ def test_same_person_matches_above_80_and_a_stranger_below(engine):
     small = numpy.asarray(Image.fromarray(astronaut).resize((256, 256)))
     variants = [
         descriptor(engine, mirrored),
-        descriptor(engine, small, upsample=1),
+        descriptor(engine, small, thorough=True),
         descriptor(engine, jpeg(astronaut, 30)),
     ]
     same = similarity(numpy.linalg.norm(numpy.stack(variants) - reference, axis=1))

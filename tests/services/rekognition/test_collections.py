@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy
 import pytest
 from botocore.exceptions import ClientError
-from PIL import Image, ImageOps
+from PIL import Image, ImageFilter, ImageOps
 
 from tests.conftest import REGION, start_server, stop_server, unique
 
@@ -119,19 +119,30 @@ def test_index_then_search_finds_the_same_person_and_not_a_stranger(rekognition,
     )
     assert [m["Face"]["FaceId"] for m in low["FaceMatches"]] == [face["FaceId"]]
     assert low["FaceMatches"][0]["Similarity"] < 80
-    # The searched face is the astronaut's (the largest), not the suit patch HOG also fires on.
+    # The searched face is the astronaut's (the largest).
     assert low["SearchedFaceBoundingBox"]["Top"] < 0.3
 
 
+def two_faces() -> bytes:
+    """Grace Hopper, and beside her the astronaut's portrait small and blurred (a face found, too blurred
+    for AUTO's bar)."""
+    hopper, astronaut = photo("grace_hopper.jpg"), photo("astronaut.jpg")
+    canvas = Image.new("RGB", (hopper.width + 300, hopper.height), (120, 120, 120))
+    canvas.paste(hopper, (0, 0))
+    canvas.paste(astronaut.resize((300, 300)).filter(ImageFilter.GaussianBlur(2)), (hopper.width, 100))
+    return encoded(canvas)
+
+
 def test_quality_filter_and_max_faces_decide_what_is_indexed(rekognition, collection):
-    # HOG fires weakly on the astronaut's suit: AUTO keeps only the real face.
-    auto = index(rekognition, collection, ASTRONAUT)
+    # AUTO keeps only the sharp face.
+    auto = index(rekognition, collection, two_faces())
     assert len(auto["FaceRecords"]) == 1
     [unindexed] = auto["UnindexedFaces"]
-    assert unindexed["Reasons"] == ["LOW_CONFIDENCE"]
-    assert unindexed["FaceDetail"]["Confidence"] < auto["FaceRecords"][0]["Face"]["Confidence"]
+    assert unindexed["Reasons"] == ["LOW_SHARPNESS"]
+    assert unindexed["FaceDetail"]["Quality"]["Sharpness"] < 10
+    assert unindexed["FaceDetail"]["BoundingBox"]["Left"] > 0.6  # the blurred face, on the right
 
-    everything = index(rekognition, collection, ASTRONAUT, QualityFilter="NONE")
+    everything = index(rekognition, collection, two_faces(), QualityFilter="NONE")
     assert len(everything["FaceRecords"]) == 2 and everything["UnindexedFaces"] == []
     areas = [
         r["Face"]["BoundingBox"]["Width"] * r["Face"]["BoundingBox"]["Height"]
@@ -139,7 +150,7 @@ def test_quality_filter_and_max_faces_decide_what_is_indexed(rekognition, collec
     ]
     assert areas == sorted(areas, reverse=True)  # largest first
 
-    capped = index(rekognition, collection, ASTRONAUT, QualityFilter="NONE", MaxFaces=1)
+    capped = index(rekognition, collection, two_faces(), QualityFilter="NONE", MaxFaces=1)
     assert len(capped["FaceRecords"]) == 1
     assert [u["Reasons"] for u in capped["UnindexedFaces"]] == [["EXCEEDS_MAX_FACES"]]
     assert capped["FaceRecords"][0]["Face"]["Confidence"] > 95  # the better face is kept
@@ -183,12 +194,32 @@ def test_search_faces_by_id_list_faces_and_delete_faces(rekognition, collection)
     assert error(excinfo)[0] == "InvalidParameterException"
 
 
+def test_detect_faces_finds_a_50_px_face_in_a_1920x1080_picture(rekognition):
+    """AWS's documented smallest face is 40 px in a 1920x1080 picture; dlib's HOG never found one of 50."""
+    hopper = photo("grace_hopper.jpg")
+    height = round(50 / (216 / 600))  # the face is 216 px wide in the 600 px tall photo
+    canvas = Image.new("RGB", (1920, 1080), (128, 128, 128))
+    canvas.paste(hopper.resize((round(hopper.width * height / hopper.height), height)), (1400, 300))
+    [face] = rekognition.detect_faces(Image={"Bytes": encoded(canvas)})["FaceDetails"]
+    box = face["BoundingBox"]
+    assert 30 < box["Width"] * 1920 < 60 and 1400 < box["Left"] * 1920 < 1400 + height
+    assert face["Confidence"] > 99
+
+
 def test_detect_faces_reports_only_what_it_measures(rekognition):
     [face] = rekognition.detect_faces(Image={"Bytes": HOPPER})["FaceDetails"]
     assert set(face) == {"BoundingBox", "Confidence", "Landmarks", "Pose", "Quality"}
-    assert [lm["Type"] for lm in face["Landmarks"]] == ["eyeLeft", "eyeRight", "nose"]
-    eye_left, eye_right, nose = face["Landmarks"]
+    # RetinaFace's five landmarks, named as AWS names them.
+    types = [lm["Type"] for lm in face["Landmarks"]]
+    assert types == ["eyeLeft", "eyeRight", "nose", "mouthLeft", "mouthRight"]
+    eye_left, eye_right, nose, mouth_left, mouth_right = face["Landmarks"]
     assert eye_left["X"] < nose["X"] < eye_right["X"] and nose["Y"] > eye_left["Y"]
+    assert mouth_left["X"] < nose["X"] < mouth_right["X"] and mouth_left["Y"] > nose["Y"]
+    b = face["BoundingBox"]
+    assert all(
+        b["Left"] < lm["X"] < b["Left"] + b["Width"] and b["Top"] < lm["Y"] < b["Top"] + b["Height"]
+        for lm in face["Landmarks"]
+    )
     assert all(abs(face["Pose"][axis]) < 20 for axis in ("Roll", "Yaw", "Pitch"))  # a frontal portrait
     assert 30 < face["Quality"]["Brightness"] < 80 and face["Quality"]["Sharpness"] > 80
 
@@ -252,22 +283,26 @@ def test_bad_images_get_the_aws_errors_and_change_nothing(rekognition, collectio
 
 
 def test_faces_survive_a_restart_and_leave_with_their_collection(make_server, tmp_path):
-    first = make_server()
+    """Also: a collection indexed by the engine before RetinaFace (dlib's HOG detector) keeps matching
+    after the server restarts with today's default engine."""
+    first = make_server(env={"MLHARBOR_FACE_DETECTOR": "hog"})
     client = first.client("rekognition")
-    client.create_collection(CollectionId="door")
+    version = client.create_collection(CollectionId="door")["FaceModelVersion"]
     face_id = index(client, "door", HOPPER)["FaceRecords"][0]["Face"]["FaceId"]
-    suit = index(client, "door", ASTRONAUT, QualityFilter="NONE")["FaceRecords"][1]["Face"]["FaceId"]
+    records = index(client, "door", two_faces(), QualityFilter="NONE")["FaceRecords"]
+    pair = [r["Face"]["FaceId"] for r in records]
     replaced = index(client, "door", ASTRONAUT)["FaceRecords"][0]["Face"]["FaceId"]
     # The newest face deleted, then indexed again: a new face, and the deleted one never comes back.
     client.delete_faces(CollectionId="door", FaceIds=[replaced])
     astronaut = index(client, "door", ASTRONAUT)["FaceRecords"][0]["Face"]["FaceId"]
-    client.delete_faces(CollectionId="door", FaceIds=[suit])
+    client.delete_faces(CollectionId="door", FaceIds=pair)
     stop_server(first)
 
     again = start_server(first.data_dir.parent, first.database_url)
     try:
         client = again.client("rekognition")
-        assert client.describe_collection(CollectionId="door")["FaceCount"] == 3
+        described = client.describe_collection(CollectionId="door")
+        assert described["FaceCount"] == 2 and described["FaceModelVersion"] == version
         found = client.search_faces_by_image(
             CollectionId="door", Image={"Bytes": HOPPER_VARIANTS["mirrored"]}
         )

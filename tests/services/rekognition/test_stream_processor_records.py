@@ -5,9 +5,13 @@ Start/Stop/Update (and the video work behind them) belong to the stream processo
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from botocore.exceptions import ClientError
 
+from mlharbor import model_packages
+from tests import assets
 from tests.conftest import REGION, unique
 from tests.services.rekognition import label_model
 
@@ -16,9 +20,13 @@ ACCOUNT = "000000000000"
 
 
 @pytest.fixture(autouse=True, scope="module")
-def label_detector(server) -> None:  # type: ignore[no-untyped-def]
-    """Connected home processors need a label detector for their labels: the tests' tiny ONNX model."""
+def label_detector(server) -> Iterator[None]:  # type: ignore[no-untyped-def]
+    """Connected home processors need a label detector for their labels: the tests' tiny ONNX model, removed
+    afterwards (the server is the session's: other modules' sessions use the built-in detectors)."""
     label_model.install(server.data_dir / "models")
+    yield
+    for name in ("labels.onnx", "labels.json"):
+        (server.data_dir / "models" / name).unlink(missing_ok=True)
 
 
 def face_search(name: str, **changes):  # type: ignore[no-untyped-def]
@@ -188,14 +196,17 @@ def test_tags(rekognition):
     assert rekognition.list_tags_for_resource(ResourceArn=arn)["Tags"] == {"b": "2"}
 
 
-def test_connected_home_labels_need_an_installed_detector(make_server):
-    bare = make_server()  # no model in its models folder: PERSON only, with the built-in detector
+def test_connected_home_labels_need_an_installed_detector(make_server, tmp_path):
+    # No model packages (never `mlharbor models fetch`ed) and no model in its models folder: PERSON only,
+    # with the HOG fallback.
+    bare = make_server(env={"MLHARBOR_MODEL_PACKAGES_DIR": str(tmp_path / "no-packages")})
     rekognition = bare.client("rekognition")
     with pytest.raises(ClientError) as excinfo:
         rekognition.create_stream_processor(**connected_home(unique("cam")))  # PERSON and PET
     error = excinfo.value.response["Error"]
     assert error["Code"] == "InvalidParameterException"
-    assert "No detector is installed for PET:" in error["Message"] and "labels.onnx" in error["Message"]
+    assert error["Message"].startswith("No detector is installed for PET: run `mlharbor models fetch`")
+    assert "labels.onnx" in error["Message"]
     assert rekognition.list_stream_processors()["StreamProcessors"] == []
     rekognition.create_stream_processor(
         **connected_home(unique("cam"), Settings={"ConnectedHome": {"Labels": ["PERSON"]}})
@@ -213,6 +224,28 @@ def test_connected_home_labels_need_an_installed_detector(make_server):
             **connected_home(unique("cam"), Settings={"ConnectedHome": {"Labels": ["PERSON"]}})
         )
     assert excinfo.value.response["Error"]["Message"].startswith("The label detection model cannot be used")
+
+
+def test_pet_is_built_in_once_the_model_packages_are_installed(make_server):
+    rekognition = make_server().client("rekognition")  # the packages `make install-test` fetched
+    assets.package(model_packages.HUMAN_MODELS)  # NanoDet, whose cat and dog are PET
+    name = unique("cam")
+    rekognition.create_stream_processor(**connected_home(name))  # PERSON and PET, without a model
+    assert rekognition.describe_stream_processor(Name=name)["Settings"]["ConnectedHome"]["Labels"] == [
+        "PERSON", "PET"
+    ]  # fmt: skip
+    rekognition.update_stream_processor(
+        Name=name, SettingsForUpdate={"ConnectedHomeForUpdate": {"Labels": ["PET"]}}
+    )
+    for labels in (["ALL"], ["PACKAGE"]):  # PACKAGE comes only from a user's model
+        with pytest.raises(ClientError) as excinfo:
+            rekognition.create_stream_processor(
+                **connected_home(unique("cam"), Settings={"ConnectedHome": {"Labels": labels}})
+            )
+        message = excinfo.value.response["Error"]["Message"]
+        assert message.startswith(
+            "No detector is installed for PACKAGE: put a YOLO-style ONNX detection model"
+        )
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import Row, select
 
+from mlharbor import model_packages
 from mlharbor.runtime import WorkContext
 from mlharbor.services.attempts import Fence, StopWatch
 from mlharbor.services.rekognition import label_model
@@ -47,7 +48,15 @@ class ConnectedHomeSession:
         self.blobs = open_blob_store(payload["object_store"], Path(payload["data_dir"]))
         try:
             with label_model.fetch(self.blobs, payload.get("label_model")) as models:
-                self.detectors = detectors(Path(models))
+                # The built-in detectors' packages where the server's settings place them, else where this
+                # environment has them; their ONNX conversions cached in the data folder; only the wanted
+                # labels' detectors.
+                packages, cache = payload.get("model_packages_dir"), payload.get("model_cache_dir")
+                self.detectors = detectors(
+                    Path(models), packages_dir=model_packages.resolve_dir(packages),
+                    cache_dir=Path(cache) if cache else None,
+                    person_detector=payload.get("person_detector", "ssdlite"), labels=self.labels,
+                )  # fmt: skip
         except LabelModelError as exc:
             raise ss.Unusable(f"Unable to load the label detection model: {exc}") from None
         missing = self.labels - set().union(*(d.labels for d in self.detectors))

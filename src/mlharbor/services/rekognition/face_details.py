@@ -1,8 +1,9 @@
 """What Rekognition reports about a detected face (``FaceDetail``) and the quality bar IndexFaces applies.
 
-Only what the engine measures is reported: the box, the detector's confidence, the landmarks the 5-point
-model finds (eyeLeft, eyeRight, nose), a pose estimated from those landmarks, and brightness/sharpness
-measured on the face's pixels. Age, gender, emotions, glasses, beard, eye direction and the other 27
+Only what the engine measures is reported: the box, the detector's confidence, the landmarks the detector
+finds (RetinaFace: eyeLeft, eyeRight, nose, mouthLeft, mouthRight; dlib's HOG through the 5-point model:
+the eyes and the nose), a pose estimated from the 5-point model's landmarks, and brightness/sharpness
+measured on the face's pixels. Age, gender, emotions, glasses, beard, eye direction and the other
 landmarks need models we do not ship; they are omitted, never guessed (docs/COMPATIBILITY.md).
 """
 
@@ -68,11 +69,13 @@ def measure(image: numpy.ndarray, face: Face) -> Measured:
     # 5-point model order: image-right eye (outer, inner), image-left eye (outer, inner), nose base.
     points = numpy.asarray(face.landmarks, dtype=numpy.float64)
     eye_left, eye_right, nose = points[2:4].mean(axis=0), points[0:2].mean(axis=0), points[4]
-    landmarks = [
-        {"Type": kind, "X": float(x / width), "Y": float(y / height)}
-        for kind, (x, y) in (("eyeLeft", eye_left), ("eyeRight", eye_right), ("nose", nose))
-    ]
-    crop = image[b.top : b.bottom, b.left : b.right]
+    named = face.points or (
+        ("eyeLeft", *eye_left), ("eyeRight", *eye_right), ("nose", *nose)
+    )  # fmt: skip
+    landmarks = [{"Type": kind, "X": float(x / width), "Y": float(y / height)} for kind, x, y in named]
+    # Quality on the HOG-style box (eyebrows to chin) its scales were calibrated on, whatever the detector.
+    q = face.align_box or b
+    crop = image[max(0, q.top) : max(0, q.bottom), max(0, q.left) : max(0, q.right)]
     return Measured(
         face=face,
         box=box,

