@@ -28,6 +28,7 @@ from mlharbor.engines.face_detectors import (
     weights_file,
 )
 from mlharbor.engines.faces import Box, DlibEngine, FaceEngine, decode_image
+from tests import assets
 
 DATA = Path(__file__).parent.parent / "data"
 
@@ -218,3 +219,28 @@ def test_only_rgb_uint8_images(detector):
     with pytest.raises(ValueError):
         detector.detect(numpy.zeros((480, 640, 3), dtype=numpy.float32))
     assert detector.detect(numpy.full((20, 30, 3), 127, dtype=numpy.uint8)) == []  # smaller than the stride
+
+
+def _overlap(box: Box, labelled: tuple[int, int, int, int]) -> float:
+    left, top = max(box.left, labelled[0]), max(box.top, labelled[1])
+    right, bottom = min(box.right, labelled[2]), min(box.bottom, labelled[3])
+    inter = max(0, right - left) * max(0, bottom - top)
+    union = box.width * box.height + (labelled[2] - labelled[0]) * (labelled[3] - labelled[1]) - inter
+    return inter / union
+
+
+@pytest.mark.parametrize(
+    "source,name,profile",
+    [
+        # The labelled profiles of bench/vision_sets/faces.json: a photographer seen from the side, and a
+        # woman in profile among two friends (real pictures from scikit-image and npm face-api).
+        ("skimage_wheel", "camera.png", (195, 135, 258, 198)),
+        ("face_api_npm", "sample2.jpg", (358, 225, 560, 435)),
+    ],
+)
+def test_profile_faces_in_real_photos_are_found(modern, engine, source, name, profile):
+    image = assets.image(source, name)
+    found = [f for f in modern.detect(image) if _overlap(f.box, profile) > 0.3]
+    assert len(found) == 1 and found[0].confidence > 95
+    # Beyond dlib's HOG frontal detector, even at twice the scale.
+    assert not [f for f in engine.detect(image, thorough=True) if _overlap(f.box, profile) > 0.1]
