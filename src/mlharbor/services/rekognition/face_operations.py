@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from mlharbor import arns
 from mlharbor.api.services import Handler, blocking
 from mlharbor.context import Call
-from mlharbor.engines.faces import MODEL_VERSION, Face, FaceEngine
+from mlharbor.engines.faces import MODEL_VERSION, THOROUGH_SIDE, Face, FaceEngine
 from mlharbor.errors import (
     InvalidParameterException,
     ResourceAlreadyExistsException,
@@ -85,10 +85,10 @@ def _indexes(call: Call) -> coll.Indexes:
 
 def _detect(engine: FaceEngine, pixels: numpy.ndarray, *, thorough: bool) -> list[face_details.Measured]:
     """The faces, largest first (as AWS orders them). Not ``thorough`` (SearchFacesByImage, whose latency is
-    what users feel): HOG looks at twice the scale only when the fast pass finds nothing (RetinaFace has
-    one pass)."""
+    what users feel): the thorough look only when the fast one finds nothing."""
     faces = engine.detect(pixels, thorough=thorough)
-    if not faces and not thorough and engine.detector == "hog":
+    harder = engine.detector != "hog" or max(pixels.shape[:2]) <= THOROUGH_SIDE  # else HOG's look is the same
+    if not faces and not thorough and harder:
         faces = engine.detect(pixels, thorough=True)
     measured = [face_details.measure(pixels, face) for face in faces]
     measured.sort(key=lambda m: -m.area)  # AWS: largest first
