@@ -67,6 +67,7 @@ class _Engines:
         try:
             return FaceEngine(
                 detector=settings.face_detector,
+                descriptor=settings.face_descriptor,
                 cache_dir=settings.model_cache_dir,
                 packages_dir=settings.model_packages_dir,
             )

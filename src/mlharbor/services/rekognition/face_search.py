@@ -68,6 +68,7 @@ class FaceSearchSession:
         cache, packages = payload.get("model_cache_dir"), payload.get("model_packages_dir")
         self.engine = FaceEngine(
             detector=payload.get("face_detector", "retinaface"),
+            descriptor=payload.get("face_descriptor", "onnx"),
             cache_dir=Path(cache) if cache else None,
             packages_dir=Path(packages) if packages else None,
         )

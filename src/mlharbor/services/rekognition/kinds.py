@@ -43,6 +43,7 @@ def stream_sessions(server: Server) -> attempts.AttemptWork:
             "model_packages_dir": str(settings.model_packages_dir.resolve()) if configured else None,
             "model_cache_dir": str(settings.model_cache_dir.resolve()),
             "face_detector": settings.face_detector,
+            "face_descriptor": settings.face_descriptor,
             "person_detector": settings.person_detector,
         }
         if "ConnectedHome" in row.spec["Settings"]:  # the worker may run elsewhere: the model goes with it
