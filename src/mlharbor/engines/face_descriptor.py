@@ -37,14 +37,14 @@ import contextlib
 import hashlib
 import importlib.util
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy
+
+from mlharbor import atomic_file
 
 if TYPE_CHECKING:
     import onnx
@@ -538,7 +538,7 @@ class OnnxDescriptor:
         self.converted = model is None or not _intact(model)
         if self.converted:
             model = convert(data)
-            _write_atomically(self.path, model)
+            atomic_file.write_bytes(self.path, model)
         assert model is not None
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
@@ -576,19 +576,3 @@ def chips(image: numpy.ndarray, shapes: Any) -> numpy.ndarray:
     # dlib reads rows as if packed (see faces.DlibEngine.detect).
     image = numpy.ascontiguousarray(image, dtype=numpy.uint8)
     return numpy.stack(dlib.get_face_chips(image, shapes, size=CHIP_SIZE, padding=CHIP_PADDING))
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, then rename: readers see the old file or the whole
-    new one, never a part (and concurrent writers write the same bytes)."""
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise

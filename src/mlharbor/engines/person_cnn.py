@@ -28,9 +28,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import tarfile
-import tempfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,7 +37,7 @@ from typing import Any
 
 import numpy
 
-from mlharbor import model_packages
+from mlharbor import atomic_file, model_packages
 from mlharbor.engines.labels import Detection, LabelModelError
 
 CONVERTER_VERSION = 1  # bump when a conversion changes: cached models of older versions are not used
@@ -421,14 +419,5 @@ def converted(model: CnnModel, files: dict[str, bytes], cache_dir: Path) -> Path
         raise LabelModelError(f"{model.name}: cannot convert: {exc}") from None
     cache_dir.mkdir(parents=True, exist_ok=True)
     data = onnx_model.SerializeToString()
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=cache_dir)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    atomic_file.write_bytes(path, data)
     return path
