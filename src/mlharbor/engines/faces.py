@@ -244,9 +244,8 @@ class FaceEngine:
         out = []
         for d in self._retina.detect(image, scale):
             box = Box(*(round(v) for v in d.box))
-            names = ("eyeLeft", "eyeRight", "nose", "mouthLeft", "mouthRight")  # the image's left first
             points = tuple(
-                (name, float(x), float(y)) for name, (x, y) in zip(names, d.landmarks, strict=True)
+                (name, float(x), float(y)) for name, (x, y) in zip(_NAMES, d.landmarks, strict=True)
             )
             out.append((box, aws_confidence(d.score), Box(*dlib_box(d)), points))
         return out
