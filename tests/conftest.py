@@ -101,7 +101,7 @@ class RunningServer:
             region_name=config.pop("region_name", REGION),
             aws_access_key_id=access_key,
             aws_secret_access_key=secret,
-            config=Config(retries={"max_attempts": 1, "mode": "standard"}, **config),
+            config=Config(retries=config.pop("retries", {"max_attempts": 1, "mode": "standard"}), **config),
         )
 
     def log(self) -> str:

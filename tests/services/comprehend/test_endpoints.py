@@ -140,7 +140,10 @@ def test_detect_entities_finds_trained_types_with_code_point_offsets(comprehend,
 
 
 def test_concurrent_requests_all_get_their_own_answers(server, endpoint):
-    client = server.client("comprehend", max_pool_connections=8)
+    # 24 requests in about a second can exceed the endpoint's 20 documents/s (each serving worker enforces
+    # its share of the units): the client retries throttling with backoff, as the AWS SDKs do by default.
+    retries = {"max_attempts": 10, "mode": "standard"}
+    client = server.client("comprehend", max_pool_connections=8, retries=retries)
     names = ["Nadia Okafor", "Jörg Åberg", "Zoë Müller", "Liam Novak"] * 3
     texts = [f"Please contact {name} about the order." for name in names]
 
