@@ -13,6 +13,22 @@ DATA = Path(__file__).parent / "data"
 WORKER_PREFIX = "mlharbor-sp "  # a stream worker names its thread (on Ray, the actor's) this, then its name
 
 
+def face_search_processor(
+    rek: Any, name: str, camera: str, output_arn: str, collection: str, **extra: Any
+) -> str:
+    """CreateStreamProcessor for a face search of ``collection`` on video stream ``camera``, records to the
+    Kinesis stream ``output_arn``; returns ``name``."""
+    rek.create_stream_processor(
+        Name=name,
+        Input={"KinesisVideoStream": {"Arn": f"arn:aws:kinesisvideo:{REGION}:{ACCOUNT}:stream/{camera}/1"}},
+        Output={"KinesisDataStream": {"Arn": output_arn}},
+        Settings={"FaceSearch": {"CollectionId": collection, "FaceMatchThreshold": 70.0}},
+        RoleArn=f"arn:aws:iam::{ACCOUNT}:role/rekognition",
+        **extra,
+    )
+    return name
+
+
 class Records:
     """Everything put on one Kinesis stream so far (one shard), decoded; ``kinesis`` may be swapped for a
     client of another server (the iterator is valid on every server of a deployment)."""
@@ -125,12 +141,6 @@ def start_face_search(rek: Any, kinesis: Any, *, start_with: Any = None) -> tupl
     rek.index_faces(CollectionId=collection, Image={"Bytes": (DATA / "grace_hopper.jpg").read_bytes()})
     kinesis.create_stream(StreamName=output, ShardCount=1)
     stream_arn = kinesis.describe_stream_summary(StreamName=output)["StreamDescriptionSummary"]["StreamARN"]
-    rek.create_stream_processor(
-        Name=name,
-        Input={"KinesisVideoStream": {"Arn": f"arn:aws:kinesisvideo:{REGION}:{ACCOUNT}:stream/cam/1"}},
-        Output={"KinesisDataStream": {"Arn": stream_arn}},
-        Settings={"FaceSearch": {"CollectionId": collection, "FaceMatchThreshold": 70.0}},
-        RoleArn=f"arn:aws:iam::{ACCOUNT}:role/rekognition",
-    )
+    face_search_processor(rek, name, "cam", stream_arn, collection)
     (start_with or rek).start_stream_processor(Name=name)
     return name, Records(kinesis, output)

@@ -29,6 +29,7 @@ from tests.conftest import (
     wait_until,
     worker_pids,
 )
+from tests.deployment import face_search_processor
 from tests.engines.video_files import portrait_frames, write_video
 from tests.services.rekognition import label_model
 from tests.services.rekognition.aws_peers import Inbox, moto
@@ -74,16 +75,7 @@ def data_stream(kinesis) -> str:  # type: ignore[no-untyped-def]
 
 
 def processor(rek, camera: str, output_arn: str, collection: str, name: str | None = None, **extra):  # type: ignore[no-untyped-def]
-    name = name or unique("sp")
-    rek.create_stream_processor(
-        Name=name,
-        Input={"KinesisVideoStream": {"Arn": f"arn:aws:kinesisvideo:{REGION}:{ACCOUNT}:stream/{camera}/1"}},
-        Output={"KinesisDataStream": {"Arn": output_arn}},
-        Settings={"FaceSearch": {"CollectionId": collection, "FaceMatchThreshold": 70.0}},
-        RoleArn=f"arn:aws:iam::{ACCOUNT}:role/rekognition",
-        **extra,
-    )
-    return name
+    return face_search_processor(rek, name or unique("sp"), camera, output_arn, collection, **extra)
 
 
 def status(rek, name: str) -> str:  # type: ignore[no-untyped-def]
