@@ -21,6 +21,7 @@ from mlharbor.api.services import build_services
 from mlharbor.api.throttle import Receiving, Throttle
 from mlharbor.blobs.store import BlobStore, open_blob_store
 from mlharbor.config import Settings
+from mlharbor.console.app import build_console
 from mlharbor.context import Server
 from mlharbor.runtime.backends import open_executor
 from mlharbor.runtime.leases import LeaderPass, Leases, new_owner_id
@@ -151,22 +152,41 @@ def create_app(settings: Settings, server: Server | None = None) -> Application:
 
     routes = [Route("/health", health, methods=["GET"]), Route("/metrics", metrics_endpoint, methods=["GET"])]
     admin = Starlette(routes=routes)
-    return Application(gateway, admin, server, metrics)
+    console = build_console(server, services, credentials) if settings.console else None
+    return Application(gateway, admin, server, metrics, console)
 
 
 class Application:
-    """Every HTTP request except GET /health and GET /metrics goes to the gateway, which answers in
-    the AWS dialect (an unknown path or method is an AWS error, not an HTML 404)."""
+    """Every HTTP request except GET /health, GET /metrics and the console's goes to the gateway, which
+    answers in the AWS dialect (an unknown path or method is an AWS error, not an HTML 404)."""
 
     ADMIN_PATHS = frozenset({"/health", "/metrics"})
 
-    def __init__(self, gateway: Gateway, admin: Starlette, server: Server, metrics: Metrics) -> None:
+    def __init__(
+        self, gateway: Gateway, admin: Starlette, server: Server, metrics: Metrics, console: Starlette | None
+    ) -> None:
         self.gateway = gateway
         self.admin = admin
+        self.console = console
         self.state = SimpleNamespace(server=server, metrics=metrics)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and not (scope["method"] == "GET" and scope["path"] in self.ADMIN_PATHS):
-            await self.gateway(scope, receive, send)
-        else:
+        if scope["type"] != "http" or scope["method"] == "GET" and scope["path"] in self.ADMIN_PATHS:
             await self.admin(scope, receive, send)
+        elif self.console is not None and _is_console(scope):
+            await self.console(scope, receive, send)
+        else:
+            await self.gateway(scope, receive, send)
+
+
+def _is_console(scope: Scope) -> bool:
+    """/console and below, unless the request is signed: a signed request there is S3's (a bucket named
+    "console", path style), and AWS's own clients always sign (docs/COMPATIBILITY.md)."""
+    path = scope["path"]
+    if path != "/console" and not path.startswith("/console/"):
+        return False
+    for name, _ in scope["headers"]:
+        if name == b"authorization":
+            return False
+    query = scope.get("query_string", b"")
+    return not (b"X-Amz-Credential=" in query or b"AWSAccessKeyId=" in query or b"X-Amz-Signature=" in query)

@@ -100,6 +100,8 @@ class Settings(BaseSettings):
     )
     insecure_open_bind: bool = False
     object_store: Literal["local", "s3"] = "local"
+    # The web console at /console/ (sign in with a credential of this server).
+    console: bool = True
     # 16 MiB: a Kinesis PutRecords or PutRecord carries up to 10 MiB of data, base64 in JSON (13.4 MiB).
     max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
     request_body_timeout_seconds: float = Field(

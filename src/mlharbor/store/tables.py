@@ -113,6 +113,8 @@ entity_recognizers = Table(
     Column("attempt", Integer, nullable=False, default=0),
     Column("crashes", Integer, nullable=False, default=0),
     Column("artifact_uri", String(1024)),
+    # Dev F1 per epoch while training ([[epoch, f1], ...]), for the console's training curve.
+    Column("curve", JSON),
     UniqueConstraint("account_id", "region", "name", "version_name", name="uq_entity_recognizer_name"),
 )
 
@@ -206,10 +208,28 @@ faces = Table(
     Column("model_version", String(64), nullable=False),
     Column("created_at", Float, nullable=False),
     Column("descriptor", LargeBinary, nullable=False),  # float32 little-endian, the engine's dimension
+    # Where the indexed image came from when IndexFaces read it from S3 (s3://bucket/key), for the console.
+    Column("source", String(2048)),
     Index("ix_faces_collection_face", "collection_arn", "face_id"),
     Index("ix_faces_collection_seq", "collection_arn", "seq"),
     # Never reuse a seq (SQLite would hand out a deleted maximum again): indexes rely on seqs only growing.
     sqlite_autoincrement=True,
+)
+
+# The console's live view of a stream processor: a console watching it keeps ``watched_until`` ahead of now;
+# while it is, the processor's worker overwrites the latest analysed frame here (a small JPEG and what was
+# found in it), so any API server can show it. One row per processor: nothing piles up.
+live_views = Table(
+    "live_views",
+    metadata,
+    Column("processor_arn", String(2048), primary_key=True),
+    Column("account_id", String(12), nullable=False),
+    Column("region", String(32), nullable=False),
+    Column("watched_until", Float, nullable=False),
+    Column("seq", Integer, nullable=False, default=0),
+    Column("analysed_at", Float),
+    Column("meta", JSON),
+    Column("jpeg", LargeBinary),
 )
 
 video_streams = Table(

@@ -1,0 +1,7 @@
+"""Console pages: videos (to be written)."""
+
+from __future__ import annotations
+
+from starlette.routing import BaseRoute
+
+ROUTES: list[BaseRoute] = []
