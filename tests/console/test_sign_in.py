@@ -1,0 +1,63 @@
+"""Signing in to the console, and what the overview shows; another account sees none of it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import requests
+
+from tests.conftest import RunningServer, unique
+from tests.console.conftest import OTHER_ACCOUNT, screenshot, sign_in
+
+
+def test_a_wrong_secret_is_refused_and_pages_need_a_session(
+    browser: Any, console_server: RunningServer
+) -> None:
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(f"{console_server.url}/console/?page=2")
+    assert "/console/login" in page.url  # sent to sign in first
+    page.fill("input[name=access_key_id]", "test")
+    page.fill("input[name=secret_access_key]", "not-the-secret")
+    page.click("button[type=submit]")
+    assert page.locator("[role=alert]").inner_text() == "The access key or secret is not right."
+    assert page.context.cookies() == []
+    screenshot(page, "sign-in-refused")
+    context.close()
+    # Data calls without a session get 401, and a forged cookie is no session.
+    cookies = {"mlharbor_console": "WyJ0ZXN0IiwidXMtZWFzdC0xIiwiIl0.forged.sig"}
+    answer = requests.post(
+        f"{console_server.url}/console/api/call/rekognition/ListCollections",
+        json={}, headers={"X-MLHarbor-Console": "1"}, cookies=cookies, timeout=10,
+    )  # fmt: skip
+    assert answer.status_code == 401
+
+
+def test_overview_shows_the_accounts_resources_and_not_to_another_account(
+    browser: Any, console_server: RunningServer, console: Any
+) -> None:
+    collection = unique("overview")
+    console_server.client("rekognition").create_collection(CollectionId=collection)
+    console.goto(f"{console_server.url}/console/")
+    mine = console.locator("#resources tr", has_text="Face collections")
+    assert int(mine.locator("td.num").inner_text()) >= 1
+    assert console.locator("#health").inner_text() == "ok"
+    screenshot(console, "overview")
+
+    other = sign_in(browser, console_server, "other", "other-secret")
+    assert OTHER_ACCOUNT in other.locator("header .who").inner_text()
+    row = other.locator("#resources tr", has_text="Face collections")
+    assert row.locator("td.num").inner_text() == "0"
+    # The other account's operation calls are its own too.
+    listed = other.evaluate("mlhCall('rekognition', 'ListCollections', {})")
+    assert collection not in listed["CollectionIds"]
+    other.context.close()
+
+
+def test_actions_without_the_console_header_are_refused(console: Any, console_server: RunningServer) -> None:
+    cookies = {c["name"]: c["value"] for c in console.context.cookies()}
+    answer = requests.post(
+        f"{console_server.url}/console/api/call/rekognition/CreateCollection",
+        json={"CollectionId": unique("csrf")}, cookies=cookies, timeout=10,
+    )  # fmt: skip
+    assert answer.status_code == 403
