@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test install install-test lint bench bench-train bench-faces bench-stream bench-vision bench-home bench-kvs bench-outputs bench-s3 bench-scale bench-soak clean
+.PHONY: serve test install install-test lint bench bench-train bench-faces bench-stream bench-vision bench-home bench-console bench-kvs bench-outputs bench-s3 bench-scale bench-soak clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 is required ($(PYTHON) not found)"; exit 1; }
@@ -62,6 +62,12 @@ bench-home: install-test
 # latency, face search on KVS vs the file path of commit 947b175 (~15 min); KVS_ARGS="--quick" smoke-tests.
 bench-kvs: install-test
 	$(BIN)/python bench/kvs.py $(KVS_ARGS)
+
+# The web console in headless Chromium: first paint of each page with 1,000 processors and recognizers, the
+# live view's delay, and the API's throughput while ten consoles watch a live view (~4 min);
+# CONSOLE_ARGS="--quick" smoke-tests.
+bench-console: install-test
+	$(BIN)/python bench/console.py $(CONSOLE_ARGS)
 
 # Stream processor outputs on MLHarbor's endpoint vs moto_server: PutRecords / GetRecords records/s, PutRecord →
 # readable latency, face search frame → record (embedded Kinesis vs moto), SNS Publish → HTTP subscriber

@@ -61,3 +61,21 @@ def test_actions_without_the_console_header_are_refused(console: Any, console_se
         json={"CollectionId": unique("csrf")}, cookies=cookies, timeout=10,
     )  # fmt: skip
     assert answer.status_code == 403
+
+
+def test_signing_out_ends_the_session(browser: Any, console_server: RunningServer) -> None:
+    page = sign_in(browser, console_server)
+    page.click("text=Sign out")
+    page.wait_for_url("**/console/login")
+    page.goto(f"{console_server.url}/console/")
+    assert "/console/login" in page.url
+    page.context.close()
+
+
+def test_a_bucket_named_console_is_still_s3s(console_server: RunningServer) -> None:
+    """Signed requests under /console/ are S3's (path style): the console only takes unsigned ones."""
+    s3 = console_server.client("s3")
+    s3.create_bucket(Bucket="console")
+    s3.put_object(Bucket="console", Key="login", Body=b"not a page")
+    assert s3.get_object(Bucket="console", Key="login")["Body"].read() == b"not a page"
+    assert requests.get(f"{console_server.url}/console/login", timeout=10).text.count("Sign in") >= 1

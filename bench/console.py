@@ -1,0 +1,386 @@
+#!/usr/bin/env python3
+"""The web console under load: first paint of every page with 1,000 resources, the live view's delay, and
+what ten consoles watching live views cost the API.
+
+One run against a freshly started ``mlharbor serve`` (SQLite, its own data folder), driven by headless
+Debian Chromium through Playwright (the console tests' browser), on this machine:
+
+* Seeding: ``--resources`` (1,000) stream processors through the API (CreateStreamProcessor, each on a
+  Kinesis Video stream and a Kinesis data stream of its own, as AWS requires), and as many entity
+  recognizers: one trained for real on a small generated corpus (its training curve and per-type table are
+  real), the others copies of its row written into the database (training 1,000 recognizers would take
+  hours; the pages read rows, not models).
+* First paint: each page opened ``--paints`` times in a fresh tab of one signed-in browser context (the
+  cookie set, the static files cached as a user's would be after the first page); the paint time is the
+  browser's own ``first-contentful-paint`` (Paint Timing API, from navigation start). Pages: overview,
+  the processor and recognizer lists (first and last page), a processor's page, a recognizer's page, the
+  video stream, collection and endpoint lists. Target: p95 ≤ 300 ms on every page.
+* Live delay: a face search processor on a looping camera video (the built-in producer,
+  ``--video-stream``) with the face indexed; ``--consoles`` browser tabs open its live view. Each tab
+  records, for every frame it shows, the time it was shown (the image decoded, before the next paint) minus
+  the time the worker analysed it (``analysed_at``, same machine clock). Target: p99 ≤ 300 ms.
+* API throughput: ``bench/api_throughput.py``'s load generator (``--clients`` keep-alive connections,
+  DescribeStreamProcessor of a missing name, the cheapest call that reaches the store) while the processor
+  runs, in alternating windows of ``--seconds``: no console open, then the ``--consoles`` tabs watching the
+  live view. Ratio = requests/s with consoles ÷ without. Target ≥ 0.9. The browser shares the machine's
+  two cores with the server here (in use it runs on the user's computer), so the same ratio is also
+  measured with the consoles replaced by raw server-sent-event readers (no rendering): the server's own
+  cost.
+
+A measurement that fails prints NOT met with its reason, never a pass.
+
+Usage::
+
+    .venv/bin/python bench/console.py                  # ~4 min
+    .venv/bin/python bench/console.py --quick          # smoke run: 100 resources, short windows
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import os
+import sqlite3
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))
+
+from tests.engines.video_files import portrait_frames  # noqa: E402
+
+import api_throughput  # noqa: E402
+import harness  # noqa: E402
+from stream import write_camera_video  # noqa: E402
+
+ACCOUNT, REGION = "000000000000", "us-east-1"
+ROLE = f"arn:aws:iam::{ACCOUNT}:role/bench"
+CHROMIUM = os.environ.get("MLHARBOR_TEST_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+]  # fmt: skip
+PAINT_TARGET_MS = 300.0
+DELAY_TARGET_MS = 300.0
+RATIO_TARGET = 0.9
+CAMERA = "bench-camera"
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1))]
+
+
+# --- Seeding ---------------------------------------------------------------------------------------------
+def seed_processors(server: harness.Server, count: int) -> list[str]:
+    """``count`` face search processors through the API, each on its own video and data stream."""
+    rek = harness.aws_client(server, "rekognition")
+    kvs = harness.aws_client(server, "kinesisvideo")
+    kinesis = harness.aws_client(server, "kinesis")
+    rek.create_collection(CollectionId="bench")
+    names = []
+    for i in range(count):
+        name = f"door-{i:04d}"
+        video_arn = kvs.create_stream(StreamName=f"cam-{i:04d}", DataRetentionInHours=1)["StreamARN"]
+        kinesis.create_stream(StreamName=f"out-{i:04d}", ShardCount=1)
+        output = f"arn:aws:kinesis:{REGION}:{ACCOUNT}:stream/out-{i:04d}"
+        rek.create_stream_processor(
+            Name=name, Input={"KinesisVideoStream": {"Arn": video_arn}},
+            Output={"KinesisDataStream": {"Arn": output}},
+            Settings={"FaceSearch": {"CollectionId": "bench", "FaceMatchThreshold": 80.0}}, RoleArn=ROLE,
+        )  # fmt: skip
+        names.append(name)
+    return names
+
+
+def train_one_recognizer(server: harness.Server) -> str:
+    """A recognizer trained for real on a small generated corpus (bench/train_recognizer.py's)."""
+    import train_recognizer
+
+    comprehend = harness.aws_client(server, "comprehend")
+    corpus = train_recognizer.generated_corpus(300, 40)
+    config = train_recognizer.upload(server.data_dir, "console", corpus.types, corpus.train, corpus.test)
+    arn = train_recognizer.create(comprehend, "products-0000", config)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        status = comprehend.describe_entity_recognizer(EntityRecognizerArn=arn)["EntityRecognizerProperties"]
+        if status["Status"] in ("TRAINED", "TRAINED_WITH_WARNING", "IN_ERROR", "STOPPED"):
+            if not status["Status"].startswith("TRAINED"):
+                raise RuntimeError(f"the seed recognizer ended {status['Status']}: {status.get('Message')}")
+            return arn
+        time.sleep(0.5)
+    raise RuntimeError("the seed recognizer did not finish training in 300 s")
+
+
+def clone_recognizers(database: Path, arn: str, count: int) -> None:
+    """``count - 1`` copies of the trained recognizer's row under other names (same model, curve, metrics)."""
+    with sqlite3.connect(database, timeout=30) as conn:
+        conn.row_factory = sqlite3.Row
+        row = dict(conn.execute("SELECT * FROM entity_recognizers WHERE arn = ?", (arn,)).fetchone())
+        columns = list(row)
+        rows = []
+        for i in range(1, count):
+            name = f"products-{i:04d}"
+            copy = dict(row, arn=arn.replace("products-0000", name), name=name, incarnation=uuid.uuid4().hex,
+                        submitted_at=row["submitted_at"] + i)  # fmt: skip
+            rows.append([copy[c] for c in columns])
+        marks = ", ".join("?" for _ in columns)
+        conn.executemany(f"INSERT INTO entity_recognizers ({', '.join(columns)}) VALUES ({marks})", rows)
+
+
+# --- First paint -------------------------------------------------------------------------------------------
+def sign_in(browser: Any, url: str) -> Any:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.goto(f"{url}/console/login")
+    page.fill("input[name=access_key_id]", "test")
+    page.fill("input[name=secret_access_key]", "test")
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{url}/console/")
+    page.close()
+    return context
+
+
+def first_paints(context: Any, url: str, pages: dict[str, str], repeats: int) -> dict[str, list[float]]:
+    """Per page, the browser's first-contentful-paint of each of ``repeats`` fresh loads (ms)."""
+    paints: dict[str, list[float]] = {label: [] for label in pages}
+    for _ in range(repeats):
+        for label, path in pages.items():  # interleaved: drift in the machine's load hits every page alike
+            tab = context.new_page()
+            response = tab.goto(url + path, wait_until="load")
+            if response is None or response.status != 200:
+                raise RuntimeError(f"{path} answered {response.status if response else 'nothing'}")
+            paint = tab.evaluate(
+                """() => new Promise((resolve) => {
+                    const find = () => performance.getEntriesByName('first-contentful-paint')[0];
+                    const seen = find();
+                    if (seen) return resolve(seen.startTime);
+                    new PerformanceObserver(() => { const e = find(); if (e) resolve(e.startTime); })
+                        .observe({type: 'paint', buffered: true});
+                    setTimeout(() => resolve(null), 5000);
+                })"""
+            )
+            tab.close()
+            if paint is None:
+                raise RuntimeError(f"{path}: the browser reported no first-contentful-paint")
+            paints[label].append(float(paint))
+    return paints
+
+
+# --- Live view ---------------------------------------------------------------------------------------------
+def start_live_processor(server: harness.Server, hopper: bytes) -> str:
+    rek = harness.aws_client(server, "rekognition")
+    kinesis = harness.aws_client(server, "kinesis")
+    rek.create_collection(CollectionId="live")
+    rek.index_faces(CollectionId="live", Image={"Bytes": hopper}, ExternalImageId="grace")
+    kinesis.create_stream(StreamName="live-out", ShardCount=1)
+    name = "live-door"
+    rek.create_stream_processor(
+        Name=name,
+        Input={"KinesisVideoStream": {"Arn": f"arn:aws:kinesisvideo:{REGION}:{ACCOUNT}:stream/{CAMERA}/1"}},
+        Output={"KinesisDataStream": {"Arn": f"arn:aws:kinesis:{REGION}:{ACCOUNT}:stream/live-out"}},
+        Settings={"FaceSearch": {"CollectionId": "live", "FaceMatchThreshold": 80.0}}, RoleArn=ROLE,
+    )  # fmt: skip
+    rek.start_stream_processor(Name=name)
+    deadline = time.monotonic() + 60
+    while rek.describe_stream_processor(Name=name)["Status"] != "RUNNING":
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name} is not RUNNING: {rek.describe_stream_processor(Name=name)}")
+        time.sleep(0.1)
+    return name
+
+
+def open_consoles(context: Any, url: str, name: str, count: int) -> list[Any]:
+    tabs = []
+    for _ in range(count):
+        tab = context.new_page()
+        tab.goto(f"{url}/console/processors/{name}")
+        tabs.append(tab)
+    for tab in tabs:  # every tab shows frames before anything is measured
+        tab.wait_for_function("() => (window.mlhLiveDelays || []).length > 0", timeout=60_000)
+    return tabs
+
+
+def live_delays(tabs: list[Any]) -> list[float]:
+    delays: list[float] = []
+    for tab in tabs:
+        delays += tab.evaluate("() => (window.mlhLiveDelays || []).splice(0)")
+    return delays
+
+
+class SseReaders:
+    """``count`` raw server-sent-event readers of the live view (what the tabs' EventSource reads, without
+    decoding or drawing): the server's own cost of ``count`` consoles."""
+
+    def __init__(self, url: str, cookie: str, path: str, count: int) -> None:
+        self.url, self.cookie, self.path, self.count = url, cookie, path, count
+        self.events = 0
+        self.loop = asyncio.new_event_loop()
+        self.stopping: asyncio.Event | None = None
+        self.thread = threading.Thread(target=self.loop.run_until_complete, args=(self._main(),), daemon=True)
+        self.thread.start()
+
+    async def _main(self) -> None:
+        self.stopping = asyncio.Event()
+        readers = [asyncio.ensure_future(self._read()) for _ in range(self.count)]
+        await self.stopping.wait()
+        for reader in readers:
+            reader.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
+
+    async def _read(self) -> None:
+        host, port = self.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            f"GET {self.path} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: text/event-stream\r\n"
+            f"Cookie: {self.cookie}\r\n\r\n".encode()
+        )
+        await writer.drain()
+        try:
+            while True:
+                line = await reader.readline()
+                if not line:
+                    return
+                if line.startswith(b"data:"):
+                    self.events += 1
+        finally:
+            writer.close()
+
+    def close(self) -> None:
+        if self.stopping is not None:
+            self.loop.call_soon_threadsafe(self.stopping.set)
+        self.thread.join(timeout=5)
+
+
+def throughput(target: api_throughput.Target, clients: int, seconds: float) -> float:
+    call = api_throughput.CALLS[0]  # DescribeStreamProcessor of a missing name
+    result = asyncio.run(api_throughput._run_phase(target, call, clients, 1.0, seconds))
+    if result.stats.errors:
+        raise RuntimeError(f"load generator errors: {dict(result.stats.errors)}")
+    return result.rps
+
+
+# --- Report ------------------------------------------------------------------------------------------------
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--resources", type=int, default=1000)
+    parser.add_argument("--paints", type=int, default=20, help="loads of each page")
+    parser.add_argument("--consoles", type=int, default=10)
+    parser.add_argument("--delay-seconds", type=float, default=20.0)
+    parser.add_argument("--seconds", type=float, default=8.0, help="each throughput window")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating throughput windows per variant")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    if args.quick:
+        args.resources, args.paints, args.delay_seconds, args.seconds, args.rounds = 100, 5, 5.0, 3.0, 1
+    from playwright.sync_api import sync_playwright
+
+    print(f"load before the run: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores", flush=True)
+    problems: dict[str, str] = {}
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        video = write_camera_video(tmp / "door.mp4", portrait_frames(90), 15)
+        server = harness.start_server(
+            tmp, env={"MLHARBOR_STREAM_PROCESSOR_LIMIT": str(args.resources + 10)},
+            args=["--video-stream", f"{CAMERA}={video}"],
+        )  # fmt: skip
+        try:
+            started = time.monotonic()
+            processors = seed_processors(server, args.resources)
+            recognizer = train_one_recognizer(server)
+            clone_recognizers(server.data_dir / "mlharbor.db", recognizer, args.resources)
+            print(f"seeded {len(processors)} processors and {args.resources} recognizers in "
+                  f"{time.monotonic() - started:.0f} s", flush=True)  # fmt: skip
+            last = (args.resources + 49) // 50
+            pages = {
+                "overview": "/console/",
+                "processors p.1": "/console/processors",
+                f"processors p.{last}": f"/console/processors?page={last}",
+                "processor": f"/console/processors/{processors[len(processors) // 2]}",
+                "recognizers p.1": "/console/recognizers",
+                f"recognizers p.{last}": f"/console/recognizers?page={last}",
+                "recognizer": "/console/recognizers/products-0000",
+                "video streams p.1": "/console/videos",
+                "collections": "/console/collections",
+                "endpoints & jobs": "/console/endpoints",
+            }
+            with sync_playwright() as playwright:
+                browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+                context = sign_in(browser, server.url)
+                paints = first_paints(context, server.url, pages, args.paints)
+
+                hopper = (ROOT / "tests" / "data" / "grace_hopper.jpg").read_bytes()
+                live = start_live_processor(server, hopper)
+                target = api_throughput.Target("mlharbor", server.url, server.proc, server.log_path)
+                cookie = "; ".join(f"{c['name']}={c['value']}" for c in context.cookies())
+                alone, with_tabs, with_readers, delays = [], [], [], []
+                for _ in range(args.rounds):
+                    alone.append(throughput(target, args.clients, args.seconds))
+                    readers = SseReaders(
+                        server.url, cookie, f"/console/processors/{live}/live", args.consoles
+                    )
+                    try:
+                        with_readers.append(throughput(target, args.clients, args.seconds))
+                    finally:
+                        readers.close()
+                    if readers.events == 0:
+                        problems["readers"] = "the raw live-view readers received no event"
+                    tabs = open_consoles(context, server.url, live, args.consoles)
+                    live_delays(tabs)  # frames shown while the tabs opened do not count
+                    with_tabs.append(throughput(target, args.clients, args.seconds))
+                    for tab in tabs:
+                        tab.close()
+                # The delay alone, consoles open and no API load.
+                tabs = open_consoles(context, server.url, live, args.consoles)
+                live_delays(tabs)
+                time.sleep(args.delay_seconds)  # frames accumulate in the tabs meanwhile
+                delays = live_delays(tabs)
+                browser.close()
+        finally:
+            harness.stop_process(server.proc)
+
+    rows = []
+    for label, values in paints.items():
+        p95 = percentile(values, 0.95)
+        rows.append([label, harness.fmt(statistics.median(values), ".0f"), harness.fmt(p95, ".0f"),
+                     harness.fmt(max(values), ".0f"),
+                     harness.verdict(p95, PAINT_TARGET_MS, at_most=True)])  # fmt: skip
+    print(f"\nFirst contentful paint, ms ({args.paints} loads of each page, {args.resources} processors "
+          f"and {args.resources} recognizers):")  # fmt: skip
+    harness.print_table(["page", "p50", "p95", "max", "p95 ≤ 300 ms"], rows, right={1, 2, 3})
+
+    p50, p99 = percentile(delays, 0.5), percentile(delays, 0.99)
+    worst = max(delays) if delays else None
+    judged = harness.verdict(p99, DELAY_TARGET_MS, at_most=True, problem=None if delays else "no frame shown")
+    print(f"\nLive view delay (frame analysed → shown in the browser), {len(delays)} frames shown in "
+          f"{args.consoles} tabs over {args.delay_seconds:.0f} s: p50 {harness.fmt(p50, '.0f', ' ms')}, "
+          f"p99 {harness.fmt(p99, '.0f', ' ms')}, max {harness.fmt(worst, '.0f', ' ms')}: "
+          f"{judged}")  # fmt: skip
+
+    base = statistics.median(alone) if alone else None
+    for label, values in (("ten browser consoles", with_tabs), ("ten raw live-view readers", with_readers)):
+        value = statistics.median(values) if values else None
+        share = harness.ratio(value, base, numerator_name=f"with {label}", denominator_name="the API alone",
+                              failed=problems.get("readers") if "raw" in label else None)  # fmt: skip
+        print(f"API throughput with {label}: {harness.fmt(value, '.0f')} req/s vs "
+              f"{harness.fmt(base, '.0f')} alone (medians of {args.rounds}): ratio {harness.fmt(share)}: "
+              f"{harness.verdict(share, RATIO_TARGET)}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
