@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import requests
 
 from tests.conftest import RunningServer, unique
 from tests.console.conftest import OTHER_ACCOUNT, screenshot, sign_in
+
+pytestmark = pytest.mark.storage  # the overview's queries run on PostgreSQL too
 
 
 def test_a_wrong_secret_is_refused_and_pages_need_a_session(
