@@ -229,7 +229,7 @@ def _select(
 def _face_records(
     params: dict[str, Any], measured: list[face_details.Measured], embedded: list[Face]
 ) -> list[dict[str, Any]]:
-    image_id, now = str(uuid.uuid4()), time.time()
+    image_id, now, source = str(uuid.uuid4()), time.time(), _source(params["Image"])
     return [
         {
             "face_id": str(uuid.uuid4()),
@@ -240,9 +240,26 @@ def _face_records(
             "model_version": MODEL_VERSION,
             "created_at": now,
             "descriptor": face.descriptor,
+            "source": source,
         }
         for m, face in zip(measured, embedded, strict=True)
     ]
+
+
+SOURCE_MAX = 2048  # faces.source
+
+
+def _source(image: dict[str, Any]) -> str | None:
+    """Where the indexed image came from, for the console: ``s3://bucket/key`` (``?versionId=`` when one
+    was named and it fits), or None for Bytes."""
+    s3_object = image.get("S3Object")
+    if s3_object is None:
+        return None
+    where = f"s3://{s3_object.get('Bucket', '')}/{s3_object.get('Name', '')}"
+    versioned = f"{where}?versionId={s3_object['Version']}" if s3_object.get("Version") else where
+    if len(versioned) <= SOURCE_MAX:
+        return versioned
+    return where if len(where) <= SOURCE_MAX else None
 
 
 def _store_faces(call: Call, collection: Any, records: list[dict[str, Any]]) -> None:
