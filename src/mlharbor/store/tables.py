@@ -113,7 +113,7 @@ entity_recognizers = Table(
     Column("attempt", Integer, nullable=False, default=0),
     Column("crashes", Integer, nullable=False, default=0),
     Column("artifact_uri", String(1024)),
-    # Dev F1 per epoch while training ([[epoch, f1], ...]), for the console's training curve.
+    # The training curve for the console: {"epochs": [[epoch, dev F1], ...], "best_epoch", "attempt"}.
     Column("curve", JSON),
     UniqueConstraint("account_id", "region", "name", "version_name", name="uq_entity_recognizer_name"),
 )

@@ -41,12 +41,17 @@ document.addEventListener("click", async (event) => {
 // Elements with data-refresh="SECONDS" (and an id) reload their content from the same page while it is open.
 function mlhRefreshed(element) { /* the element was replaced: keep refreshing the new one */
   const every = parseFloat(element.dataset.refresh) * 1000;
+  if (!(every > 0)) return; // a block that came back without data-refresh is final
   setTimeout(async () => {
-    const response = await fetch(location.href, { credentials: "same-origin" });
-    if (!response.ok) return;
-    const page = new DOMParser().parseFromString(await response.text(), "text/html");
-    const fresh = page.getElementById(element.id);
-    if (fresh) element.replaceWith(fresh), mlhRefreshed(fresh);
+    let fresh = null;
+    try {
+      const response = await fetch(location.href, { credentials: "same-origin" });
+      if (response.ok) {
+        fresh = new DOMParser().parseFromString(await response.text(), "text/html").getElementById(element.id);
+      }
+    } catch (_) { /* the server is restarting: try again next time */ }
+    if (!element.isConnected) return;
+    if (fresh) { element.replaceWith(fresh); mlhRefreshed(fresh); } else mlhRefreshed(element);
   }, every);
 }
 document.addEventListener("DOMContentLoaded", () => {

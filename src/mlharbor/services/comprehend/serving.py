@@ -81,9 +81,9 @@ async def _serve(ctx: WorkContext, model: Any, host: str, capacity: Capacity | N
     server = await asyncio.start_server(connection, host, 0)
     port = server.sockets[0].getsockname()[1]
     address = f"{host}:{port}"
-    ctx.heartbeat({"address": address, "ready": True, "served": 0})
+    ctx.heartbeat({"address": address, "ready": True, "served": 0, "rate": 0.0})
     log.info("serving on %s", address)
-    served, last_beat = 0, time.monotonic()
+    served, last_beat, served_at_beat = 0, time.monotonic(), 0
     async with server:
         while not ctx.stop_requested():
             with contextlib.suppress(TimeoutError):
@@ -96,9 +96,13 @@ async def _serve(ctx: WorkContext, model: Any, host: str, capacity: Capacity | N
                 if queue:
                     arrived.set()
                 await asyncio.sleep(0)  # let the readers collect what arrived meanwhile
-            if time.monotonic() - last_beat >= HEARTBEAT_SECONDS:
-                ctx.heartbeat({"address": address, "ready": True, "served": served})
-                last_beat = time.monotonic()
+            now = time.monotonic()
+            if now - last_beat >= HEARTBEAT_SECONDS:
+                # Documents served in all, and per second since the last beat (the console's throughput);
+                # an idle worker's progress does not change, so its lease is not rewritten.
+                rate = round((served - served_at_beat) / (now - last_beat), 1)
+                ctx.heartbeat({"address": address, "ready": True, "served": served, "rate": rate})
+                last_beat, served_at_beat = now, served
         for writer in list(writers):
             writer.close()
 

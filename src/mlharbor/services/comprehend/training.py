@@ -36,14 +36,21 @@ PATIENCE = 8
 DROPOUT = 0.1  # spaCy's default training config uses 0.1
 
 
-def _note(store: Store, arn: str, fence: Fence, message: str) -> None:
-    """Progress text in Message while training; not a state change, so the version is left alone."""
+def _note(store: Store, arn: str, fence: Fence, message: str, curve: dict[str, Any] | None = None) -> None:
+    """Progress text in Message while training, with the training curve so far (the console draws it,
+    Describe does not show it); not a state change, so the version is left alone."""
     with store.begin() as conn:
         conn.execute(
             update(table)
             .where(table.c.arn == arn, table.c.status == "TRAINING", fence.clause(table))
-            .values(message=message)
+            .values(message=message, curve=curve)
         )
+
+
+def curve_of(points: list[list[float]], best_epoch: int, attempt: int) -> dict[str, Any]:
+    """The ``curve`` column: dev F1 (0..1) per epoch, ``[[epoch, f1], ...]``, the best epoch so far, and the
+    attempt that drew it (a retried attempt starts a fresh curve)."""
+    return {"epochs": [list(point) for point in points], "best_epoch": best_epoch, "attempt": attempt}
 
 
 # --- The worker -----------------------------------------------------------------------------------
@@ -59,11 +66,13 @@ def _train(ctx: WorkContext, store: Store, payload: dict[str, Any]) -> dict[str,
         return {"stopped": False, "skipped": True}
     if row.status == "SUBMITTED":
         state = er.move(
-            store, arn, {"SUBMITTED": "TRAINING"}, fence=fence,
+            store, arn, {"SUBMITTED": "TRAINING"}, fence=fence, curve=None,
             message="Loading training data", details=with_details(TrainingStartTime=time.time()),
         )  # fmt: skip
     else:
         state = row.status  # TRAINING again after a crash: the row already says so
+        if row.curve is not None:  # a new attempt trains from the start: its curve too
+            _note(store, arn, fence, row.message or "Loading training data", curve=None)
     if state != "TRAINING":
         er.finish_stop(store, arn, fence)  # stopped before it started
         return {"stopped": True}
@@ -92,6 +101,8 @@ def _train(ctx: WorkContext, store: Store, payload: dict[str, Any]) -> dict[str,
     train_docs, test_docs = _hold_out(dataset.train, dataset.test, rng)
     fit_docs, dev_docs = _hold_out(train_docs, None, rng)
 
+    points: list[list[float]] = []  # this attempt's curve, written whole with every epoch's Message
+
     def on_epoch(report: Any) -> None:
         text = (
             f"Training: epoch {report.epoch}, dev F1 {report.dev_f1 * 100:.1f} "
@@ -99,7 +110,8 @@ def _train(ctx: WorkContext, store: Store, payload: dict[str, Any]) -> dict[str,
         )
         log.info("%s %s", arn, text)
         ctx.heartbeat({"epoch": report.epoch, "dev_f1": report.dev_f1})
-        _note(store, arn, fence, text)
+        points.append([report.epoch, round(report.dev_f1, 4)])
+        _note(store, arn, fence, text, curve_of(points, report.best_epoch, fence.attempt))
 
     types = [t["Type"] for t in spec["InputDataConfig"]["EntityTypes"]]
     result = ner.train(
