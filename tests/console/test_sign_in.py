@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import RunningServer, unique
+from tests.conftest import RunningServer, unique, wait_until
 from tests.console.conftest import OTHER_ACCOUNT, screenshot, sign_in
 
 pytestmark = pytest.mark.storage  # the overview's queries run on PostgreSQL too
@@ -36,24 +36,52 @@ def test_a_wrong_secret_is_refused_and_pages_need_a_session(
     assert answer.status_code == 401
 
 
+def _total(page: Any, kind: str) -> int:
+    return int(page.locator("#resources tr", has_text=kind).locator("td.num").inner_text())
+
+
 def test_overview_shows_the_accounts_resources_and_not_to_another_account(
     browser: Any, console_server: RunningServer, console: Any
 ) -> None:
-    collection = unique("overview")
-    console_server.client("rekognition").create_collection(CollectionId=collection)
     console.goto(f"{console_server.url}/console/")
-    mine = console.locator("#resources tr", has_text="Face collections")
-    assert int(mine.locator("td.num").inner_text()) >= 1
+    before = {kind: _total(console, kind) for kind in ("Stream processors", "Entity recognizers")}
+    name, collection = unique("overview"), unique("overview")
+    console_server.client("rekognition").create_collection(CollectionId=collection)
+    video = console_server.client("kinesisvideo").create_stream(StreamName=name)["StreamARN"]
+    console_server.client("kinesis").create_stream(StreamName=name, ShardCount=1)
+    console_server.client("rekognition").create_stream_processor(
+        Name=name, Input={"KinesisVideoStream": {"Arn": video}},
+        Output={"KinesisDataStream": {"Arn": f"arn:aws:kinesis:us-east-1:000000000000:stream/{name}"}},
+        Settings={"FaceSearch": {"CollectionId": collection}}, RoleArn="arn:aws:iam::000000000000:role/r",
+    )  # fmt: skip
+    # Data that does not exist: the recognizer ends IN_ERROR at once, and its message is a recent error.
+    console_server.client("comprehend").create_entity_recognizer(
+        RecognizerName=name, LanguageCode="en", DataAccessRoleArn="arn:aws:iam::000000000000:role/r",
+        InputDataConfig={"EntityTypes": [{"Type": "PERSON"}], "Documents": {"S3Uri": "s3://nobucket/d.txt"},
+                         "Annotations": {"S3Uri": "s3://nobucket/a.csv"}},
+    )  # fmt: skip
+    console.goto(f"{console_server.url}/console/")
+    assert _total(console, "Stream processors") == before["Stream processors"] + 1
+    assert "STOPPED" in console.locator("#resources tr", has_text="Stream processors").inner_text()
+    assert _total(console, "Entity recognizers") == before["Entity recognizers"] + 1
+    assert _total(console, "Face collections") >= 1
     assert console.locator("#health").inner_text() == "ok"
+
+    def failure_shown() -> bool:
+        console.reload()
+        return console.locator("#failures tr", has_text=name).count() == 1
+
+    wait_until(failure_shown, timeout=30, interval=0.5, what="the recognizer's failure on the overview")
+    failure = console.locator("#failures tr", has_text=name).inner_text()
+    assert "IN_ERROR" in failure and "nobucket" in failure  # the Message names the missing data
     screenshot(console, "overview")
 
     other = sign_in(browser, console_server, "other", "other-secret")
     assert OTHER_ACCOUNT in other.locator("header .who").inner_text()
-    row = other.locator("#resources tr", has_text="Face collections")
-    assert row.locator("td.num").inner_text() == "0"
+    assert other.locator("#failures tr", has_text=name).count() == 0
     # The other account's operation calls are its own too.
-    listed = other.evaluate("mlhCall('rekognition', 'ListCollections', {})")
-    assert collection not in listed["CollectionIds"]
+    listed = other.evaluate("mlhCall('rekognition', 'ListStreamProcessors', {})")
+    assert name not in [p["Name"] for p in listed["StreamProcessors"]]
     other.context.close()
 
 
