@@ -17,6 +17,7 @@ from mlharbor.runtime import WorkContext
 from mlharbor.services.attempts import Fence, StopWatch
 from mlharbor.services.rekognition import label_model
 from mlharbor.services.rekognition import sessions as ss
+from mlharbor.services.rekognition.live_view import LiveView, Stats
 from mlharbor.services.rekognition.sinks import NotificationUnavailable, Notifier
 from mlharbor.store.db import Store
 from mlharbor.store.tables import stream_processors as table
@@ -90,6 +91,7 @@ class ConnectedHomeSession:
         # guide treats 2 minutes in STARTING as stuck) more than that ends FAILED, never STARTING forever.
         deadline, give_up = None, time.monotonic() + self.duration + self.start_grace
         frames, first_seen, last_frame = 0, {}, None
+        stats, live = Stats(), LiveView(self.store, self.row.arn)
         while not self.stop() and time.monotonic() < (deadline or give_up):
             try:
                 frame = self.source.next(timeout=0.1)
@@ -105,12 +107,19 @@ class ConnectedHomeSession:
                 deadline = time.monotonic() + self.duration
             frames, last_frame = frames + 1, frame
             wanted = self.labels - first_seen.keys()  # only each label's first sighting is reported
+            boxes = []
             for detector in (d for d in self.detectors if d.labels & wanted):
                 for found in detector.detect(frame.pixels, wanted, self.min_confidence):
                     if found.label in wanted and _in_regions(found, frame.pixels.shape, self.regions):
                         first_seen[found.label] = self._detected(frame, found)
                         wanted = wanted - {found.label}
-            ctx.heartbeat({"frames": frames, "labels": sorted(first_seen)})
+                        boxes.append(_live_box(found, frame.pixels.shape))
+            stats.analysed(frame.received_time)
+            progress = {"frames": frames, "labels": sorted(first_seen), **stats.snapshot()}
+            ctx.heartbeat(progress)
+            if live.watched():  # a console shows this frame, what it found, and the labels seen so far
+                seen = [_seen(label) for label in first_seen.values()]
+                live.publish(frame.pixels, {"boxes": boxes, "labels": seen, "stats": stats.snapshot()})
         with self.store.read() as conn:
             row = conn.execute(select(table).where(table.c.arn == self.row.arn)).first()
         if self.stop.superseded or (row is not None and not self.fence.holds(row)):
@@ -220,6 +229,25 @@ class ConnectedHomeSession:
 
         with self.store.read() as conn:
             return tags.get(conn, self.row.arn)
+
+
+def _live_box(found: Any, shape: tuple[int, ...]) -> dict[str, Any]:
+    height, width = shape[:2]
+    box = {
+        "Left": found.left / width, "Top": found.top / height,
+        "Width": found.width / width, "Height": found.height / height,
+    }  # fmt: skip
+    return {"box": box, "label": found.label, "confidence": round(found.confidence, 1)}
+
+
+def _seen(label: dict[str, Any]) -> dict[str, Any]:
+    """A label's first sighting as the live view lists it: name, confidence, the frame and crop in S3."""
+    return {
+        "name": label["name"],
+        "confidence": round(label["confidence"], 1),
+        "frame": label["frameImageUri"],
+        "crop": label["croppedImageUri"],
+    }
 
 
 def _in_regions(found: Any, shape: tuple[int, ...], regions: list[dict[str, Any]]) -> bool:

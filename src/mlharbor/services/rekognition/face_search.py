@@ -22,6 +22,7 @@ from mlharbor.services.attempts import Fence, StopWatch
 from mlharbor.services.rekognition import collections as coll
 from mlharbor.services.rekognition import face_details
 from mlharbor.services.rekognition import sessions as ss
+from mlharbor.services.rekognition.live_view import LiveView, Stats, face_boxes
 from mlharbor.services.rekognition.sinks import KinesisSink, SinkUnavailable
 from mlharbor.store.db import Store
 from mlharbor.store.tables import stream_processors as table
@@ -88,6 +89,7 @@ class FaceSearchSession:
             return {"stopped": True}
         stop = StopWatch(ctx, self.store, table, arn, self.fence, ss.ACTIVE)
         frames, next_beat, reported_error = 0, 0.0, None
+        stats, live = Stats(), LiveView(self.store, arn)
         while not stop():
             try:
                 frame = self.source.next(timeout=0.1)
@@ -98,18 +100,24 @@ class FaceSearchSession:
                 continue
             if frame is not None:
                 try:
-                    self.sink.put(self._record(frame))
+                    record = self._record(frame)
                 except ResourceNotFoundException:
                     ss.fail(self.store, arn, self.fence, "Collection not found")
                     return {"stopped": False}
+                self.sink.put(record)
                 frames += 1
+                stats.analysed(frame.received_time)
+                if live.watched():  # a console shows this frame and its boxes
+                    boxes = face_boxes(record["FaceSearchResponse"])
+                    live.publish(frame.pixels, {"boxes": boxes, "stats": stats.snapshot()})
             self.sink.flush()
             if self.sink.error != reported_error:  # a Kinesis outage shows in StatusMessage
                 reported_error = self.sink.error
                 ss.move(self.store, arn, {"RUNNING": "RUNNING"}, self.fence, status_message=reported_error)
             if time.monotonic() >= next_beat:
                 next_beat = time.monotonic() + ss.HEARTBEAT_S
-                ctx.heartbeat({"frames": frames, "sent": self.sink.sent, "dropped": self.source.dropped})
+                progress = {"frames": frames, "sent": self.sink.sent, "dropped": self.source.dropped}
+                ctx.heartbeat({**progress, **stats.snapshot()})
         if stop.superseded:  # re-created, or a newer attempt took over: its records are not ours
             return {"stopped": True, "frames": frames}
         return self._stopped(frames)
