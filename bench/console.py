@@ -6,7 +6,8 @@ One run against a freshly started ``mlharbor serve`` (SQLite, its own data folde
 Debian Chromium through Playwright (the console tests' browser), on this machine:
 
 * Seeding: ``--resources`` (1,000) stream processors through the API (CreateStreamProcessor, each on a
-  Kinesis Video stream and a Kinesis data stream of its own, as AWS requires), and as many entity
+  Kinesis Video stream of its own and naming a Kinesis output of its own, as AWS requires; the outputs
+  are checked when a processor starts, and these never start), and as many entity
   recognizers: one trained for real on a small generated corpus (its training curve and per-type table are
   real), the others copies of its row written into the database (training 1,000 recognizers would take
   hours; the pages read rows, not models).
@@ -24,10 +25,10 @@ Debian Chromium through Playwright (the console tests' browser), on this machine
   runs, in alternating windows of ``--seconds``: no console open; ``--consoles`` raw server-sent-event
   readers of the live view in a process of their own (what a console's browser reads, without decoding
   or drawing: the server's own cost); ``--consoles`` browser consoles (each its own browser context, as
-  ten users' browsers; the tabs of one browser share one stream) on the live view; the same consoles with
-  Chromium at nice 19. Ratio = requests/s with ÷ without (medians of ``--rounds``). Target ≥ 0.9. In use
-  the browsers run on their users' computers; here they share the server's two cores, which the last
-  two windows show.
+  ten users' browsers; the tabs of one browser share one stream) on the live view, with the CPU the
+  browsers use meanwhile. Ratio = requests/s with ÷ without (medians of ``--rounds``). Target ≥ 0.9. In
+  use the browsers run on their users' computers; here they share the server's two cores, which the last
+  window shows.
 
 A measurement that fails prints NOT met with its reason, never a pass.
 
@@ -42,7 +43,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
-import contextlib
 import math
 import multiprocessing
 import os
@@ -82,7 +82,6 @@ VARIANTS = {
     "alone": "the API alone",
     "readers": "ten raw live-view readers (the server's own cost)",
     "browsers": "ten browser consoles on this machine",
-    "niced": "ten browser consoles on this machine at nice 19",
 }
 
 
@@ -95,16 +94,14 @@ def percentile(values: list[float], q: float) -> float | None:
 
 # --- Seeding ---------------------------------------------------------------------------------------------
 def seed_processors(server: harness.Server, count: int) -> list[str]:
-    """``count`` face search processors through the API, each on its own video and data stream."""
+    """``count`` face search processors through the API, each on its own video stream and output."""
     rek = harness.aws_client(server, "rekognition")
     kvs = harness.aws_client(server, "kinesisvideo")
-    kinesis = harness.aws_client(server, "kinesis")
     rek.create_collection(CollectionId="bench")
     names = []
     for i in range(count):
         name = f"door-{i:04d}"
         video_arn = kvs.create_stream(StreamName=f"cam-{i:04d}", DataRetentionInHours=1)["StreamARN"]
-        kinesis.create_stream(StreamName=f"out-{i:04d}", ShardCount=1)
         output = f"arn:aws:kinesis:{REGION}:{ACCOUNT}:stream/out-{i:04d}"
         rek.create_stream_processor(
             Name=name, Input={"KinesisVideoStream": {"Arn": video_arn}},
@@ -295,25 +292,29 @@ def throughput(target: api_throughput.Target, clients: int, seconds: float) -> f
     return result.rps
 
 
-def renice_browsers(priority: int) -> None:
-    """Set the niceness of this process's Chromium processes (the browser, its zygotes and renderers; later
-    renderers inherit it). The consoles are meant to run on their users' computers, not the server's."""
+def browser_cpu_seconds() -> float:
+    """CPU seconds used so far by this process's Chromium processes (the browser, its renderers, GPU and
+    network processes): what the consoles cost the machine they share with the server here."""
     parents: dict[int, int] = {}
-    names: dict[int, str] = {}
+    used: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            text = stat.read_text()
+            fields = text.rsplit(")", 1)[1].split()
             pid = int(stat.parent.name)
-            parents[pid], names[pid] = int(fields[1]), (stat.parent / "comm").read_text().strip()
+            parents[pid] = int(fields[1])
+            if "chrom" in text.split("(", 1)[1].rsplit(")", 1)[0]:
+                used[pid] = (int(fields[11]) + int(fields[12])) / tick
         except (OSError, IndexError, ValueError):
             continue
-    for pid, name in names.items():
+    total = 0.0
+    for pid, seconds in used.items():
         ancestor = parents.get(pid)
         while ancestor and ancestor != os.getpid():
             ancestor = parents.get(ancestor)
-        if ancestor == os.getpid() and "chrom" in name:
-            with contextlib.suppress(OSError):
-                os.setpriority(os.PRIO_PROCESS, pid, priority)
+        total += seconds if ancestor == os.getpid() else 0.0
+    return total
 
 
 # --- Report ------------------------------------------------------------------------------------------------
@@ -374,6 +375,7 @@ def main() -> int:
                 cookie = "; ".join(f"{c['name']}={c['value']}" for c in context.cookies())
                 cookies = context.cookies()
                 windows: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
+                browser_cpu: list[float] = []  # cores the ten browsers used during their windows
                 for _ in range(args.rounds):
                     windows["alone"].append(throughput(target, args.clients, args.seconds))
                     feed = f"/console/processors/{live}/live"
@@ -386,10 +388,9 @@ def main() -> int:
                     tabs = open_consoles(browser, cookies, server.url, live, args.consoles)
                     try:
                         live_delays(tabs)  # frames shown while the consoles opened do not count
+                        used, started = browser_cpu_seconds(), time.monotonic()
                         windows["browsers"].append(throughput(target, args.clients, args.seconds))
-                        renice_browsers(19)
-                        windows["niced"].append(throughput(target, args.clients, args.seconds))
-                        renice_browsers(0)
+                        browser_cpu.append((browser_cpu_seconds() - used) / (time.monotonic() - started))
                         if not live_delays(tabs):
                             problems["browsers"] = "the consoles showed no frame during the window"
                     finally:
@@ -434,6 +435,9 @@ def main() -> int:
         print(f"API throughput with {label}: {harness.fmt(value, '.0f')} req/s vs "
               f"{harness.fmt(base, '.0f')} alone (medians of {args.rounds}): ratio {harness.fmt(share)}: "
               f"{harness.verdict(share, RATIO_TARGET)}")  # fmt: skip
+    if browser_cpu:
+        print(f"  the ten browsers themselves used {statistics.median(browser_cpu):.2f} of the machine's "
+              f"{os.cpu_count()} cores meanwhile (median of {len(browser_cpu)} windows)")  # fmt: skip
     return 0
 
 

@@ -75,8 +75,11 @@ def face_search(console_server: RunningServer) -> Iterator[dict[str, str]]:
     with Camera(console_server, camera):
         rek.start_stream_processor(Name=name)
         yield {"name": name, "camera": camera}
-        if rek.describe_stream_processor(Name=name)["Status"] in ("STARTING", "RUNNING"):
-            rek.stop_stream_processor(Name=name)
+        try:
+            if rek.describe_stream_processor(Name=name)["Status"] in ("STARTING", "RUNNING"):
+                rek.stop_stream_processor(Name=name)
+        except rek.exceptions.ResourceNotFoundException:
+            pass  # the test deleted it
 
 
 def test_a_running_face_search_shows_the_matched_face_live_and_stops_from_the_page(
@@ -133,6 +136,24 @@ def test_a_running_face_search_shows_the_matched_face_live_and_stops_from_the_pa
     row = console.locator("#processors tr", has_text=name)
     assert "STOPPED" in row.locator(".state").inner_text()
     screenshot(console, "processors")
+
+    # Deleting the processor deletes its last frame too.
+    arn = rek.describe_stream_processor(Name=name)["StreamProcessorArn"]
+    assert _live_rows(console_server, arn) == 1
+    rek.delete_stream_processor(Name=name)
+    assert _live_rows(console_server, arn) == 0
+
+
+def _live_rows(server: RunningServer, arn: str) -> int:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(server.database_url)
+    try:
+        with engine.connect() as conn:
+            query = text("SELECT count(*) FROM live_views WHERE processor_arn = :arn")
+            return int(conn.execute(query, {"arn": arn}).scalar_one())
+    finally:
+        engine.dispose()
 
 
 def test_the_live_stream_needs_a_session_and_another_account_sees_nothing(

@@ -23,6 +23,7 @@ from mlharbor.services import attempts, tags
 from mlharbor.services.rekognition import face_operations, tag_limits
 from mlharbor.services.rekognition import stream_processors as sp
 from mlharbor.services.rekognition.kinds import stream_work_id
+from mlharbor.store.tables import live_views
 from mlharbor.store.tables import stream_processors as sp_table
 from mlharbor.store.transitions import transition
 
@@ -147,6 +148,7 @@ def delete_stream_processor(call: Call, params: dict[str, Any]) -> None:
         if removed != 1:
             raise ResourceInUseException("Cannot delete stream processor.")
         tags.remove_all(conn, row.arn)
+        conn.execute(delete(live_views).where(live_views.c.processor_arn == row.arn))  # the console's frame
     call.server.executor.request_stop(stream_work_id(row))  # if STOPPING
 
 
