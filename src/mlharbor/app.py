@@ -152,7 +152,7 @@ def create_app(settings: Settings, server: Server | None = None) -> Application:
 
     routes = [Route("/health", health, methods=["GET"]), Route("/metrics", metrics_endpoint, methods=["GET"])]
     admin = Starlette(routes=routes)
-    console = build_console(server, services, credentials) if settings.console else None
+    console = build_console(server, services, credentials, throttle) if settings.console else None
     return Application(gateway, admin, server, metrics, console)
 
 

@@ -110,3 +110,31 @@ def test_a_bucket_named_console_is_still_s3s(console_server: RunningServer) -> N
     s3.put_object(Bucket="console", Key="login", Body=b"not a page")
     assert s3.get_object(Bucket="console", Key="login")["Body"].read() == b"not a page"
     assert requests.get(f"{console_server.url}/console/login", timeout=10).text.count("Sign in") >= 1
+
+
+def test_oversized_bodies_and_odd_regions_are_refused(console: Any, console_server: RunningServer) -> None:
+    url = console_server.url
+    huge = b"access_key_id=test&secret_access_key=" + b"x" * 100_000
+    assert requests.post(f"{url}/console/login", data=huge, timeout=10).status_code == 413
+    form = {"access_key_id": "test", "secret_access_key": "test", "region": "ΕΥ-west-1"}
+    assert (
+        requests.post(f"{url}/console/login", data=form, timeout=10, allow_redirects=False).status_code == 401
+    )
+    cookies = {c["name"]: c["value"] for c in console.context.cookies()}
+    headers = {"X-MLHarbor-Console": "1"}
+    too_big = requests.post(
+        f"{url}/console/api/call/rekognition/ListCollections", data=b"{" + b" " * (9 << 20) + b"}",
+        headers=headers, cookies=cookies, timeout=30,
+    )  # fmt: skip
+    assert too_big.status_code == 413
+    # S3's operations take rest-xml requests: not callable from the console.
+    s3 = requests.post(
+        f"{url}/console/api/call/s3/ListBuckets", json={}, headers=headers, cookies=cookies, timeout=10
+    )
+    assert s3.status_code == 400 and s3.json()["code"] == "UnknownOperationException"
+    # Another site cannot sign the user out.
+    cross = requests.post(
+        f"{url}/console/logout", cookies=cookies, headers={"Sec-Fetch-Site": "cross-site"}, timeout=10,
+        allow_redirects=False,
+    )  # fmt: skip
+    assert cross.status_code == 403

@@ -7,6 +7,7 @@ request there is S3's: a bucket named "console").
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -19,6 +20,7 @@ from starlette.staticfiles import StaticFiles
 
 from mlharbor import errors
 from mlharbor.api.services import Service
+from mlharbor.api.throttle import Throttle
 from mlharbor.config import Credential
 from mlharbor.console import collections, endpoints, overview, processors, recognizers, videos
 from mlharbor.console.invoke import Operations
@@ -28,15 +30,35 @@ from mlharbor.context import Server
 
 PAGE_MODULES = (overview, processors, videos, collections, recognizers, endpoints)
 MAX_CALL_BYTES = 8 * 1024 * 1024  # a photo dropped for SearchFacesByImage (5 MB) in base64
+MAX_FORM_BYTES = 16 * 1024  # the sign-in form
+REGION = re.compile(r"^[a-z0-9-]{1,32}$")
+
+
+class TooLarge(Exception):
+    pass
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request's body, refused once it passes ``limit`` bytes (before reading more than that): the
+    console's routes are not behind the gateway's body budget, and sign-in needs no session."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise TooLarge
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise TooLarge
+    return bytes(body)
 
 
 def build_console(
-    server: Server, services: dict[str, Service], credentials: dict[str, Credential]
+    server: Server, services: dict[str, Service], credentials: dict[str, Credential], throttle: Throttle
 ) -> Starlette:
     console = Console(
         server=server,
         sessions=Sessions(credentials, server.store.server_secret("console-session")),
-        operations=Operations(server, services),
+        operations=Operations(server, services, throttle),
     )
     routes: list[BaseRoute] = [
         Route("/console", lambda _: RedirectResponse("/console/", status_code=308)),
@@ -61,7 +83,11 @@ async def login_page(request: Request) -> Response:
 
 async def login(request: Request) -> Response:
     # A urlencoded form (what the page sends); read directly rather than pulling in a multipart parser.
-    form = {k: v[0] for k, v in parse_qs((await request.body())[:65536].decode("utf-8", "replace")).items()}
+    try:
+        body = await read_body(request, MAX_FORM_BYTES)
+    except TooLarge:
+        return error("RequestEntityTooLarge", "request too large", 413)
+    form = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
     key, secret = form.get("access_key_id", "").strip(), form.get("secret_access_key", "")
     region = (form.get("region", "") or DEFAULT_REGION).strip()
     target = _next(request, form.get("next", ""))
@@ -71,13 +97,18 @@ async def login(request: Request) -> Response:
         response.status_code = 401
         return response
     response = RedirectResponse(target, status_code=303)
+    secure = request.url.scheme == "https" or request.headers.get("x-forwarded-proto") == "https"
     response.set_cookie(
-        COOKIE, token, max_age=MAX_AGE_SECONDS, httponly=True, samesite="strict", path="/console"
-    )
+        COOKIE, token, max_age=MAX_AGE_SECONDS, httponly=True, samesite="strict", path="/console",
+        secure=secure,
+    )  # fmt: skip
     return response
 
 
 async def logout(request: Request) -> Response:
+    # Another site's form cannot sign the user out (browsers say where a request comes from).
+    if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+        return error("Forbidden", "cross-site sign-out refused", 403)
     response = RedirectResponse("/console/login", status_code=303)
     response.delete_cookie(COOKIE, path="/console")
     return response
@@ -85,8 +116,9 @@ async def logout(request: Request) -> Response:
 
 async def call(request: Request, who: Who) -> Response:
     """POST /console/api/call/{service}/{operation} with the operation's JSON input: the API's answer."""
-    body = await request.body()
-    if len(body) > MAX_CALL_BYTES:
+    try:
+        body = await read_body(request, MAX_CALL_BYTES)
+    except TooLarge:
         return error("RequestEntityTooLarge", "request too large", 413)
     try:
         params: Any = json.loads(body or b"{}")
@@ -109,4 +141,4 @@ def _next(request: Request, given: str | None = None) -> str:
 
 
 def _region_ok(region: str) -> bool:
-    return 0 < len(region) <= 32 and all(c.isalnum() or c == "-" for c in region)
+    return REGION.match(region) is not None

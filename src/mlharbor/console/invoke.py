@@ -12,17 +12,25 @@ from starlette.concurrency import run_in_threadpool
 from mlharbor import errors
 from mlharbor.api.services import Service, is_blocking
 from mlharbor.api.shapes import Wire, parse_input, serialize_output
+from mlharbor.api.throttle import Throttle
 from mlharbor.console.session import Who
 from mlharbor.context import Call, Server
 
 # Operations answering a byte stream or holding a request open: the console has its own media routes.
 NOT_INVOKABLE = frozenset({"GetMedia", "PutMedia", "GetClip", "GetMediaForFragmentList", "GetObject"})
+# S3's handlers take rest-xml requests (bodies streamed in, headers): not callable with a JSON input.
+NOT_INVOKABLE_SERVICES = frozenset({"s3"})
 
 
 class Operations:
-    def __init__(self, server: Server, services: dict[str, Service]) -> None:
+    def __init__(self, server: Server, services: dict[str, Service], throttle: Throttle) -> None:
         self.server = server
-        self.by_name = {service.name: service for service in services.values()}
+        self.throttle = throttle  # the API's own buckets: a console call counts against the account's rate
+        self.by_name = {
+            service.name: service
+            for service in services.values()
+            if service.name not in NOT_INVOKABLE_SERVICES
+        }
 
     async def invoke(
         self, who: Who, service_name: str, operation: str, params: Any, endpoint: str = ""
@@ -37,6 +45,7 @@ class Operations:
             raise errors.NotImplementedException(f"MLHarbor does not implement {operation} yet")
         op_model = service.operations[operation]
         try:
+            self.throttle.admit(who.account_id, service.name, operation)
             parsed = parse_input(op_model.input_shape, params, Wire.JSON)
         except errors.Neutral as exc:
             raise service.dialect.translate(exc) from None

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import Table, func, literal, literal_column, select, union_all
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -78,9 +79,10 @@ async def overview(request: Request, who: Who) -> Response:
     settings = server.settings
     with server.store.read() as conn:
         kinds, failed = counts(conn, who), failures(conn, who)
+    healthy = await run_in_threadpool(server.store.ping)  # a database that hangs must not hang the loop
     return render(
         request, who, "overview.html", section="overview",
-        health="ok" if server.store.ping() else "degraded", version=__version__,
+        health="ok" if healthy else "degraded", version=__version__,
         database=server.store.dialect, object_store=settings.object_store, runtime=settings.runtime,
         kinds=kinds, failures=failed,
     )  # fmt: skip

@@ -32,6 +32,7 @@ class Who:
 class Sessions:
     def __init__(self, credentials: dict[str, Credential], secret: bytes) -> None:
         self.credentials = credentials
+        self.secret = secret
         self.serializer = URLSafeTimedSerializer(secret, salt="mlharbor-console-session")
 
     def sign_in(self, access_key_id: str, secret_access_key: str, region: str) -> str | None:
@@ -41,7 +42,7 @@ class Sessions:
             credential.secret_access_key.encode(), secret_access_key.encode()
         ):
             return None
-        return self.serializer.dumps([access_key_id, region, _fingerprint(credential)])
+        return self.serializer.dumps([access_key_id, region, self._fingerprint(credential)])
 
     def who(self, token: str | None) -> Who | None:
         """The user a cookie names, or None when it is missing, altered, expired or its secret changed."""
@@ -52,10 +53,11 @@ class Sessions:
         except (BadSignature, ValueError, TypeError):
             return None
         credential = self.credentials.get(access_key_id)
-        if credential is None or not hmac.compare_digest(fingerprint, _fingerprint(credential)):
+        if credential is None or not hmac.compare_digest(str(fingerprint), self._fingerprint(credential)):
             return None
         return Who(access_key_id, credential.account_id, region)
 
-
-def _fingerprint(credential: Credential) -> str:
-    return hashlib.sha256(b"console|" + credential.secret_access_key.encode()).hexdigest()[:32]
+    def _fingerprint(self, credential: Credential) -> str:
+        """Names the secret without revealing it: keyed by the server's secret, so the cookie gives nothing
+        to guess a weak secret offline with."""
+        return hmac.new(self.secret, credential.secret_access_key.encode(), hashlib.sha256).hexdigest()[:32]

@@ -226,7 +226,7 @@ live_views = Table(
     Column("account_id", String(12), nullable=False),
     Column("region", String(32), nullable=False),
     Column("watched_until", Float, nullable=False),
-    Column("seq", Integer, nullable=False, default=0),
+    Column("seq", Integer, nullable=False, default=0, server_default="0"),
     Column("analysed_at", Float),
     Column("meta", JSON),
     Column("jpeg", LargeBinary),

@@ -43,6 +43,7 @@ function mlhRefreshed(element) { /* the element was replaced: keep refreshing th
   const every = parseFloat(element.dataset.refresh) * 1000;
   if (!(every > 0)) return; // a block that came back without data-refresh is final
   setTimeout(async () => {
+    if (document.hidden) { mlhRefreshed(element); return; } // nobody looks: ask again later
     let fresh = null;
     try {
       const response = await fetch(location.href, { credentials: "same-origin" });
