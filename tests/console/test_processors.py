@@ -260,3 +260,73 @@ def test_connected_home_shows_the_labels_seen_and_the_frames_stored_in_s3(
         assert requests.get(f"{console_server.url}{href}", cookies=cookies, timeout=10).status_code == 404
     finally:
         other.context.close()
+
+
+def test_frames_are_read_only_from_a_bucket_of_the_account_never_from_mlharbors_own(
+    browser: Any, console_server: RunningServer
+) -> None:
+    """CreateStreamProcessor does not check who owns the S3 destination: a processor of another account
+    naming account 0's bucket, or MLHarbor's models bucket, shows and serves nothing of it."""
+    from mlharbor.blobs.local import LocalBlobStore
+    from mlharbor.services.rekognition import label_model as published
+
+    label_model.install(console_server.data_dir / "models")
+    s3 = console_server.client("s3")  # account 0's
+    victim = unique("victim").lower()
+    s3.create_bucket(Bucket=victim)
+    rek = console_server.client("rekognition", "other", "other-secret")
+    kvs = console_server.client("kinesisvideo", "other", "other-secret")
+    topic = console_server.client("sns", "other", "other-secret").create_topic(Name=unique("t"))["TopicArn"]
+
+    def create(name: str, bucket: str, prefix: str) -> None:
+        camera = unique("cam")
+        kvs.create_stream(StreamName=camera, DataRetentionInHours=1)
+        rek.create_stream_processor(
+            Name=name,
+            Input={
+                "KinesisVideoStream": {
+                    "Arn": f"arn:aws:kinesisvideo:us-east-1:111111111111:stream/{camera}/1"
+                }
+            },
+            Output={"S3Destination": {"Bucket": bucket, "KeyPrefix": prefix}},
+            Settings={"ConnectedHome": {"Labels": ["PERSON"], "MinConfidence": 80}},
+            NotificationChannel={"SNSTopicArn": topic},
+            RoleArn="arn:aws:iam::111111111111:role/rekognition",
+        )
+
+    thief = unique("thief")
+    create(thief, victim, "loot")
+    session = rek.start_stream_processor(Name=thief)["SessionId"]
+    key = f"loot/{thief}/{session}/frames/PERSON-0.jpg"
+    s3.put_object(Bucket=victim, Key=key, Body=b"\xff\xd8 account 0's picture")
+    # The models bucket (default name: config.py's models_bucket) holds the label model where a started
+    # connected home processor publishes it: rekognition/label-model/<sha256>/.
+    folder = published.publish(
+        LocalBlobStore(console_server.data_dir / "s3"), console_server.data_dir / "models", "mlharbor-models"
+    )
+    assert folder is not None and folder.startswith("s3://mlharbor-models/rekognition/label-model/")
+    create("label-model", "mlharbor-models", "rekognition")
+
+    other = sign_in(browser, console_server, "other", "other-secret")
+    try:
+        cookies = {c["name"]: c["value"] for c in other.context.cookies()}
+        url = console_server.url
+        assert (
+            requests.get(
+                f"{url}/console/processors/{thief}/s3/{key}", cookies=cookies, timeout=10
+            ).status_code
+            == 404
+        )
+        answer = requests.get(f"{url}/console/processors/{thief}", cookies=cookies, timeout=10)
+        assert answer.status_code == 200 and "s3-not-readable" in answer.text and "/s3/" not in answer.text
+        model = folder.removeprefix("s3://mlharbor-models/") + "/labels.json"
+        own = requests.get(f"{url}/console/processors/label-model/s3/{model}", cookies=cookies, timeout=10)
+        assert own.status_code == 404
+        answer = requests.get(f"{url}/console/processors/label-model", cookies=cookies, timeout=10)
+        assert answer.status_code == 200 and "s3-not-readable" in answer.text
+    finally:
+        other.context.close()
+        for name in (thief, "label-model"):
+            if rek.describe_stream_processor(Name=name)["Status"] in ("STARTING", "RUNNING"):
+                rek.stop_stream_processor(Name=name)
+            rek.delete_stream_processor(Name=name)

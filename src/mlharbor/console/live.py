@@ -12,17 +12,20 @@ stats into the processor's ``live_views`` row, but only while ``watched_until`` 
   now + ``WATCH_FOR_S``), and while any subscriber of this process remains, ``watched_until`` is pushed
   ahead every ``TOUCH_S`` (one UPDATE for every processor watched here; writes run in a thread, as the
   SQLite write lock may be busy);
-* one poll task for the whole process reads ``seq`` of every watched processor (one indexed query, on the
-  loop: ~0.1 ms for 1 to 10 processors on SQLite) every ``POLL_S``; for the ones that changed it reads the
-  row once and builds one event, which all of that processor's subscribers share: its meta and the JPEG
-  inline as a data URL (measured against a URL of ``frame.jpg`` fetched by each page: inline halved the
-  delay and cost the API process less, one event against an event and a request per page and frame);
+* one poll task for the whole process reads ``seq`` of every watched processor (one indexed query) every
+  ``POLL_S``; for the ones that changed it reads the row once (both reads in a thread: on PostgreSQL they
+  are network round trips, and the rows carry JPEGs) and builds, on the loop, one event, which all of that
+  processor's subscribers share: its meta and the JPEG inline as a data URL (measured against a URL of
+  ``frame.jpg`` fetched by each page: inline halved the delay and cost the API process less, one event
+  against an event and a request per page and frame); a failing read is logged (once per distinct error)
+  and retried after a second, the task never ends on it;
 * each subscriber keeps only the latest frame of each processor: a slow browser skips frames instead of
   queueing them. A frame that was already there when the stream began is sent as ``latest``, a new one as
   ``frame`` (only those measure the delay from analysed to shown);
-* a stream ends when the client goes away (Starlette cancels it), and every stream ends at once when the
-  server begins to shut down (a ``shutdown_hooks`` entry), so uvicorn's graceful stop does not wait for
-  them.
+* a stream ends when the client goes away (Starlette cancels it), when its session no longer holds (looked
+  at with each keepalive and at least every ``RECHECK_S``: signed out by expiry or a changed secret, or
+  its cookie now names another account or region), and every stream ends at once when the server begins
+  to shut down (a ``shutdown_hooks`` entry), so uvicorn's graceful stop does not wait for them.
 """
 
 from __future__ import annotations
@@ -33,9 +36,9 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -43,12 +46,17 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from mlharbor.context import Server
 from mlharbor.store.tables import live_views as table
 
+if TYPE_CHECKING:
+    from mlharbor.console.session import Who
+
 log = logging.getLogger(__name__)
 
 POLL_S = 0.04  # how often the hub looks for new frames
 TOUCH_S = 2.0  # how often it pushes watched_until ahead
 WATCH_FOR_S = 5.0  # how far ahead: a server that dies stops the worker's publishing within this
 KEEPALIVE_S = 15.0  # an SSE comment when nothing else was sent (proxies, dead connections)
+RECHECK_S = 15.0  # how often a stream looks again at its session
+RETRY_S = 1.0  # the poll task's pause after a failed read
 EXTRA = "console.live"  # the hub's key in ``Server.extras``
 
 _SEQS = select(table.c.processor_arn, table.c.seq).where(
@@ -133,6 +141,7 @@ class Watched:
     target: Target
     subscribers: set[Subscriber] = field(default_factory=set)
     latest: Frame | None = None
+    seq: int = 0  # of the row as the hub last read it (a cleared frame keeps its seq)
     ready: bool = False  # its row exists and is watched
     polled: bool = False  # the hub read its row once
 
@@ -192,42 +201,49 @@ class Hub:
 
     # --- the poll task ----------------------------------------------------------------------------------
     async def _run(self) -> None:
-        touched = time.monotonic()
+        touched, failed = time.monotonic(), None
         while self.watched and not self.closed:
             if time.monotonic() - touched >= TOUCH_S and (self._touching is None or self._touching.done()):
                 touched = time.monotonic()
                 self._touching = asyncio.create_task(asyncio.to_thread(self._touch, list(self.watched)))
             try:
-                self._poll()
-            except SQLAlchemyError as exc:  # the database is briefly unavailable: try again
-                log.warning("console live views: %s", exc)
-                await asyncio.sleep(1.0)
+                await self._poll()
+                failed = None
+            except Exception as exc:  # the database is briefly unavailable, or a bug: never end the task
+                error = f"{type(exc).__name__}: {exc}"
+                if error != failed:
+                    log.warning("console live views: %s", error, exc_info=True)
+                    failed = error
+                await asyncio.sleep(RETRY_S)
             await asyncio.sleep(POLL_S)
 
-    def _poll(self) -> None:
-        ready = [arn for arn, w in self.watched.items() if w.ready]
-        if not ready:
+    async def _poll(self) -> None:
+        known = {arn: w.seq for arn, w in self.watched.items() if w.ready}
+        if not known:
             return
-        with self.store.read() as conn:
-            seqs = conn.execute(_SEQS, {"arns": ready}).all()
-            changed = [arn for arn, seq in seqs if self._new(arn, seq)]
-            rows = conn.execute(_FRAMES, {"arns": changed}).all() if changed else []
-        for arn in ready:
+        changed, rows = await asyncio.to_thread(self._read, known)
+        for arn in known:
             if arn in self.watched and arn not in changed:
                 self.watched[arn].polled = True
         for row in rows:
             watched = self.watched.get(row.processor_arn)
-            if watched is None or row.jpeg is None:
+            if watched is None:
                 continue
             # A frame already there at the first look is an old one: "latest", not a new "frame".
-            replay, watched.polled = not watched.polled, True
+            watched.seq, replay, watched.polled = row.seq, not watched.polled, True
+            if row.jpeg is None:  # the session that wrote it ended and cleared it
+                continue
             watched.latest = Frame(watched.target.name, row.seq, row.analysed_at, row.meta or {}, row.jpeg)
             for subscriber in watched.subscribers:
                 subscriber.offer(row.processor_arn, watched.latest, replay)
 
-    def _new(self, arn: str, seq: int) -> bool:
-        watched = self.watched.get(arn)
-        return watched is not None and seq > 0 and (watched.latest is None or watched.latest.seq != seq)
+    def _read(self, known: dict[str, int]) -> tuple[set[str], Sequence[Any]]:
+        """In a thread: the processors whose ``seq`` differs from the one known, and their rows."""
+        with self.store.read() as conn:
+            seqs = conn.execute(_SEQS, {"arns": list(known)}).all()
+            changed = {arn for arn, seq in seqs if seq > 0 and seq != known.get(arn)}
+            rows = conn.execute(_FRAMES, {"arns": sorted(changed)}).all() if changed else []
+        return changed, rows
 
     # --- the rows (in threads: a write may wait for SQLite's lock) --------------------------------------
     def _watch(self, target: Target) -> None:
@@ -281,17 +297,27 @@ def hub_of(server: Server) -> Hub:
     return hub
 
 
-async def events(hub: Hub, targets: list[Target]) -> AsyncIterator[bytes]:
+async def events(
+    hub: Hub, targets: list[Target], still_signed_in: Callable[[], Who | None] | None = None
+) -> AsyncIterator[bytes]:
     """The event stream of a page (or of a browser's pages): frames as they come, a comment when idle; ends
-    when the client leaves (Starlette cancels it) or the server shuts down."""
+    when the client leaves (Starlette cancels it), the server shuts down, or ``still_signed_in`` (looked at
+    with each keepalive and at least every ``RECHECK_S``) no longer names the targets' account and region."""
+    scope = {(target.account_id, target.region) for target in targets}
     subscriber = hub.subscribe(targets)
     try:
         await hub.ready(subscriber)
         yield b"retry: 1000\n\n"
+        checked = time.monotonic()
         while not subscriber.closed:
             event = await subscriber.next(KEEPALIVE_S)
             if subscriber.closed:
                 break
+            if still_signed_in is not None and (event is None or time.monotonic() - checked >= RECHECK_S):
+                checked = time.monotonic()
+                who = still_signed_in()
+                if who is None or {(who.account_id, who.region)} != scope:
+                    break
             yield event if event is not None else b": keepalive\n\n"
     finally:
         hub.unsubscribe(subscriber)

@@ -1,12 +1,15 @@
 """Stream processors: the list (status, StatusMessage, input, type), and a processor's page: its facts, Start
 and Stop (the API's own operations), the worker's records/s, latency and CPU (its heartbeat), the live view
 (``live.py``: the latest analysed frame with its boxes, pushed as server-sent events) and, for connected
-home, the frames and crops the session stored in S3, served from the object store."""
+home, the frames and crops the session stored in S3, served from the object store: only from a bucket of the
+signed-in account, never one of MLHarbor's own (CreateStreamProcessor does not check who owns the
+destination)."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import bindparam, select
 from starlette.concurrency import run_in_threadpool
@@ -17,8 +20,8 @@ from starlette.routing import BaseRoute, Route
 from mlharbor import arns
 from mlharbor.blobs.store import BlobNotFound, InvalidS3Uri
 from mlharbor.console import live
-from mlharbor.console.session import Who
-from mlharbor.console.web import Paging, console_of, data, error, page, render
+from mlharbor.console.session import COOKIE, Who
+from mlharbor.console.web import REFRESH_HEADER, Paging, console_of, data, error, page, render
 from mlharbor.services.rekognition import kinds
 from mlharbor.services.rekognition import stream_processors as sp
 from mlharbor.store import tables as t
@@ -43,6 +46,9 @@ _LIST = (
     .limit(bindparam("limit"))
 )  # fmt: skip
 _NAMED = select(table.c.arn, table.c.name).where(_OWNER, table.c.name.in_(bindparam("names", expanding=True)))
+_OWNED_BUCKET = select(t.s3_buckets.c.name).where(
+    t.s3_buckets.c.name == bindparam("bucket"), t.s3_buckets.c.account_id == bindparam("account_id")
+)
 _PROGRESS = select(t.work_leases.c.progress).where(t.work_leases.c.work_id == bindparam("work_id"))
 _FRAME = select(t.live_views.c.seq, t.live_views.c.jpeg).where(
     t.live_views.c.processor_arn == bindparam("arn"),
@@ -58,6 +64,11 @@ def _kind(spec: dict[str, Any]) -> str:
 def _stream_name(arn: str | None) -> str:
     named = arns.named_stream(arn) if arn else None
     return named[2] if named else (arn or "")
+
+
+def _link(section: str, name: str | None) -> str:
+    """The console's page of a resource, its name quoted; no link without a name."""
+    return f"/console/{section}/{quote(name, safe='')}" if name else ""
 
 
 async def processors(request: Request, who: Who) -> Response:
@@ -94,13 +105,23 @@ def _s3_root(row: Any) -> tuple[str, str] | None:
     return destination["Bucket"], "/".join(p for p in parts if p) + "/"
 
 
+def _readable(conn: Any, server: Any, who: Who, bucket: str) -> bool:
+    """Whether the console may read ``bucket`` for the signed-in account: a bucket of that account, never
+    one of MLHarbor's own (a processor may name any bucket as its destination)."""
+    settings = server.settings
+    if bucket in {settings.models_bucket, settings.video_bucket, settings.uploads_bucket}:
+        return False
+    return conn.execute(_OWNED_BUCKET, {"bucket": bucket, "account_id": who.account_id}).first() is not None
+
+
 def _facts(row: Any) -> list[tuple[str, str, str]]:
     """(label, text, link) of what a processor is made of."""
-    spec, stream = row.spec, _stream_name(row.input_stream_arn)
+    spec = row.spec
+    named = arns.named_stream(row.input_stream_arn) if row.input_stream_arn else None
     facts = [
         ("ARN", row.arn, ""),
         ("Type", _kind(spec), ""),
-        ("Input", stream, f"/console/videos/{stream}"),
+        ("Input", _stream_name(row.input_stream_arn), _link("videos", named[2] if named else None)),
     ]
     output = spec.get("Output", {})
     if "KinesisDataStream" in output:
@@ -114,7 +135,7 @@ def _facts(row: Any) -> list[tuple[str, str, str]]:
     if "FaceSearch" in settings:
         face = settings["FaceSearch"]
         collection = face.get("CollectionId", "")
-        facts.append(("Collection", collection, f"/console/collections/{collection}"))
+        facts.append(("Collection", collection, _link("collections", collection)))
         facts.append(("Face match threshold", f"{face.get('FaceMatchThreshold', 80.0):g}", ""))
     if "ConnectedHome" in settings:
         home = settings["ConnectedHome"]
@@ -138,23 +159,29 @@ def _facts(row: Any) -> list[tuple[str, str, str]]:
 async def processor(request: Request, who: Who) -> Response:
     server = console_of(request).server
     name = request.path_params["name"]
+    root, readable = None, False
     with server.store.read() as conn:
         row = sp.find(conn, who.account_id, who.region, name)
         progress = None
         if row is not None and row.status in ACTIVE:
             progress = conn.execute(_PROGRESS, {"work_id": kinds.stream_work_id(row)}).scalar()
+        if row is not None:
+            root = _s3_root(row)
+            readable = root is not None and _readable(conn, server, who, root[0])
     if row is None:
         response = render(request, who, "processor.html", section="processors", missing=name)
         response.status_code = 404
         return response
     s3_objects: list[dict[str, Any]] = []
-    root = _s3_root(row)
-    if root is not None and row.session_id:
+    # A block refreshing itself names itself (console.js): the S3 listing is only made for the page and its
+    # own block, not every time the status block refreshes.
+    part = request.headers.get(REFRESH_HEADER)
+    if root is not None and readable and row.session_id and part in (None, "s3-frames"):
         s3_objects = await run_in_threadpool(_session_objects, server, root, row.session_id)
     return render(
         request, who, "processor.html", section="processors", p=row, kind=_kind(row.spec),
         facts=_facts(row), worker=_worker(progress or {}), active=row.status in ACTIVE, s3_root=root,
-        s3_objects=s3_objects,
+        s3_readable=readable, s3_objects=s3_objects,
     )  # fmt: skip
 
 
@@ -190,8 +217,21 @@ def _session_objects(server: Any, root: tuple[str, str], session_id: str) -> lis
     ]  # fmt: skip
 
 
+def _other_scope(request: Request, who: Who) -> Response | None:
+    """409 when the stream asks for an account and region (``?account=…&region=…``: the page's, or the shared
+    worker's) other than the session's: the browser signed in again elsewhere since, and a processor of the
+    same name there is not what that page shows."""
+    account, region = request.query_params.get("account"), request.query_params.get("region")
+    if (account or region) and (account, region) != (who.account_id, who.region):
+        return error("SessionChanged", "Signed in to another account or region: reload the page.", 409)
+    return None
+
+
 async def live_events(request: Request, who: Who) -> Response:
     """GET /console/processors/{name}/live: the processor's frames as server-sent events."""
+    refused = _other_scope(request, who)
+    if refused is not None:
+        return refused
     row = _find(request, who)
     if row is None:
         name = request.path_params["name"]
@@ -202,6 +242,9 @@ async def live_events(request: Request, who: Who) -> Response:
 async def live_many(request: Request, who: Who) -> Response:
     """GET /console/live?name=a&name=b: the frames of several processors in one stream (a browser's pages
     share it: ``static/live-worker.js``). Names of no processor of the account are left out."""
+    refused = _other_scope(request, who)
+    if refused is not None:
+        return refused
     names = list(dict.fromkeys(request.query_params.getlist("name")))[:MAX_LIVE_NAMES]
     with console_of(request).server.store.read() as conn:
         rows = conn.execute(
@@ -213,9 +256,25 @@ async def live_many(request: Request, who: Who) -> Response:
 
 
 def _stream(request: Request, targets: list[live.Target]) -> Response:
-    hub = live.hub_of(console_of(request).server)
+    console = console_of(request)
+    hub = live.hub_of(console.server)
+    cookie = request.cookies.get(COOKIE)
+
+    def still_signed_in() -> Who | None:  # the stream ends with the session that opened it
+        return console.sessions.who(cookie)
+
     headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
-    return StreamingResponse(live.events(hub, targets), media_type="text/event-stream", headers=headers)
+    stream = live.events(hub, targets, still_signed_in)
+    return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
+
+
+def _stored_frame(server: Any, arn: str, who: Who) -> bytes | None:
+    """In a thread: the processor's frame as its row holds it (a blob: on PostgreSQL, a round trip)."""
+    with server.store.read() as conn:
+        stored = conn.execute(
+            _FRAME, {"arn": arn, "account_id": who.account_id, "region": who.region}
+        ).first()
+    return stored.jpeg if stored is not None else None
 
 
 async def frame(request: Request, who: Who) -> Response:
@@ -224,13 +283,10 @@ async def frame(request: Request, who: Who) -> Response:
     row = _find(request, who)
     if row is None:
         return error("ResourceNotFoundException", "Stream processor not found.", 404)
-    jpeg = live.hub_of(console_of(request).server).latest_jpeg(row.arn)
+    server = console_of(request).server
+    jpeg = live.hub_of(server).latest_jpeg(row.arn)
     if jpeg is None:
-        with console_of(request).server.store.read() as conn:
-            stored = conn.execute(
-                _FRAME, {"arn": row.arn, "account_id": who.account_id, "region": who.region}
-            ).first()
-        jpeg = stored.jpeg if stored is not None else None
+        jpeg = await run_in_threadpool(_stored_frame, server, row.arn, who)
     if jpeg is None:
         return error("ResourceNotFoundException", "No frame was analysed while the live view was open.", 404)
     return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
@@ -238,13 +294,16 @@ async def frame(request: Request, who: Who) -> Response:
 
 async def s3_object(request: Request, who: Who) -> Response:
     """GET /console/processors/{name}/s3/{key}: an object a connected home session stored (only under the
-    processor's own S3 destination), read from the object store."""
-    row = _find(request, who)
-    root = _s3_root(row) if row is not None else None
+    processor's own S3 destination, and only from a bucket of the account), read from the object store."""
+    server = console_of(request).server
     key = request.path_params["key"]
+    with server.store.read() as conn:
+        row = sp.find(conn, who.account_id, who.region, request.path_params["name"])
+        root = _s3_root(row) if row is not None else None
+        if root is not None and not _readable(conn, server, who, root[0]):
+            root = None
     if root is None or not key.startswith(root[1]) or "/../" in f"/{key}/":
         return error("ResourceNotFoundException", "Not found.", 404)
-    server = console_of(request).server
     try:
         body = await run_in_threadpool(server.blobs.get, f"s3://{root[0]}/{key}")
     except (BlobNotFound, InvalidS3Uri):

@@ -28,6 +28,9 @@ PAGE_SIZE = 50  # rows per page of a list: 1,000 resources stay 20 quick pages
 # Data calls that change something must carry this header: a cross-site form or image cannot send it, so a
 # signed-in browser cannot be made to act by another site (the cookie is SameSite=Strict as well).
 ACTION_HEADER = "x-mlharbor-console"
+# A block of a page refreshing itself (console.js, data-refresh) names its id here, so the page can skip
+# work that only other blocks show.
+REFRESH_HEADER = "x-mlharbor-refresh"
 
 Handler = Callable[[Request, Who], Awaitable[Response]]
 

@@ -79,6 +79,31 @@ def test_a_watched_processor_gets_each_frame_small_with_its_meta(store: Store) -
     assert Image.open(io.BytesIO(stored["jpeg"])).size == (640, 480)
 
 
+def test_a_session_that_ends_clears_its_frame_but_keeps_the_row(store: Store) -> None:
+    watch(store, time.time() + 5)
+    pixels = numpy.zeros((480, 640, 3), numpy.uint8)
+    idle = LiveView(store, ARN)  # never published: its end writes nothing
+    live = LiveView(store, ARN)
+    assert live.publish(pixels, {"boxes": []})
+    seq = row(store)["seq"]  # type: ignore[index]
+    idle.clear()
+    assert row(store)["jpeg"] is not None  # type: ignore[index]
+
+    live.clear()
+    stored = row(store)
+    assert stored is not None and stored["seq"] == seq and stored["jpeg"] is None and stored["meta"] is None
+    with store.read() as conn:  # SQL NULL, not JSON null
+        assert conn.execute(select(live_views.c.processor_arn).where(live_views.c.meta.is_(None))).all()
+
+    # A newer session's frame is not the ended one's to clear.
+    old, new = LiveView(store, ARN), LiveView(store, ARN)
+    assert old.publish(pixels, {}) and new.publish(pixels, {})
+    old.clear()
+    assert row(store)["jpeg"] is not None  # type: ignore[index]
+    new.clear()
+    assert row(store)["jpeg"] is None  # type: ignore[index]
+
+
 def test_stats_and_face_boxes() -> None:
     stats = Stats()
     for _ in range(4):

@@ -46,7 +46,9 @@ function mlhRefreshed(element) { /* the element was replaced: keep refreshing th
     if (document.hidden) { mlhRefreshed(element); return; } // nobody looks: ask again later
     let fresh = null;
     try {
-      const response = await fetch(location.href, { credentials: "same-origin" });
+      const response = await fetch(location.href, {
+        credentials: "same-origin", headers: { "X-MLHarbor-Refresh": element.id },
+      });
       if (response.ok) {
         fresh = new DOMParser().parseFromString(await response.text(), "text/html").getElementById(element.id);
       }

@@ -3,10 +3,15 @@
 // most 6 connections to a host: one stream per tab left the seventh tab unable to load anything.
 // A page posts {join: name} (and {alive: name} every few seconds, {leave: true} when it goes); the worker
 // posts it {type: "open"} when the stream (re)opens and {type: "frame"|"latest", frame} for its processor.
+// There is one worker per account and region: pages name it "mlharbor-live:<account>:<region>", so its
+// pages, names and cached frames are of that scope only; its stream says the scope, and the server refuses
+// it once the browser's cookie names another (signed in again elsewhere): this worker's pages then get
+// nothing more, never another account's processor of the same name.
 "use strict";
 
+const [, account = "", region = ""] = (self.name || "").split(":");
 const pages = new Map(); // port -> {name, seen}
-const latest = new Map(); // processor name -> its last frame, for a page that joins
+const latest = new Map(); // processor name -> its last frame (of this scope), for a page that joins
 let source = null, streaming = "";
 const GONE_MS = 20000; // a page silent this long is gone (a crashed tab never says so)
 
@@ -26,7 +31,9 @@ function stream() {
   if (source) source.close();
   source = null;
   if (!wanted.length) return;
-  source = new EventSource("/console/live?" + wanted.map((n) => `name=${encodeURIComponent(n)}`).join("&"));
+  const query = wanted.map((n) => `name=${encodeURIComponent(n)}`);
+  query.push(`account=${encodeURIComponent(account)}`, `region=${encodeURIComponent(region)}`);
+  source = new EventSource("/console/live?" + query.join("&"));
   source.addEventListener("open", () => post(null, { type: "open" }));
   for (const kind of ["frame", "latest"]) {
     source.addEventListener(kind, (event) => {

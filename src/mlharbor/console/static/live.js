@@ -71,7 +71,7 @@
     const list = document.getElementById("live-labels");
     if (!list || !seen) return;
     if (!seen.length) return;
-    const page = root.dataset.stream.replace(/\/live$/, "");
+    const page = root.dataset.stream.replace(/\/live(\?.*)?$/, "");
     list.innerHTML = seen.map((l) => {
       const key = (uri) => uri.replace(/^s3:\/\/[^/]+\//, "");
       const link = (uri, text) => `<a href="${page}/s3/${encodeURI(key(uri))}" target="_blank">${text}</a>`;
@@ -102,12 +102,14 @@
   }
 
   // A frame arrives: "frame" is newly analysed (its delay counts), "latest" was already there when the stream
-  // began (shown, not timed). One already shown (the same seq again after a reconnection) is skipped.
+  // began (shown, not timed). One already shown (the same seq again after a reconnection) is skipped; a
+  // smaller seq is a processor deleted and created again (its seq began again at 0): shown.
   function received(message) {
     if (message.type === "open") { state.opens += 1; return; }
     const frame = message.frame;
     if (!frame || !frame.image || frame.name !== name) return;
-    if (newest !== null && frame.seq <= newest) return;
+    if (newest !== null && frame.seq === newest) return;
+    if (newest !== null && frame.seq < newest) newest = null;
     const live = message.type === "frame";
     // A hidden tab decodes nothing: it shows the newest frame when it is looked at again.
     if (busy || document.hidden) waiting = [frame, live]; else show(frame, live);
@@ -121,11 +123,13 @@
   });
 
   // Pages share one stream through a SharedWorker (a browser holds at most 6 connections to a host); where
-  // there is none, a stream of their own.
+  // there is none, a stream of their own. The worker is one per account and region (its name): a page of
+  // another sign-in never gets, nor replays, this one's frames.
   function connect() {
     if (typeof SharedWorker !== "undefined") {
       try {
-        const port = new SharedWorker("/console/static/live-worker.js", { name: "mlharbor-live" }).port;
+        const scope = `mlharbor-live:${root.dataset.account}:${root.dataset.region}`;
+        const port = new SharedWorker("/console/static/live-worker.js", { name: scope }).port;
         port.onmessage = (event) => received(event.data);
         port.start();
         port.postMessage({ join: name });

@@ -37,6 +37,7 @@ class ConnectedHomeSession:
 
         stop = StopWatch(ctx, store, table, row.arn, Fence.from_payload(payload), ss.ACTIVE)
         self.store, self.row, self.fence = store, row, Fence.from_payload(payload)
+        self.live = LiveView(store, row.arn)  # the console's view of the frames, while one watches
         settings = row.spec["Settings"]["ConnectedHome"]
         self.labels = set(LABELS) if "ALL" in settings["Labels"] else set(settings["Labels"])
         self.min_confidence = settings.get("MinConfidence", 50.0)
@@ -81,7 +82,10 @@ class ConnectedHomeSession:
         self.stop = stop
 
     def close(self) -> None:
-        self.source.close()
+        try:
+            self.source.close()
+        finally:
+            self.live.clear()  # the session's last frame is not kept once it ends
 
     def run(self, ctx: WorkContext) -> dict[str, Any]:
         from mlharbor.engines.video import VideoError
@@ -91,7 +95,7 @@ class ConnectedHomeSession:
         # guide treats 2 minutes in STARTING as stuck) more than that ends FAILED, never STARTING forever.
         deadline, give_up = None, time.monotonic() + self.duration + self.start_grace
         frames, first_seen, last_frame = 0, {}, None
-        stats, live = Stats(), LiveView(self.store, self.row.arn)
+        stats, live = Stats(), self.live
         while not self.stop() and time.monotonic() < (deadline or give_up):
             try:
                 frame = self.source.next(timeout=0.1)

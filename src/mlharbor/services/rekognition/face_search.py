@@ -44,6 +44,7 @@ class FaceSearchSession:
                 raise ss.StoppedWhileStarting
 
         self.store, self.row, self.fence = store, row, Fence.from_payload(payload)
+        self.live = LiveView(store, row.arn)  # the console's view of the frames, while one watches
         stop = StopWatch(ctx, store, table, row.arn, self.fence, ss.ACTIVE)
         settings = row.spec["Settings"]["FaceSearch"]
         self.threshold = max(MIN_FACE_MATCH_THRESHOLD, settings.get("FaceMatchThreshold", 80.0))
@@ -78,7 +79,10 @@ class FaceSearchSession:
         self.source = ss.Camera(row, payload)
 
     def close(self) -> None:
-        self.source.close()
+        try:
+            self.source.close()
+        finally:
+            self.live.clear()  # the session's last frame is not kept once it ends
 
     def run(self, ctx: WorkContext) -> dict[str, Any]:
         from mlharbor.engines.video import VideoError
@@ -89,7 +93,7 @@ class FaceSearchSession:
             return {"stopped": True}
         stop = StopWatch(ctx, self.store, table, arn, self.fence, ss.ACTIVE)
         frames, next_beat, reported_error = 0, 0.0, None
-        stats, live = Stats(), LiveView(self.store, arn)
+        stats, live = Stats(), self.live
         while not stop():
             try:
                 frame = self.source.next(timeout=0.1)

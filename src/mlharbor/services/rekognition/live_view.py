@@ -5,7 +5,9 @@ small JPEG) and what was found in it go to the processor's ``live_views`` row; t
 Nobody watching costs one primary-key read a second (``watched``); watching costs a JPEG encode at most
 640 px wide and one UPDATE per analysed frame (measured on SQLite: 1 ms in all from 640×480, 1.7 ms from
 1280×960). The console creates the row and keeps its ``watched_until`` a few seconds ahead while a page is
-open; the worker only ever updates it, so a processor nobody looked at has no row.
+open; the worker only ever updates it, so a processor nobody looked at has no row. When its session ends
+(stopped, failed, closed), a worker that published clears the frame and meta it left (``clear``: the row and
+its ``seq`` stay), so the last picture of a camera is not kept in the database.
 
 ``Stats``: records/s, latency (frame decoded → analysed) and the worker process's CPU, for the session's
 heartbeat (the processor page shows them even without a live view) and the live view's meta.
@@ -20,7 +22,7 @@ import time
 from collections import deque
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, null, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from mlharbor.store.db import Store
@@ -43,6 +45,12 @@ _PUBLISH = (
         jpeg=bindparam("jpeg", type_=table.c.jpeg.type),
     )
 )
+# Only the frame this session wrote last: a newer attempt's frame is not this session's to clear.
+_CLEAR = (
+    update(table)
+    .where(table.c.processor_arn == bindparam("arn"), table.c.analysed_at == bindparam("written_at"))
+    .values(meta=null(), jpeg=null())  # SQL NULL: a JSON column stores None as JSON null
+)
 
 
 class LiveView:
@@ -51,6 +59,7 @@ class LiveView:
         self._checked = -math.inf  # monotonic time of the last look at watched_until
         self._watched = False
         self.published = 0
+        self._analysed_at: float | None = None  # of the last frame this session wrote
 
     def watched(self) -> bool:
         """Whether a console watches this processor (looked up at most once a second)."""
@@ -72,9 +81,10 @@ class LiveView:
         if not self.watched():
             return False
         jpeg, width, height = encode_jpeg(pixels)
+        analysed_at = time.time()
         values = {
             "arn": self.arn,
-            "analysed_at": time.time(),
+            "analysed_at": analysed_at,
             "meta": {**meta, "width": width, "height": height},
             "jpeg": jpeg,
         }
@@ -88,7 +98,21 @@ class LiveView:
             self._watched = False
             return False
         self.published += 1
+        self._analysed_at = analysed_at
         return True
+
+    def clear(self) -> None:
+        """The session ends: remove the frame and meta it left in the row (kept, with its ``seq``). No write
+        when it never published."""
+        if self._analysed_at is None:
+            return
+        try:
+            with self.store.begin() as conn:
+                conn.execute(_CLEAR, {"arn": self.arn, "written_at": self._analysed_at})
+        except SQLAlchemyError as exc:
+            log.debug("live view of %s: %s", self.arn, exc)
+            return
+        self._analysed_at = None
 
 
 def encode_jpeg(pixels: Any) -> tuple[bytes, int, int]:
