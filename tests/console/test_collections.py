@@ -139,3 +139,69 @@ def test_the_source_image_route_and_the_other_account(
         other.context.close()
         for undo in cleanup:
             undo()
+
+
+def test_an_object_store_failure_is_a_503_and_a_missing_image_a_404(tmp_path: Path) -> None:
+    """With object_store = "s3", botocore's errors (S3 unreachable, access denied) are a short 503."""
+    import asyncio
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+    from types import SimpleNamespace
+
+    from botocore.exceptions import ClientError, EndpointConnectionError
+    from sqlalchemy import insert
+
+    from mlharbor.blobs import BlobNotFound
+    from mlharbor.console.collections import face_source, source_uri
+    from mlharbor.console.session import Who
+    from mlharbor.store import tables as t
+    from mlharbor.store.db import Store
+
+    store = Store(f"sqlite:///{tmp_path / 'faces.db'}")
+    store.migrate()
+    mine, now, arn = "000000000000", time.time(), "arn:aws:rekognition:us-east-1:000000000000:collection/c"
+    with store.begin() as conn:
+        conn.execute(
+            insert(t.s3_buckets).values(name="photos", account_id=mine, region="us-east-1", created_at=now)
+        )
+        conn.execute(
+            insert(t.face_collections).values(
+                arn=arn,
+                account_id=mine,
+                region="us-east-1",
+                collection_id="c",
+                model_version="m",
+                created_at=now,
+            )
+        )
+        for face in ("unreachable", "denied", "gone"):
+            conn.execute(
+                insert(t.faces).values(
+                    collection_arn=arn, face_id=face, image_id=face, confidence=99.0, box={},
+                    model_version="m", created_at=now, descriptor=b"", source=f"s3://photos/{face}.jpg",
+                )
+            )  # fmt: skip
+
+    class Blobs:
+        def stat(self, uri: Any) -> Any:
+            if uri.key == "unreachable.jpg":
+                raise EndpointConnectionError(endpoint_url="http://s3.invalid")
+            if uri.key == "denied.jpg":
+                raise ClientError({"Error": {"Code": "AccessDenied", "Message": "no"}}, "HeadObject")
+            raise BlobNotFound(str(uri))
+
+    server = SimpleNamespace(store=store, blobs=Blobs())
+    app = SimpleNamespace(state=SimpleNamespace(console=SimpleNamespace(server=server)))
+    who = Who("test", mine, "us-east-1")
+
+    def status(face_id: str) -> int:
+        request = SimpleNamespace(app=app, path_params={"collection_id": "c", "face_id": face_id})
+        with ThreadPoolExecutor(1) as thread:  # its own event loop: Playwright's runs in this thread
+            return thread.submit(asyncio.run, face_source(request, who)).result().status_code  # type: ignore[arg-type]
+
+    assert [status(face) for face in ("unreachable", "denied", "gone")] == [503, 503, 404]
+    store.dispose()
+
+    # A version is split off at the last "?versionId=": a key that contains the mark itself still reads.
+    uri = source_uri("s3://photos/odd?versionId=1.jpg?versionId=v2")
+    assert uri is not None and (uri.bucket, uri.key) == ("photos", "odd?versionId=1.jpg")

@@ -92,14 +92,16 @@ def endpoint(console_server: RunningServer, trained: tuple[str, str]) -> Iterato
 
 @pytest.fixture(scope="module")
 def job(console_server: RunningServer, trained: tuple[str, str]) -> str:
-    """A small entities detection job on the trained recognizer (started, not awaited): its id."""
-    prefix = unique("console-job")
+    """A small entities detection job on the trained recognizer (started, not awaited): its id. Its output
+    goes to a bucket the account created (the console serves a job's output only from such a bucket)."""
+    prefix, output_bucket = unique("console-job"), unique("console-job-output")
+    console_server.client("s3").create_bucket(Bucket=output_bucket)
     lines = [TEXT, "Nothing to see here."]
     lines += [f"Document {i} about Zürich and Nadia Okafor." for i in range(JOB_LINES - len(lines))]
     uri = put_object(console_server.data_dir, "job-input", f"{prefix}/docs.txt", "\n".join(lines).encode())
     return console_server.client("comprehend").start_entities_detection_job(
         JobName="console-job", EntityRecognizerArn=trained[1], LanguageCode="en", DataAccessRoleArn=ROLE,
-        InputDataConfig={"S3Uri": uri}, OutputDataConfig={"S3Uri": f"s3://job-output/{prefix}/"},
+        InputDataConfig={"S3Uri": uri}, OutputDataConfig={"S3Uri": f"s3://{output_bucket}/{prefix}/"},
     )["JobId"]  # fmt: skip
 
 
@@ -378,4 +380,80 @@ def test_a_retried_training_attempt_starts_a_fresh_curve(tmp_path: Any) -> None:
     with store.read() as conn:
         row = conn.execute(select(table).where(table.c.arn == arn)).one()
     assert row.curve is None and row.status == "IN_ERROR"
+    store.dispose()
+
+
+# --- A job's output: only from a bucket of the job's account, object store failures a 503 ---------------
+def test_a_jobs_output_is_served_only_from_a_bucket_the_account_owns(tmp_path: Any) -> None:
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from botocore.exceptions import ClientError, EndpointConnectionError
+    from sqlalchemy import insert
+
+    from mlharbor.blobs import BlobNotFound
+    from mlharbor.console.endpoints import job_output
+    from mlharbor.console.session import Who
+    from mlharbor.store.db import Store
+    from mlharbor.store.tables import entities_detection_jobs, s3_buckets
+
+    store = Store(f"sqlite:///{tmp_path / 'jobs.db'}")
+    store.migrate()
+    mine, theirs, now = "000000000000", "111111111111", time.time()
+    outputs = {  # job id -> its OutputDataConfig bucket
+        "owned": "my-output", "unknown": "nobody-made-this", "theirs": "their-output",
+        "models": "mlharbor-models", "failing": "my-output", "denied": "my-output", "gone": "my-output",
+    }  # fmt: skip
+    with store.begin() as conn:
+        for name, owner in (("my-output", mine), ("their-output", theirs), ("mlharbor-models", mine)):
+            conn.execute(
+                insert(s3_buckets).values(name=name, account_id=owner, region="us-east-1", created_at=now)
+            )
+        for job_id, bucket in outputs.items():
+            conn.execute(
+                insert(entities_detection_jobs).values(
+                    job_id=job_id, arn=f"arn:aws:comprehend:us-east-1:{mine}:entities-detection-job/{job_id}",
+                    account_id=mine, region="us-east-1", incarnation="i1", status="COMPLETED",
+                    submitted_at=now, updated_at=now, recognizer_arn=f"{job_id}-recognizer",
+                    spec={"OutputDataConfig": {"S3Uri": f"s3://{bucket}/out/"}}, details={},
+                )
+            )  # fmt: skip
+
+    class Blobs:
+        def open_read(self, uri: Any) -> Any:
+            key = str(uri)
+            if "-failing/" in key:
+                raise EndpointConnectionError(endpoint_url="http://s3.invalid")
+            if "-denied/" in key:
+                raise ClientError({"Error": {"Code": "AccessDenied", "Message": "no"}}, "GetObject")
+            if "-gone/" in key:
+                raise BlobNotFound(key)
+            return io.BytesIO(b"\x1f\x8b archive of " + key.encode())
+
+    settings = SimpleNamespace(
+        models_bucket="mlharbor-models", video_bucket="mlharbor-video", uploads_bucket="mlharbor-uploads"
+    )
+    server = SimpleNamespace(store=store, blobs=Blobs(), settings=settings)
+    app = SimpleNamespace(state=SimpleNamespace(console=SimpleNamespace(server=server)))
+    who = Who("test", mine, "us-east-1")
+
+    async def get(job_id: str) -> tuple[int, bytes]:
+        response = await job_output(SimpleNamespace(app=app, path_params={"job_id": job_id}), who)  # type: ignore[arg-type]
+        if response.status_code != 200:
+            return response.status_code, bytes(response.body)
+        return 200, b"".join([chunk async for chunk in response.body_iterator])  # type: ignore[attr-defined]
+
+    def answer(job_id: str) -> tuple[int, bytes]:
+        with ThreadPoolExecutor(1) as thread:  # its own event loop: Playwright's runs in this thread
+            return thread.submit(asyncio.run, get(job_id)).result()
+
+    status, body = answer("owned")
+    assert status == 200 and body.endswith(b"s3://my-output/out/000000000000-NER-owned/output/output.tar.gz")
+    for job_id in ("unknown", "theirs", "models"):  # no bucket record, another account's, MLHarbor's own
+        status, body = answer(job_id)
+        assert status == 404 and b"not readable here" in body, job_id
+    assert answer("failing")[0] == 503  # S3 unreachable: a short 503, not a 500
+    assert answer("denied")[0] == 503
+    assert answer("gone")[0] == 404
+    assert answer("no-such-job")[0] == 404
     store.dispose()

@@ -4,12 +4,14 @@ frame a FragmentNumber (or a timestamp) names; another account gets 404 on the p
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from typing import Any
 
 import pytest
 import requests
+from PIL import Image
 
 from tests.conftest import RunningServer, unique
 from tests.console.conftest import screenshot, sign_in
@@ -121,12 +123,28 @@ def test_media_routes_and_the_other_account(
     clip = console.request.get(f"{base}/clip.mp4?start={first}&end={first + 30}")
     assert clip.status == 200 and clip.headers["content-type"] == "video/mp4"
     assert clip.body()[4:8] == b"ftyp"
+    assert clip.headers["cache-control"] == "private, max-age=60"  # a fixed span: the same clip again
     recent = console.request.get(f"{base}/clip.mp4?last=600")  # the "last seconds" button's clip
     assert recent.status == 200 and recent.body()[4:8] == b"ftyp"
+    assert recent.headers["cache-control"] == "no-store"  # clicked again, the seconds before the new now
     still = console.request.get(f"{base}/frame.jpg?at=latest")
     assert still.status == 200 and still.body()[:2] == b"\xff\xd8"
     wrong = console.request.get(f"{base}/frame.jpg?at=yesterday")
     assert wrong.status == 400 and wrong.json()["code"] == "InvalidArgumentException"
+    # Times no date holds (past year 9999, in seconds, milliseconds or ISO 8601): a 400, never a 500.
+    for query in (
+        "clip.mp4?start=1e300", "clip.mp4?start=3e14", "clip.mp4?start=9999-12-31T23:59:59-12:00",
+        f"clip.mp4?start={first}&end=1e300", "frame.jpg?at=1e300", "frame.jpg?at=0001-01-01T00:00:00",
+    ):  # fmt: skip
+        answer = console.request.get(f"{base}/{query}")
+        assert answer.status == 400 and answer.json()["code"] == "InvalidArgumentException", query
+    # A FragmentNumber is ASCII digits (not other scripts' digits).
+    arabic = console.request.get(f"{base}/frame.jpg", params={"fragment": "\u0661\u0662\u0663"})
+    assert arabic.status == 400 and "digits" in arabic.json()["message"]
+    # A width is rounded up to one of a few (so the stills cache serves every page asking for about it).
+    resized = console.request.get(f"{base}/frame.jpg?at=latest&width=300")
+    with Image.open(io.BytesIO(resized.body())) as picture:
+        assert picture.width == 320
     # Without a session: 401, not the media.
     assert requests.get(f"{base}/frame.jpg?at=latest", timeout=10).status_code == 401
 

@@ -10,8 +10,10 @@ store and shrunk in a worker thread; another account's collection (or image) is 
 from __future__ import annotations
 
 import io
+import logging
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
 from PIL import Image
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
@@ -25,6 +27,8 @@ from mlharbor.console.web import Paging, console_of, data, error, page, render
 from mlharbor.context import Server
 from mlharbor.services.rekognition import images
 from mlharbor.store import tables as t
+
+log = logging.getLogger(__name__)
 
 THUMBNAIL_SIDE = 320
 JPEG_QUALITY = 85
@@ -48,6 +52,10 @@ def source_uri(source: str | None) -> S3Uri | None:
     """The object a face's ``source`` names (its version left out: the object store keeps none)."""
     if not source:
         return None
+    # The mark is split off at its LAST occurrence: a key containing "?versionId=" itself, indexed with a
+    # Version, still reads right. A key containing it indexed without one is read as a shorter key and a
+    # version (the stored format cannot tell the two apart): its thumbnail is then that shorter key's object,
+    # or none; still only from the same bucket, one the account owns.
     where = source.rpartition(VERSION_MARK)[0] if VERSION_MARK in source else source
     try:
         uri = S3Uri.parse(where)
@@ -117,6 +125,10 @@ class _NotFound(Exception):
     pass
 
 
+class _Unavailable(Exception):
+    """The object store (S3) did not answer: a 503."""
+
+
 def _thumbnail(server: Server, who: Who, collection_id: str, face_id: str) -> bytes:
     f = t.faces
     with server.store.read() as conn:
@@ -137,6 +149,9 @@ def _thumbnail(server: Server, who: Who, collection_id: str, face_id: str) -> by
         content = server.blobs.get(uri)
     except (BlobNotFound, BlobConflict, InvalidS3Uri, OSError):
         raise _NotFound("The face's image is no longer there.") from None
+    except (BotoCoreError, ClientError) as exc:  # object_store = "s3": its errors other than not found
+        log.warning("console: reading %s from the object store failed: %r", uri, exc)
+        raise _Unavailable("The object store cannot be read right now.") from None
     try:
         with Image.open(io.BytesIO(content)) as picture:
             if picture.width * picture.height > images.MAX_PIXELS:
@@ -159,6 +174,8 @@ async def face_source(request: Request, who: Who) -> Response:
         )
     except _NotFound as exc:
         return error("ResourceNotFoundException", str(exc), 404)
+    except _Unavailable as exc:
+        return error("ServiceUnavailableException", str(exc), 503)
     return Response(content, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=300"})
 
 

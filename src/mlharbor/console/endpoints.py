@@ -1,19 +1,21 @@
 """Recognizer endpoints and entities detection jobs: the lists (paged separately: ``?page=`` for endpoints,
 ``?jobs_page=`` for jobs), an endpoint's state, inference units and throughput (what its serving workers
 report in their heartbeats), a job's progress, its configuration, and its output archive, streamed from the
-object store to the account that owns the job."""
+object store to the account that owns the job, when that account also owns the output's bucket."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy import bindparam, func, select
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from mlharbor.blobs.store import BlobNotFound, InvalidS3Uri
+from mlharbor.blobs.store import BlobNotFound, InvalidS3Uri, S3Uri
 from mlharbor.console.recognizers import label_of_arn, path_of_arn
 from mlharbor.console.session import Who
 from mlharbor.console.web import Paging, console_of, page, render
@@ -21,6 +23,9 @@ from mlharbor.services.comprehend import endpoints as ep
 from mlharbor.services.comprehend import jobs
 from mlharbor.store.tables import comprehend_endpoints as table
 from mlharbor.store.tables import entities_detection_jobs as jobs_table
+from mlharbor.store.tables import s3_buckets
+
+log = logging.getLogger(__name__)
 
 # States whose page refreshes every second (they change by themselves soon).
 ENDPOINT_MOVING = frozenset({"CREATING", "UPDATING", "DELETING"})
@@ -43,7 +48,12 @@ _ENDPOINTS = (
     .limit(bindparam("limit"))
     .offset(bindparam("offset"))
 )  # fmt: skip
-_ENDPOINT = select(table).where(_MINE, table.c.name == bindparam("name"))
+# One endpoint: what its page shows, and what finds its serving workers (ep.serving_generation, worker_id).
+_ENDPOINT = select(
+    table.c.arn, table.c.name, table.c.status, table.c.message, table.c.model_arn, table.c.desired_model_arn,
+    table.c.desired_units, table.c.current_units, table.c.data_access_role_arn, table.c.created_at,
+    table.c.updated_at, table.c.incarnation, table.c.version, table.c.generation, table.c.artifact_uri,
+).where(_MINE, table.c.name == bindparam("name"))  # fmt: skip
 _JOBS = (
     select(
         jobs_table.c.job_id, jobs_table.c.name, jobs_table.c.status, jobs_table.c.message,
@@ -55,7 +65,11 @@ _JOBS = (
     .offset(bindparam("offset"))
 )  # fmt: skip
 _JOBS_COUNT = select(func.count()).select_from(jobs_table).where(_JOBS_MINE)
-_JOB = select(jobs_table).where(_JOBS_MINE, jobs_table.c.job_id == bindparam("job_id"))
+_JOB = select(
+    jobs_table.c.job_id, jobs_table.c.arn, jobs_table.c.account_id, jobs_table.c.name, jobs_table.c.status,
+    jobs_table.c.message, jobs_table.c.recognizer_arn, jobs_table.c.submitted_at, jobs_table.c.end_time,
+    jobs_table.c.spec, jobs_table.c.details,
+).where(_JOBS_MINE, jobs_table.c.job_id == bindparam("job_id"))  # fmt: skip
 
 
 def _paging(request: Request, parameter: str) -> Paging:
@@ -157,12 +171,28 @@ def _output_uri(job: Any) -> str:
     return jobs.output_uri(job.spec["OutputDataConfig"]["S3Uri"], job.account_id, job.job_id)
 
 
-def _find_job(request: Request, who: Who) -> Any:
-    with console_of(request).server.store.read() as conn:
-        return conn.execute(
+def _find_job(request: Request, who: Who) -> tuple[Any, S3Uri | None]:
+    """The job of the signed-in account, or None; and its output archive's location when the console may
+    read it: in a bucket the job's account owns (``s3_buckets``), never one of MLHarbor's own."""
+    server = console_of(request).server
+    with server.store.read() as conn:
+        job = conn.execute(
             _JOB,
             {"account_id": who.account_id, "region": who.region, "job_id": request.path_params["job_id"]},
         ).first()
+        if job is None:
+            return None, None
+        try:
+            uri = S3Uri.parse(_output_uri(job))
+        except InvalidS3Uri:
+            return job, None
+        settings = server.settings
+        if uri.bucket in (settings.models_bucket, settings.video_bucket, settings.uploads_bucket):
+            return job, None
+        owner = conn.execute(
+            select(s3_buckets.c.account_id).where(s3_buckets.c.name == uri.bucket)
+        ).scalar_one_or_none()
+    return job, (uri if owner == job.account_id else None)
 
 
 def _has_output(job: Any) -> bool:
@@ -173,7 +203,7 @@ def _has_output(job: Any) -> bool:
 
 
 async def job_page(request: Request, who: Who) -> Response:
-    job = _find_job(request, who)
+    job, readable = _find_job(request, who)
     if job is None:
         response = render(
             request, who, "job.html", section="endpoints", job=None, job_id=request.path_params["job_id"]
@@ -185,21 +215,29 @@ async def job_page(request: Request, who: Who) -> Response:
         request, who, "job.html", section="endpoints", job=job, spec=spec, details=job.details or {},
         running=job.status in JOB_RUNNING, refresh=1 if job.status in JOB_RUNNING else IDLE_REFRESH_SECONDS,
         stoppable=job.status in ("SUBMITTED", "IN_PROGRESS"), recognizer=_model(job.recognizer_arn),
-        output_uri=_output_uri(job), has_output=_has_output(job),
+        output_uri=_output_uri(job), has_output=_has_output(job), output_readable=readable is not None,
         config={key: spec[key] for key in jobs.SPEC_MEMBERS if key in spec and key != "LanguageCode"},
     )  # fmt: skip
 
 
 async def job_output(request: Request, who: Who) -> Response:
-    """The job's output.tar.gz, streamed from the object store (only to the account that owns the job)."""
-    job = _find_job(request, who)
+    """The job's output.tar.gz, streamed from the object store (only to the account that owns the job, and
+    only from a bucket that account owns)."""
+    job, uri = _find_job(request, who)
     if job is None or not _has_output(job):
         return PlainTextResponse("No such job output in this account and region.", status_code=404)
+    if uri is None:
+        return PlainTextResponse(
+            "The job's output is not in a bucket of this account: it is not readable here.", status_code=404
+        )
     blobs = console_of(request).server.blobs
     try:
-        stream = await run_in_threadpool(blobs.open_read, _output_uri(job))
+        stream = await run_in_threadpool(blobs.open_read, uri)
     except (BlobNotFound, InvalidS3Uri):
         return PlainTextResponse("The job's output is not in the object store.", status_code=404)
+    except (BotoCoreError, ClientError) as exc:  # object_store = "s3": its errors other than not found
+        log.warning("console: reading %s from the object store failed: %r", uri, exc)
+        return PlainTextResponse("The object store cannot be read right now.", status_code=503)
 
     def chunks() -> Any:
         with stream:

@@ -10,6 +10,7 @@ never run on the event loop. A stream of another account is 404, on the pages an
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -17,6 +18,7 @@ from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy import Integer, cast, func, select
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -33,12 +35,17 @@ from mlharbor.engines import clips
 from mlharbor.services.kinesisvideo import archive, fragments, streams
 from mlharbor.store import tables as t
 
+log = logging.getLogger(__name__)
+
 WINDOWS = {"10m": 600, "1h": 3600, "24h": 86400}  # the timeline's choices: the last ... before now
 DEFAULT_WINDOW = "10m"
 COLUMNS = 500  # timeline resolution: fragments are grouped per 1/COLUMNS of the window in the database
 CLIP_SECONDS = 60.0  # a clip played from a point of the timeline lasts this long (at most)
 LIVE_CLIP_SECONDS = 30.0
 MAX_WIDTH = 1920  # frame.jpg?width= at most this
+# frame.jpg?width= is rounded up to one of these (the page asks for 960), so the stills cache is shared.
+WIDTHS = (160, 320, 640, 960, 1280, MAX_WIDTH)
+LATEST_TIME = 253402300799.0  # 9999-12-31T23:59:59Z: the last second a datetime can hold
 JPEG_QUALITY = 85
 FRAME_CACHE = 64  # encoded stills kept (per server): the live edge asked for every second is one decode
 _KINDS = {"server": "SERVER_TIMESTAMP", "producer": "PRODUCER_TIMESTAMP"}
@@ -50,6 +57,12 @@ class Refused(Exception):
     def __init__(self, code: str, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.code, self.message, self.status = code, message, status
+
+
+def _unavailable(what: str, exc: Exception) -> Refused:
+    """The object store (S3) failed to answer: logged, and a 503 for the page."""
+    log.warning("console: reading %s from the object store failed: %r", what, exc)
+    return Refused("ServiceUnavailableException", "The object store cannot be read right now.", 503)
 
 
 def _owner(who: Who) -> Any:
@@ -170,21 +183,27 @@ async def video_page(request: Request, who: Who) -> Response:
 # --- media -------------------------------------------------------------------------------------------------
 def instant(text: str) -> float:
     """A time as epoch seconds (milliseconds when it is that large, as some records carry) or ISO 8601
-    (UTC unless it says otherwise)."""
+    (UTC unless it says otherwise), from 1970 to the end of year 9999 (UTC)."""
     text = text.strip()
     try:
         value = float(text)
     except ValueError:
         try:
             moment = datetime.fromisoformat(text)
-        except ValueError:
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=UTC)
+            value = moment.timestamp()
+        except (ValueError, OverflowError):
             raise Refused("InvalidArgumentException", f"Not a time: {text[:64]!r}.") from None
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        return moment.timestamp()
-    if value != value or value in (float("inf"), float("-inf")) or value < 0:
-        raise Refused("InvalidArgumentException", f"Not a time: {text[:64]!r}.")
-    return value / 1000 if value > 1e11 else value
+    else:
+        if value != value or value in (float("inf"), float("-inf")) or value < 0:
+            raise Refused("InvalidArgumentException", f"Not a time: {text[:64]!r}.")
+        value = value / 1000 if value > 1e11 else value
+    if not 0 <= value <= LATEST_TIME:
+        raise Refused(
+            "InvalidArgumentException", f"Time out of range: {text[:64]!r} (1970 to the end of 9999, UTC)."
+        )
+    return value
 
 
 def _number(request: Request, name: str, default: float | None = None) -> float | None:
@@ -214,7 +233,10 @@ def _call(server: Server, who: Who, operation: str) -> Call:
 
 
 def _when(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, UTC)
+    try:
+        return datetime.fromtimestamp(seconds, UTC)
+    except (OverflowError, ValueError, OSError):  # past year 9999 (or before 1970 on some platforms)
+        raise Refused("InvalidArgumentException", f"Time out of range: {seconds!r}.") from None
 
 
 def _clip(server: Server, who: Who, name: str, kind: fragments.TimestampKind, start: float | None,
@@ -241,7 +263,10 @@ def _clip(server: Server, who: Who, name: str, kind: fragments.TimestampKind, st
             "TimestampRange": {"StartTimestamp": _when(start), "EndTimestamp": _when(end)},
         },
     }
-    return archive.get_clip(call, params)["Payload"]
+    try:
+        return archive.get_clip(call, params)["Payload"]
+    except (BotoCoreError, ClientError) as exc:
+        raise _unavailable(f"a clip of {name}", exc) from None
 
 
 async def clip(request: Request, who: Who) -> Response:
@@ -258,7 +283,7 @@ async def clip(request: Request, who: Who) -> Response:
                 raise Refused("InvalidArgumentException", "start (or last) is required.")
             start = instant(text)
             end_text = request.query_params.get("end", "")
-            end = instant(end_text) if end_text else start + CLIP_SECONDS
+            end = instant(end_text) if end_text else min(start + CLIP_SECONDS, LATEST_TIME)
         payload = await run_in_threadpool(
             _clip, console_of(request).server, who, request.path_params["name"], kind, start, end, last
         )
@@ -266,7 +291,11 @@ async def clip(request: Request, who: Who) -> Response:
         return error(exc.code, exc.message, exc.status)
     except errors.AwsError as exc:
         return error(exc.code, exc.message, exc.status)
-    return Response(payload, media_type="video/mp4", headers={"Cache-Control": "private, max-age=60"})
+    except (OverflowError, ValueError) as exc:  # a time no datetime holds (_when refuses those already)
+        return error("InvalidArgumentException", f"Cannot make that clip: {exc}.", 400)
+    # ?last= names a different clip every time (the seconds before now): never replayed from a cache.
+    cache = "no-store" if last is not None else "private, max-age=60"
+    return Response(payload, media_type="video/mp4", headers={"Cache-Control": cache})
 
 
 class _Stills:
@@ -320,7 +349,7 @@ def _frame(server: Server, who: Who, name: str, query: dict[str, Any]) -> tuple[
                 raise Refused("ResourceNotFoundException", archive.NO_FRAGMENTS, 404)
             begins = found.producer_ts if kind == "PRODUCER_TIMESTAMP" else found.server_ts
             offset = max(0.0, at - begins)
-    width = query.get("width")
+    width = query.get("width")  # one of WIDTHS, or None
     key = (found.stream_arn, found.fragment_number, round(offset, 3), width)
     cached = _stills(server).get(key)
     if cached is not None:
@@ -329,6 +358,8 @@ def _frame(server: Server, who: Who, name: str, query: dict[str, Any]) -> tuple[
         header, cluster = fragments.read(server.blobs, found)
     except BlobNotFound:
         raise Refused("ResourceNotFoundException", archive.NO_FRAGMENTS, 404) from None
+    except (BotoCoreError, ClientError) as exc:
+        raise _unavailable(f"fragment {found.fragment_number}", exc) from None
     try:
         (picture,) = clips.frames_at(header + cluster, found.fragment_timecode, [offset])
     except clips.ClipError as exc:
@@ -348,17 +379,22 @@ def _frame(server: Server, who: Who, name: str, query: dict[str, Any]) -> tuple[
     return content, headers
 
 
+def _bucket(width: float) -> int:
+    """A requested width rounded up to one of WIDTHS (at most MAX_WIDTH): few sizes, so stills are shared."""
+    return next((w for w in WIDTHS if w >= width), MAX_WIDTH)
+
+
 async def frame(request: Request, who: Who) -> Response:
     """GET /console/videos/{name}/frame.jpg?at=latest | at=TIME[&kind=server|producer][&offset=S]
-    | fragment=NUMBER[&offset=S] (FrameOffsetInSeconds), [&width=PX]."""
+    | fragment=NUMBER[&offset=S] (FrameOffsetInSeconds), [&width=PX (rounded up to one of WIDTHS)]."""
     try:
         query: dict[str, Any] = {"offset": _number(request, "offset")}
         width = _number(request, "width")
-        query["width"] = min(max(int(width), 16), MAX_WIDTH) if width else None
+        query["width"] = _bucket(width) if width else None
         number = request.query_params.get("fragment", "").strip()
         at = request.query_params.get("at", "latest").strip() or "latest"
         if number:
-            if not (number.isdigit() and len(number) <= 128):
+            if not (number.isascii() and number.isdigit() and len(number) <= 128):
                 raise Refused("InvalidArgumentException", "FragmentNumber must be digits.")
             query["fragment"] = number
         elif at != "latest":
