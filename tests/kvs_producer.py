@@ -32,6 +32,8 @@ uses; its docstring explains the full-duplex request and the signing.
 from __future__ import annotations
 
 import struct
+import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -48,6 +50,38 @@ from mlharbor.services.kinesisvideo.producer import (  # noqa: F401  (re-exporte
     put_media,
     split_live,
 )
+
+
+class LiveCamera:
+    """A producer pushing an MKV (``encode_mkv``) to ``endpoint``'s stream in real time, each fragment when
+    its first frame is due, from a thread: ``with LiveCamera(url, "cam", video): ...``."""
+
+    def __init__(self, endpoint: str, stream: str, video: bytes) -> None:
+        self.video, self.started = video, time.time()
+        self.putter = PutMedia(endpoint, stream_name=stream, start_timestamp=self.started)
+        self.thread = threading.Thread(target=self._push, daemon=True)
+        self.stop = threading.Event()
+
+    def _push(self) -> None:
+        marks = clusters(self.video)
+        self.putter.start()
+        self.putter.send(self.video[: marks[0][0]])
+        ends = [offset for offset, _ in marks[1:]] + [len(self.video)]
+        for (offset, timecode), end in zip(marks, ends, strict=True):
+            if self.stop.wait(max(0.0, self.started + timecode / 1000 - time.time())):
+                return
+            self.putter.send(self.video[offset:end])
+        self.putter.finish()
+
+    def __enter__(self) -> LiveCamera:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        self.thread.join(10)
+        self.putter.close()
+
 
 # ---------------------------------------------------------------------------------------------------
 # MKV

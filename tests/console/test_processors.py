@@ -4,8 +4,6 @@ sees none of it."""
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,43 +15,18 @@ from PIL import Image
 from tests.conftest import RunningServer, unique, wait_until
 from tests.console.conftest import screenshot, sign_in
 from tests.deployment import DATA, face_search_processor
-from tests.kvs_producer import PutMedia, clusters, encode_mkv
+from tests.kvs_producer import LiveCamera, encode_mkv
 from tests.services.rekognition import label_model
 
 VIDEO_SECONDS = 40  # longer than the test needs: the camera plays it once, in real time
 
 
-class Camera:
-    """A producer pushing a still picture (by default Grace Hopper's portrait) as live video (PutMedia), each
-    fragment when it is due."""
-
-    def __init__(self, server: RunningServer, stream: str, picture: numpy.ndarray | None = None) -> None:
-        if picture is None:
-            picture = numpy.asarray(Image.open(DATA / "grace_hopper.jpg").convert("RGB"))
-        self.video = encode_mkv(seconds=VIDEO_SECONDS, fps=5, size=(640, 480), image=picture)
-        self.started = time.time()
-        self.putter = PutMedia(server.url, stream_name=stream, start_timestamp=self.started)
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._push, daemon=True)
-
-    def _push(self) -> None:
-        marks = clusters(self.video)
-        self.putter.start()
-        self.putter.send(self.video[: marks[0][0]])
-        ends = [offset for offset, _ in marks[1:]] + [len(self.video)]
-        for (offset, timecode), end in zip(marks, ends, strict=True):
-            if self.stop.wait(max(0.0, self.started + timecode / 1000 - time.time())):
-                return
-            self.putter.send(self.video[offset:end])
-
-    def __enter__(self) -> Camera:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.stop.set()
-        self.thread.join(10)
-        self.putter.close()
+def live_camera(server: RunningServer, stream: str, picture: numpy.ndarray | None = None) -> LiveCamera:
+    """A camera pushing a still picture (by default Grace Hopper's portrait) as live video."""
+    if picture is None:
+        picture = numpy.asarray(Image.open(DATA / "grace_hopper.jpg").convert("RGB"))
+    video = encode_mkv(seconds=VIDEO_SECONDS, fps=5, size=(640, 480), image=picture)
+    return LiveCamera(server.url, stream, video)
 
 
 @pytest.fixture
@@ -72,7 +45,7 @@ def face_search(console_server: RunningServer) -> Iterator[dict[str, str]]:
     kinesis.create_stream(StreamName=output, ShardCount=1)
     output_arn = kinesis.describe_stream_summary(StreamName=output)["StreamDescriptionSummary"]["StreamARN"]
     name = face_search_processor(rek, unique("lobby"), camera, output_arn, collection)
-    with Camera(console_server, camera):
+    with live_camera(console_server, camera):
         rek.start_stream_processor(Name=name)
         yield {"name": name, "camera": camera}
         try:
@@ -217,7 +190,7 @@ def test_connected_home_shows_the_labels_seen_and_the_frames_stored_in_s3(
         RoleArn="arn:aws:iam::000000000000:role/rekognition",
     )
     person = label_model.frame_with((255, 0, 0), (128, 96, 256, 192))
-    with Camera(console_server, camera, person):
+    with live_camera(console_server, camera, person):
         console.goto(f"{console_server.url}/console/processors/{name}")
         assert "The processor is STOPPED" in console.locator("#live").inner_text()
         console.locator("#start").click()

@@ -19,18 +19,10 @@ from mlharbor.console.charts import line_chart
 from tests.conftest import RunningServer, unique, wait_until
 from tests.console.conftest import screenshot, sign_in
 from tests.services.comprehend.conftest import ROLE
-from tests.services.comprehend.corpus import put_object, upload
+from tests.services.comprehend.corpus import UNSEEN_ENTITIES, UNSEEN_TEXT, put_object, upload
 
 TRAINED = {"TRAINED", "TRAINED_WITH_WARNING"}
-# Names, products and cities the recognizer never saw, after an emoji (one character, two UTF-16 units):
-# the page must place the highlights by characters as Comprehend counts them.
-TEXT = "🙂 Zoë Müller bought a Škoda Pro 5 in Zürich. Did Nadia Okafor really return the Vantro X?"
-EXPECTED = {
-    ("Zoë Müller", "PERSON"),
-    ("Škoda Pro 5", "PRODUCT"),
-    ("Zürich", "CITY"),
-    ("Nadia Okafor", "PERSON"),
-}
+TEXT, EXPECTED = UNSEEN_TEXT, UNSEEN_ENTITIES
 CURVE_POINT = "#live svg.chart circle.point"
 JOB_LINES = 8000  # a few seconds of work: its progress shows while it runs
 UNITS = 4  # AWS's rate per unit (100 characters/s) would throttle a test that sends a few texts at once

@@ -11,6 +11,16 @@ from mlharbor.engines.annotated import Example
 from tests.engines.ner_data import make_corpus
 
 TYPES = ("PERSON", "PRODUCT", "CITY")
+# New text for a recognizer trained on this corpus: names, products and cities it never saw, with non-ASCII
+# letters and an emoji (one code point, two UTF-16 units, four UTF-8 bytes) before the entities, and the
+# entities it should find there.
+UNSEEN_TEXT = "🙂 Zoë Müller bought a Škoda Pro 5 in Zürich. Did Nadia Okafor really return the Vantro X?"
+UNSEEN_ENTITIES = {
+    ("Zoë Müller", "PERSON"),
+    ("Škoda Pro 5", "PRODUCT"),
+    ("Zürich", "CITY"),
+    ("Nadia Okafor", "PERSON"),
+}
 
 
 def put_object(data_dir: Path, bucket: str, key: str, data: bytes) -> str:

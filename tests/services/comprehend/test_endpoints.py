@@ -11,18 +11,11 @@ from botocore.exceptions import ClientError
 
 from tests.conftest import REGION, start_server, stop_server, unique, wait_until, worker_pids
 from tests.services.comprehend.conftest import train_recognizer
+from tests.services.comprehend.corpus import UNSEEN_ENTITIES, UNSEEN_TEXT
 
 pytestmark = pytest.mark.storage
 
-# New text: names, products and cities the recognizer never saw, with non-ASCII letters and an emoji
-# (one code point, two UTF-16 units, four UTF-8 bytes) before the entities.
-TEXT = "🙂 Zoë Müller bought a Škoda Pro 5 in Zürich. Did Nadia Okafor really return the Vantro X?"
-EXPECTED = {
-    ("Zoë Müller", "PERSON"),
-    ("Škoda Pro 5", "PRODUCT"),
-    ("Zürich", "CITY"),
-    ("Nadia Okafor", "PERSON"),
-}
+TEXT, EXPECTED = UNSEEN_TEXT, UNSEEN_ENTITIES
 
 
 def describe(client, arn: str) -> dict:  # type: ignore[no-untyped-def]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import io
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -27,7 +26,7 @@ from tests.conftest import (
     wait_until,
 )
 from tests.engines.video_files import portrait_frames
-from tests.kvs_producer import PutMedia, clusters, encode_mkv, put_media
+from tests.kvs_producer import LiveCamera, encode_mkv, put_media
 from tests.services.rekognition import label_model
 from tests.services.rekognition.aws_peers import moto
 from tests.services.rekognition.test_stream_processors import (
@@ -54,36 +53,6 @@ def kvs_server(tmp_path_factory, moto_endpoint) -> Iterator[RunningServer]:  # t
     drop()
 
 
-class Camera:
-    """A producer pushing an MKV in real time: each fragment when its first frame is due."""
-
-    def __init__(self, server: RunningServer, stream: str, video: bytes) -> None:
-        self.video, self.started = video, time.time()
-        self.putter = PutMedia(server.url, stream_name=stream, start_timestamp=self.started)
-        self.thread = threading.Thread(target=self._push, daemon=True)
-        self.stop = threading.Event()
-
-    def _push(self) -> None:
-        marks = clusters(self.video)
-        self.putter.start()
-        self.putter.send(self.video[: marks[0][0]])
-        ends = [offset for offset, _ in marks[1:]] + [len(self.video)]
-        for (offset, timecode), end in zip(marks, ends, strict=True):
-            if self.stop.wait(max(0.0, self.started + timecode / 1000 - time.time())):
-                return
-            self.putter.send(self.video[offset:end])
-        self.putter.finish()
-
-    def __enter__(self) -> Camera:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.stop.set()
-        self.thread.join(10)
-        self.putter.close()
-
-
 def test_a_face_search_processor_finds_the_face_pushed_with_put_media(kvs_server, moto_endpoint):
     rek, kvs = kvs_server.client("rekognition"), kvs_server.client("kinesisvideo")
     archive = kvs_server.client("kinesis-video-archived-media")
@@ -102,7 +71,7 @@ def test_a_face_search_processor_finds_the_face_pushed_with_put_media(kvs_server
     records = Records(kinesis, output)
 
     video = encode_mkv(portrait_frames(80, size=(640, 480)), fps=10, size=(640, 480), fragment_seconds=1)
-    with Camera(kvs_server, stream, video) as camera:
+    with LiveCamera(kvs_server.url, stream, video) as camera:
         wait_until(lambda: any(r["FaceSearchResponse"] for r in records.read()), timeout=60, what="a face")
         started = time.monotonic()
         rek.stop_stream_processor(Name=name)
@@ -170,7 +139,7 @@ def test_a_processor_fails_when_its_stream_is_missing_deleted_or_not_h264(kvs_se
     name = processor(rek, mpeg4, data_stream(kinesis), collection)
     rek.start_stream_processor(Name=name)
     wait_until(lambda: status(rek, name) == "RUNNING", timeout=60, what="RUNNING")
-    with Camera(kvs_server, mpeg4, mpeg4_mkv()):
+    with LiveCamera(kvs_server.url, mpeg4, mpeg4_mkv()):
         assert "not H.264" in failed_with(name)
 
 
