@@ -190,7 +190,9 @@ def test_an_object_store_failure_is_a_503_and_a_missing_image_a_404(tmp_path: Pa
                 raise ClientError({"Error": {"Code": "AccessDenied", "Message": "no"}}, "HeadObject")
             raise BlobNotFound(str(uri))
 
-    server = SimpleNamespace(store=store, blobs=Blobs())
+    own = SimpleNamespace(models_bucket="mlharbor-models", video_bucket="mlharbor-video",
+                          uploads_bucket="mlharbor-uploads")  # fmt: skip
+    server = SimpleNamespace(store=store, blobs=Blobs(), settings=own)
     app = SimpleNamespace(state=SimpleNamespace(console=SimpleNamespace(server=server)))
     who = Who("test", mine, "us-east-1")
 

@@ -23,7 +23,7 @@ from starlette.routing import BaseRoute, Route
 
 from mlharbor.blobs.store import BlobConflict, BlobNotFound, InvalidS3Uri, S3Uri
 from mlharbor.console.session import Who
-from mlharbor.console.web import Paging, console_of, data, error, page, render
+from mlharbor.console.web import Paging, console_of, data, error, page, readable_buckets, render
 from mlharbor.context import Server
 from mlharbor.services.rekognition import images
 from mlharbor.store import tables as t
@@ -64,15 +64,6 @@ def source_uri(source: str | None) -> S3Uri | None:
     return uri if uri.key else None
 
 
-def _owned_buckets(conn: Any, who: Who, names: set[str]) -> set[str]:
-    """Those of ``names`` that are buckets of the signed-in account."""
-    if not names:
-        return set()
-    sb = t.s3_buckets
-    query = select(sb.c.name).where(sb.c.name.in_(sorted(names)), sb.c.account_id == who.account_id)
-    return set(conn.execute(query).scalars())
-
-
 # --- the list ----------------------------------------------------------------------------------------------
 async def collection_list(request: Request, who: Who) -> Response:
     paging = Paging.of(request)
@@ -96,7 +87,8 @@ async def collection_page(request: Request, who: Who) -> Response:
     collection_id = request.path_params["collection_id"]
     paging = Paging.of(request)
     f = t.faces
-    with console_of(request).server.store.read() as conn:
+    server = console_of(request).server
+    with server.store.read() as conn:
         collection = _find(conn, who, collection_id)
         if collection is None:
             response = render(request, who, "collection.html", section="collections", missing=collection_id)
@@ -111,7 +103,7 @@ async def collection_page(request: Request, who: Who) -> Response:
         )
         rows, more = paging.split(conn.execute(query).all())
         uris = {row.face_id: source_uri(row.source) for row in rows}
-        readable = _owned_buckets(conn, who, {u.bucket for u in uris.values() if u is not None})
+        readable = readable_buckets(conn, server, who, {u.bucket for u in uris.values() if u is not None})
     shown = {face_id for face_id, uri in uris.items() if uri is not None and uri.bucket in readable}
     faces = [{**row._asdict(), "thumbnail": row.face_id in shown} for row in rows]
     return render(
@@ -141,7 +133,7 @@ def _thumbnail(server: Server, who: Who, collection_id: str, face_id: str) -> by
         uri = source_uri(source)
         if uri is None:
             raise _NotFound("The face's image is not known.")
-        if not _owned_buckets(conn, who, {uri.bucket}):
+        if not readable_buckets(conn, server, who, {uri.bucket}):
             raise _NotFound("The face's image is not in a bucket of this account.")
     try:
         if server.blobs.stat(uri).size > images.MAX_S3_BYTES:

@@ -18,12 +18,11 @@ from starlette.routing import BaseRoute, Route
 from mlharbor.blobs.store import BlobNotFound, InvalidS3Uri, S3Uri
 from mlharbor.console.recognizers import label_of_arn, path_of_arn
 from mlharbor.console.session import Who
-from mlharbor.console.web import Paging, console_of, page, render
+from mlharbor.console.web import Paging, console_of, page, readable_buckets, render
 from mlharbor.services.comprehend import endpoints as ep
 from mlharbor.services.comprehend import jobs
 from mlharbor.store.tables import comprehend_endpoints as table
 from mlharbor.store.tables import entities_detection_jobs as jobs_table
-from mlharbor.store.tables import s3_buckets
 
 log = logging.getLogger(__name__)
 
@@ -186,13 +185,8 @@ def _find_job(request: Request, who: Who) -> tuple[Any, S3Uri | None]:
             uri = S3Uri.parse(_output_uri(job))
         except InvalidS3Uri:
             return job, None
-        settings = server.settings
-        if uri.bucket in (settings.models_bucket, settings.video_bucket, settings.uploads_bucket):
-            return job, None
-        owner = conn.execute(
-            select(s3_buckets.c.account_id).where(s3_buckets.c.name == uri.bucket)
-        ).scalar_one_or_none()
-    return job, (uri if owner == job.account_id else None)
+        readable = readable_buckets(conn, server, who, {uri.bucket})
+    return job, (uri if readable else None)
 
 
 def _has_output(job: Any) -> bool:

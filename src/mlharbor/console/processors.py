@@ -21,7 +21,16 @@ from mlharbor import arns
 from mlharbor.blobs.store import BlobNotFound, InvalidS3Uri
 from mlharbor.console import live
 from mlharbor.console.session import COOKIE, Who
-from mlharbor.console.web import REFRESH_HEADER, Paging, console_of, data, error, page, render
+from mlharbor.console.web import (
+    REFRESH_HEADER,
+    Paging,
+    console_of,
+    data,
+    error,
+    page,
+    readable_buckets,
+    render,
+)
 from mlharbor.services.rekognition import kinds
 from mlharbor.services.rekognition import stream_processors as sp
 from mlharbor.store import tables as t
@@ -46,9 +55,6 @@ _LIST = (
     .limit(bindparam("limit"))
 )  # fmt: skip
 _NAMED = select(table.c.arn, table.c.name).where(_OWNER, table.c.name.in_(bindparam("names", expanding=True)))
-_OWNED_BUCKET = select(t.s3_buckets.c.name).where(
-    t.s3_buckets.c.name == bindparam("bucket"), t.s3_buckets.c.account_id == bindparam("account_id")
-)
 _PROGRESS = select(t.work_leases.c.progress).where(t.work_leases.c.work_id == bindparam("work_id"))
 _FRAME = select(t.live_views.c.seq, t.live_views.c.jpeg).where(
     t.live_views.c.processor_arn == bindparam("arn"),
@@ -108,10 +114,7 @@ def _s3_root(row: Any) -> tuple[str, str] | None:
 def _readable(conn: Any, server: Any, who: Who, bucket: str) -> bool:
     """Whether the console may read ``bucket`` for the signed-in account: a bucket of that account, never
     one of MLHarbor's own (a processor may name any bucket as its destination)."""
-    settings = server.settings
-    if bucket in {settings.models_bucket, settings.video_bucket, settings.uploads_bucket}:
-        return False
-    return conn.execute(_OWNED_BUCKET, {"bucket": bucket, "account_id": who.account_id}).first() is not None
+    return bool(readable_buckets(conn, server, who, {bucket}))
 
 
 def _facts(row: Any) -> list[tuple[str, str, str]]:

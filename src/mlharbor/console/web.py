@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
+from sqlalchemy import select
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
@@ -23,6 +24,7 @@ from mlharbor import __version__
 from mlharbor.console.invoke import Operations
 from mlharbor.console.session import COOKIE, Sessions, Who
 from mlharbor.context import Server
+from mlharbor.store.tables import s3_buckets
 
 PAGE_SIZE = 50  # rows per page of a list: 1,000 resources stay 20 quick pages
 # Data calls that change something must carry this header: a cross-site form or image cannot send it, so a
@@ -141,6 +143,20 @@ def render(
 
 def error(code: str, message: str, status: int = 400) -> JSONResponse:
     return JSONResponse({"code": code, "message": message}, status_code=status)
+
+
+def readable_buckets(conn: Any, server: Server, who: Who, names: set[str]) -> set[str]:
+    """Those of ``names`` whose objects the console may show the signed-in account: its own buckets
+    (``s3_buckets``), never MLHarbor's own (a processor or job may name any bucket as its destination)."""
+    settings = server.settings
+    names = names - {settings.models_bucket, settings.video_bucket, settings.uploads_bucket}
+    if not names:
+        return set()
+    buckets = s3_buckets
+    query = select(buckets.c.name).where(
+        buckets.c.name.in_(sorted(names)), buckets.c.account_id == who.account_id
+    )
+    return set(conn.execute(query).scalars())
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,7 @@ import requests
 
 from tests.conftest import unique, wait_until
 from tests.engines.video_files import portrait_frames
-from tests.kvs_producer import encode_mkv
-from tests.services.rekognition.test_kvs_input import Camera
+from tests.kvs_producer import LiveCamera, encode_mkv
 from tests.services.rekognition.test_stream_processors import Records, processor, status
 from tests.services.sns.subscriber import Subscriber, verify_signature
 
@@ -41,7 +40,7 @@ def test_face_search_writes_to_mlharbors_own_kinesis(server):
     records = Records(kinesis, output)
 
     video = encode_mkv(portrait_frames(80, size=(640, 480)), fps=10, size=(640, 480), fragment_seconds=1)
-    with Camera(server, camera, video):
+    with LiveCamera(server.url, camera, video):
         wait_until(lambda: any(r["FaceSearchResponse"] for r in records.read()), timeout=60, what="a face")
         started = time.monotonic()
         rek.stop_stream_processor(Name=name)
@@ -96,7 +95,7 @@ def test_connected_home_notifies_an_http_subscriber_through_mlharbors_own_sns(se
         rek.start_stream_processor(Name=name, StopSelector={"MaxDurationInSeconds": 3})
         # A face is a person to the built-in detector (a doorbell often sees only the face).
         video = encode_mkv(portrait_frames(60, size=(640, 480)), fps=10, size=(640, 480), fragment_seconds=1)
-        with Camera(server, camera, video):
+        with LiveCamera(server.url, camera, video):
             notifications = subscriber.wait_for("Notification", timeout=60)
         doc = notifications[0].doc
         verify_signature(doc)  # signed as AWS signs, with the certificate MLHarbor serves
