@@ -31,11 +31,12 @@ serve: install
 	$(BIN)/mlharbor serve --host 127.0.0.1 --port 4580 --data-dir ./.mlharbor
 
 # The whole suite on SQLite, then everything that touches the store again on a fresh PostgreSQL
-# database per server (127.0.0.1:5432, trust auth; .ci/run starts the cluster if it is down).
+# database per server (127.0.0.1:5432, trust auth; .ci/run starts the cluster if it is down), in two
+# processes: those tests mostly wait on servers and workers (measured: 6.6 min instead of 10.5).
 test: install-test
 	$(BIN)/ruff check src tests bench
 	$(BIN)/python -m pytest
-	MLHARBOR_TEST_DATABASE=postgresql $(BIN)/python -m pytest -m storage
+	MLHARBOR_TEST_DATABASE=postgresql $(BIN)/python -m pytest -m storage -n 2 --dist loadfile
 
 bench: install-test
 	$(BIN)/python bench/api_throughput.py
