@@ -60,6 +60,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 
+from tests.console.conftest import CHROMIUM, CHROMIUM_ARGS  # noqa: E402  (the console tests' browser)
 from tests.engines.video_files import portrait_frames  # noqa: E402
 
 import api_throughput  # noqa: E402
@@ -68,11 +69,6 @@ from stream import write_camera_video  # noqa: E402
 
 ACCOUNT, REGION = "000000000000", "us-east-1"
 ROLE = f"arn:aws:iam::{ACCOUNT}:role/bench"
-CHROMIUM = os.environ.get("MLHARBOR_TEST_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-]  # fmt: skip
 PAINT_TARGET_MS = 300.0
 DELAY_TARGET_MS = 300.0
 RATIO_TARGET = 0.9
